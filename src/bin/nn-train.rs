@@ -1,0 +1,117 @@
+//! nn-train: train a dense network data-parallel under MPI. See `nn-train --help`.
+
+use anyhow::Result;
+use clap::Parser;
+use nn_train::comm::{launch_rank, Comm};
+use nn_train::config::TrainArgs;
+use nn_train::signals::{self, EXIT_REQUEUE};
+use nn_train::train::{Outcome, Trainer};
+use nn_train::Error;
+
+fn main() {
+    std::process::exit(run());
+}
+
+/// Returns the exit code. MPI is finalised (Comm dropped) before it is returned.
+fn run() -> i32 {
+    // Flags are checked before MPI starts; under mpirun every rank would find the same
+    // mistake, so only the first prints it.
+    let quiet = launch_rank() != 0;
+    let args = match TrainArgs::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if !quiet {
+                let _ = e.print();
+            }
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let cfg = match args.merged().and_then(|a| a.resolve()) {
+        Ok(c) => c,
+        Err(e) => {
+            if !quiet {
+                eprintln!("nn-train: error: {e}");
+            }
+            return 2;
+        }
+    };
+    let comm = match Comm::init() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nn-train: error: {e}");
+            return 1;
+        }
+    };
+    let code = match train(&comm, cfg) {
+        Ok(code) => code,
+        Err(e) => {
+            report(&comm, &e);
+            1
+        }
+    };
+    drop(comm);
+    code
+}
+
+fn train(comm: &Comm, cfg: nn_train::config::Config) -> Result<i32> {
+    let root = comm.is_root();
+    let mut log = |line: &str| println!("{line}");
+    let mut trainer = Trainer::new(comm, cfg)?;
+    let summary = trainer.summary();
+    if root {
+        println!("{summary}");
+    }
+    let start = std::time::Instant::now();
+    let outcome = trainer.fit(&mut log)?;
+    let peak = trainer.peak_memory();
+    if root {
+        let mb = |b: &u64| *b as f64 / 1e6;
+        let (lo, hi) = (peak.iter().map(mb).fold(f64::INFINITY, f64::min), peak.iter().map(mb).fold(0.0, f64::max));
+        println!("peak memory per rank: {lo:.0}-{hi:.0} MB");
+    }
+    Ok(match outcome {
+        Outcome::Completed => {
+            if root {
+                let last = trainer.history.last();
+                let mut s = format!("done: {} epochs in {:.1} s", trainer.pos.epoch, start.elapsed().as_secs_f64());
+                if let Some(a) = last.and_then(|r| r.val_accuracy) {
+                    s += &format!("; final val_accuracy {a:.4}");
+                }
+                if let Some(p) = &trainer.cfg.checkpoint {
+                    s += &format!("; checkpoint {}", p.display());
+                }
+                println!("{s}");
+            }
+            0
+        }
+        Outcome::Interrupted { signal, saved: true, .. } => {
+            if root {
+                println!("checkpointed after {}; exit code {EXIT_REQUEUE} (requeue and rerun with --resume to continue)", signals::name(signal));
+            }
+            EXIT_REQUEUE
+        }
+        Outcome::Interrupted { signal, saved: false, epoch, step } => {
+            if root {
+                eprintln!(
+                    "nn-train: error: stopped by {} at epoch {} step {step}; no --checkpoint was given, so this run's progress is lost",
+                    signals::name(signal),
+                    epoch + 1
+                );
+            }
+            1
+        }
+    })
+}
+
+/// Prints an error once: the rank that failed prints it; ranks that only learned of another
+/// rank's failure stay quiet.
+fn report(comm: &Comm, e: &anyhow::Error) {
+    if let Some(Error::OtherRank { .. }) = e.downcast_ref::<Error>() {
+        return;
+    }
+    if comm.size() > 1 {
+        eprintln!("nn-train: error: rank {}: {e:#}", comm.rank());
+    } else {
+        eprintln!("nn-train: error: {e:#}");
+    }
+}

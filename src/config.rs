@@ -1,0 +1,408 @@
+//! Command-line flags and TOML config files, merged into one validated [`Config`].
+//!
+//! Every flag can also be a key in the `--config` TOML file, spelled the same (`batch-size =
+//! 64`); the command line wins over the file, the file over the defaults. [`Config`] is what
+//! the trainer runs on and what the checkpoint records as JSON.
+
+use crate::loss::Loss;
+use crate::lr_schedule::{Decay, LrSchedule};
+use crate::model::LayerSpec;
+use crate::optim::{OptimizerKind, OptimizerSettings};
+use crate::schedule::Shuffle;
+use crate::{Error, Result};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Train a dense neural network on an HDF5 data set, data-parallel under MPI.
+///
+/// Run it directly (one process) or under a launcher: `mpirun -n 4 nn-train --data ...`,
+/// `srun nn-train ...`. Every rank reads only its slice of the data; gradients are summed
+/// across ranks with MPI_Allreduce, so every rank takes the same optimizer step.
+#[derive(Parser, Deserialize, Default, Debug, Clone)]
+#[command(name = "nn-train", version)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TrainArgs {
+    /// TOML file whose keys are these flags' names (e.g. `batch-size = 64`). Flags on the
+    /// command line override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Training data: HDF5 file with x (N, D) and y (N,) labels or (N, K) targets.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Validation data, same layout as --data.
+    #[arg(long, value_name = "FILE")]
+    pub val: Option<PathBuf>,
+    /// Hold out the last fraction F of --data for validation instead of --val (Keras
+    /// validation_split). Default 0.
+    #[arg(long, value_name = "F")]
+    pub val_split: Option<f64>,
+    /// Name of the features dataset inside the files. Default "x".
+    #[arg(long, value_name = "NAME")]
+    pub x: Option<String>,
+    /// Name of the targets dataset inside the files. Default "y".
+    #[arg(long, value_name = "NAME")]
+    pub y: Option<String>,
+
+    /// Layers after the input, comma-separated: UNITS:ACTIVATION (relu, tanh, sigmoid,
+    /// softmax, linear) or dropout:RATE. Default "64:relu,64:relu,10:softmax".
+    #[arg(long, value_name = "SPEC")]
+    pub layers: Option<String>,
+    /// crossentropy (softmax output; integer labels or one-hot rows), binary-crossentropy
+    /// (sigmoid output) or mse. Default crossentropy.
+    #[arg(long, value_name = "NAME")]
+    pub loss: Option<String>,
+    /// adam or sgd. Default adam.
+    #[arg(long, value_name = "NAME")]
+    pub optimizer: Option<String>,
+    /// Learning rate. Default 0.001 (adam) or 0.01 (sgd), as Keras.
+    #[arg(long, value_name = "RATE")]
+    pub lr: Option<f64>,
+    /// SGD momentum. Default 0.
+    #[arg(long, value_name = "M")]
+    pub momentum: Option<f32>,
+    /// Use Nesterov momentum with sgd.
+    #[arg(long)]
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Adam beta1. Default 0.9.
+    #[arg(long, value_name = "B")]
+    pub beta1: Option<f32>,
+    /// Adam beta2. Default 0.999.
+    #[arg(long, value_name = "B")]
+    pub beta2: Option<f32>,
+    /// Adam epsilon. Default 1e-7 (Keras).
+    #[arg(long, value_name = "EPS")]
+    pub epsilon: Option<f32>,
+    /// Decoupled weight decay (AdamW; also for sgd). Default 0.
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f32>,
+    /// Clip the global gradient norm to this value (computed after the allreduce).
+    #[arg(long, value_name = "NORM")]
+    pub clip_norm: Option<f32>,
+    /// constant, step or cosine. Default constant.
+    #[arg(long, value_name = "NAME")]
+    pub lr_schedule: Option<String>,
+    /// step schedule: decay every this many epochs. Default 10.
+    #[arg(long, value_name = "EPOCHS")]
+    pub lr_decay_epochs: Option<f64>,
+    /// step schedule: multiply the rate by this. Default 0.1.
+    #[arg(long, value_name = "F")]
+    pub lr_decay_factor: Option<f64>,
+    /// cosine schedule: the final rate. Default 0.
+    #[arg(long, value_name = "RATE")]
+    pub lr_min: Option<f64>,
+    /// Linear warmup of the rate over the first E epochs. Default 0.
+    #[arg(long, value_name = "E")]
+    pub warmup_epochs: Option<f64>,
+
+    /// Passes over the training data. Default 10.
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// GLOBAL batch size, summed over all ranks. Default 32.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// global (one seeded permutation of all rows: the same model on any rank count),
+    /// local (shuffle within each rank's slice), none (file order). Default global.
+    #[arg(long, value_name = "MODE")]
+    pub shuffle: Option<String>,
+    /// Seed for initialisation, shuffling and dropout. Default 0.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Write one JSON object per epoch to this file (JSON Lines).
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+    /// BLAS threads per rank. Default: SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS, else the
+    /// node's cores divided by the ranks on the node.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print where each epoch's time went (forward, backward, allreduce, optimizer, data).
+    #[arg(long)]
+    #[serde(default)]
+    pub profile: bool,
+
+    /// Checkpoint file (HDF5), written by rank 0 atomically (temporary file, then rename).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Write the checkpoint every N epochs (and always after the last). Default 1.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Also write the checkpoint every N steps within an epoch (for long epochs).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_steps: Option<usize>,
+    /// Also keep the last K checkpoints as numbered files (FILE stem + .epochNNNN.h5). Default 0.
+    #[arg(long, value_name = "K")]
+    pub keep: Option<usize>,
+    /// Continue from --checkpoint if that file exists, else start fresh: the same command
+    /// serves the first run and every requeue.
+    #[arg(long)]
+    #[serde(default)]
+    pub resume: bool,
+    /// Start from the weights of this checkpoint (fine-tuning); the optimizer starts fresh.
+    #[arg(long, value_name = "FILE")]
+    pub init_from: Option<PathBuf>,
+
+    /// Standardise each feature with the training set's mean and standard deviation
+    /// (computed across all ranks, stored in the checkpoint, applied by nn-predict).
+    #[arg(long)]
+    #[serde(default)]
+    pub standardize: bool,
+    /// Stop when val_loss has not improved for this many epochs, and restore the best weights.
+    #[arg(long, value_name = "PATIENCE")]
+    pub early_stopping: Option<usize>,
+    /// "balanced": weight each class by N / (classes * count of that class), as Keras and
+    /// scikit-learn's class_weight="balanced".
+    #[arg(long, value_name = "MODE")]
+    pub class_weight: Option<String>,
+}
+
+/// The validated configuration a run uses. Recorded in checkpoints as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Config {
+    pub data: PathBuf,
+    pub val: Option<PathBuf>,
+    pub val_split: f64,
+    pub x: String,
+    pub y: String,
+    pub layers: Vec<LayerSpec>,
+    pub loss: Loss,
+    pub optimizer: OptimizerSettings,
+    pub lr: LrSchedule,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub shuffle: Shuffle,
+    pub seed: u64,
+    pub metrics: Option<PathBuf>,
+    pub threads: Option<usize>,
+    pub profile: bool,
+    pub checkpoint: Option<PathBuf>,
+    pub checkpoint_every: usize,
+    pub checkpoint_steps: Option<usize>,
+    pub keep: usize,
+    pub resume: bool,
+    pub init_from: Option<PathBuf>,
+    pub standardize: bool,
+    pub early_stopping: Option<usize>,
+    pub class_weight_balanced: bool,
+}
+
+impl TrainArgs {
+    /// Reads the `--config` file, if any, and lets the command line override it.
+    pub fn merged(self) -> Result<TrainArgs> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::flag("config", format!("{}: {e}", path.display())))?;
+        let file: TrainArgs = toml::from_str(&text)
+            .map_err(|e| Error::flag("config", format!("{}: {}", path.display(), one_line(&e.to_string()))))?;
+        Ok(self.over(file))
+    }
+
+    /// Each field from `self` if set, else from `base`.
+    fn over(self, base: TrainArgs) -> TrainArgs {
+        macro_rules! pick {
+            ($($f:ident),*) => { TrainArgs {
+                config: self.config,
+                nesterov: self.nesterov || base.nesterov,
+                profile: self.profile || base.profile,
+                resume: self.resume || base.resume,
+                standardize: self.standardize || base.standardize,
+                $($f: self.$f.or(base.$f)),*
+            } };
+        }
+        pick!(data, val, val_split, x, y, layers, loss, optimizer, lr, momentum, beta1, beta2, epsilon,
+              weight_decay, clip_norm, lr_schedule, lr_decay_epochs, lr_decay_factor, lr_min, warmup_epochs,
+              epochs, batch_size, shuffle, seed, metrics, threads, checkpoint, checkpoint_every,
+              checkpoint_steps, keep, init_from, early_stopping, class_weight)
+    }
+
+    /// Turns the flags into a checked [`Config`]. Checks everything that does not need the
+    /// data files; [`crate::train`] checks the rest once the files' shapes are known.
+    pub fn resolve(self) -> Result<Config> {
+        let data = self.data.ok_or_else(|| Error::flag("data", "is required: the HDF5 training file"))?;
+        let layers = LayerSpec::parse_list(self.layers.as_deref().unwrap_or("64:relu,64:relu,10:softmax"))?;
+        let loss = Loss::parse(self.loss.as_deref().unwrap_or("crossentropy"))?;
+        let kind = OptimizerKind::parse(self.optimizer.as_deref().unwrap_or("adam"))?;
+        let defaults = OptimizerSettings::default();
+        let optimizer = OptimizerSettings {
+            kind,
+            beta1: self.beta1.unwrap_or(defaults.beta1),
+            beta2: self.beta2.unwrap_or(defaults.beta2),
+            epsilon: self.epsilon.unwrap_or(defaults.epsilon),
+            momentum: self.momentum.unwrap_or(defaults.momentum),
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay.unwrap_or(0.0),
+            clip_norm: self.clip_norm,
+        };
+        let base_lr = self.lr.unwrap_or(match kind {
+            OptimizerKind::Adam => 0.001,
+            OptimizerKind::Sgd => 0.01,
+        });
+        let epochs = self.epochs.unwrap_or(10);
+        let decay = match LrSchedule::parse_kind(self.lr_schedule.as_deref().unwrap_or("constant"))? {
+            "step" => Decay::Step { every: self.lr_decay_epochs.unwrap_or(10.0), factor: self.lr_decay_factor.unwrap_or(0.1) },
+            "cosine" => Decay::Cosine { epochs: epochs.max(1) as f64, min: self.lr_min.unwrap_or(0.0) },
+            _ => Decay::Constant,
+        };
+        let lr = LrSchedule { base: base_lr, decay, warmup_epochs: self.warmup_epochs.unwrap_or(0.0) };
+        let config = Config {
+            data,
+            val: self.val,
+            val_split: self.val_split.unwrap_or(0.0),
+            x: self.x.unwrap_or_else(|| "x".into()),
+            y: self.y.unwrap_or_else(|| "y".into()),
+            layers,
+            loss,
+            optimizer,
+            lr,
+            epochs,
+            batch_size: self.batch_size.unwrap_or(32),
+            shuffle: Shuffle::parse(self.shuffle.as_deref().unwrap_or("global"))?,
+            seed: self.seed.unwrap_or(0),
+            metrics: self.metrics,
+            threads: self.threads,
+            profile: self.profile,
+            checkpoint: self.checkpoint,
+            checkpoint_every: self.checkpoint_every.unwrap_or(1),
+            checkpoint_steps: self.checkpoint_steps,
+            keep: self.keep.unwrap_or(0),
+            resume: self.resume,
+            init_from: self.init_from,
+            standardize: self.standardize,
+            early_stopping: self.early_stopping,
+            class_weight_balanced: match self.class_weight.as_deref() {
+                None | Some("none") => false,
+                Some("balanced") => true,
+                Some(other) => return Err(Error::flag("class-weight", format!("unknown mode '{other}' (expected balanced or none)"))),
+            },
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    fn check(&self) -> Result<()> {
+        let positive = |flag, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::flag(flag, format!("must be a positive number, got {v}")))
+            }
+        };
+        positive("lr", self.lr.base)?;
+        if self.batch_size == 0 {
+            return Err(Error::flag("batch-size", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            return Err(Error::flag("val-split", format!("must be in [0, 1), got {}", self.val_split)));
+        }
+        if self.val.is_some() && self.val_split > 0.0 {
+            return Err(Error::flag("val-split", "cannot be combined with --val; choose one"));
+        }
+        if self.threads == Some(0) {
+            return Err(Error::flag("threads", "must be at least 1"));
+        }
+        let o = &self.optimizer;
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return Err(Error::flag("beta1", "beta1 and beta2 must be in [0, 1)"));
+        }
+        positive("epsilon", o.epsilon as f64)?;
+        if !(0.0..1.0).contains(&o.momentum) {
+            return Err(Error::flag("momentum", format!("must be in [0, 1), got {}", o.momentum)));
+        }
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return Err(Error::flag("weight-decay", format!("must be >= 0, got {}", o.weight_decay)));
+        }
+        if let Some(c) = o.clip_norm {
+            positive("clip-norm", c as f64)?;
+        }
+        match self.lr.decay {
+            Decay::Step { every, factor } => {
+                positive("lr-decay-epochs", every)?;
+                positive("lr-decay-factor", factor)?;
+            }
+            Decay::Cosine { min, .. } if !(min >= 0.0 && min <= self.lr.base) => {
+                return Err(Error::flag("lr-min", format!("must be in [0, lr], got {min}")));
+            }
+            _ => {}
+        }
+        if !(self.lr.warmup_epochs >= 0.0 && self.lr.warmup_epochs.is_finite()) {
+            return Err(Error::flag("warmup-epochs", "must be >= 0"));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(Error::flag("checkpoint-every", "must be at least 1"));
+        }
+        if self.checkpoint_steps == Some(0) {
+            return Err(Error::flag("checkpoint-steps", "must be at least 1"));
+        }
+        if self.checkpoint.is_none() {
+            for (flag, set) in [("resume", self.resume), ("keep", self.keep > 0), ("checkpoint-steps", self.checkpoint_steps.is_some())] {
+                if set {
+                    return Err(Error::flag(flag, "needs --checkpoint FILE"));
+                }
+            }
+        }
+        if self.early_stopping.is_some() && self.val.is_none() && self.val_split == 0.0 {
+            return Err(Error::flag("early-stopping", "watches val_loss and needs --val or --val-split"));
+        }
+        if self.early_stopping == Some(0) {
+            return Err(Error::flag("early-stopping", "patience must be at least 1"));
+        }
+        if self.class_weight_balanced && self.loss == Loss::Mse {
+            return Err(Error::flag("class-weight", "needs a classification loss, not mse"));
+        }
+        if let Some(required) = self.loss.required_activation() {
+            let last = self.layers.last().and_then(|l| match l {
+                LayerSpec::Dense { activation, .. } => Some(*activation),
+                LayerSpec::Dropout { .. } => None,
+            });
+            if last != Some(required) {
+                return Err(Error::flag(
+                    "loss",
+                    format!(
+                        "{} needs a {} output layer, but --layers ends with {}",
+                        self.loss.name(),
+                        required.name(),
+                        LayerSpec::to_text(&self.layers[self.layers.len() - 1..])
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as JSON, with the number of ranks the run used (`world_size`).
+    pub fn to_json_with_world(&self, world_size: usize) -> String {
+        let mut v = serde_json::to_value(self).expect("a Config always serialises");
+        v["world_size"] = world_size.into();
+        v.to_string()
+    }
+}
+
+/// Checks that an output file can be created: its folder exists and takes a new file, and the
+/// path is not itself a folder. Run before training, so a typo fails at once rather than
+/// after the first epoch.
+pub fn check_output_path(flag: &'static str, path: &Path) -> Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(Error::flag(flag, format!("{}: folder {} does not exist", path.display(), folder.display())));
+    }
+    if path.is_dir() {
+        return Err(Error::flag(flag, format!("{} is a directory; give a file name", path.display())));
+    }
+    let probe = folder.join(format!(".nn-train-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| Error::flag(flag, format!("{}: cannot write in folder {}: {e}", path.display(), folder.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

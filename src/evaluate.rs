@@ -1,0 +1,43 @@
+//! Loss and accuracy of a model over data spread across ranks (validation, nn-predict).
+
+use crate::batch::Batch;
+use crate::comm::Comm;
+use crate::data::Slice;
+use crate::loss::{loss_and_delta, Loss};
+use crate::model::{Model, Workspace};
+
+/// Mean loss and accuracy over all ranks' slices.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    /// None for mse.
+    pub accuracy: Option<f64>,
+    pub samples: u64,
+}
+
+/// Runs the model over this rank's `slice` in chunks of the workspace size (no dropout),
+/// then sums loss, correct count and sample count across ranks. Collective: every rank
+/// calls it, even with an empty slice.
+pub fn evaluate(comm: &Comm, model: &Model, params: &[f32], loss: Loss, slice: &Slice, ws: &mut Workspace, batch: &mut Batch) -> Evaluation {
+    let k = model.out_dim();
+    let chunk = ws.max_rows.max(1);
+    let mut sums = [0.0f64; 3];
+    let mut start = 0;
+    while start < slice.rows {
+        let count = chunk.min(slice.rows - start);
+        batch.gather_range(slice, start, count);
+        let y = model.forward(params, batch.x(), count, ws, None);
+        let s = loss_and_delta(loss, y, k, batch.targets(), None);
+        sums[0] += s.loss;
+        sums[1] += s.correct;
+        sums[2] += count as f64;
+        start += count;
+    }
+    comm.sum_f64(&mut sums);
+    let n = sums[2].max(1.0);
+    Evaluation {
+        loss: sums[0] / n,
+        accuracy: loss.is_classification().then(|| sums[1] / n),
+        samples: sums[2] as u64,
+    }
+}

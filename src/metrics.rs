@@ -1,0 +1,122 @@
+//! Per-epoch records: the line printed on rank 0, the JSON Lines `--metrics` file, and the
+//! history kept in checkpoints.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Seconds spent in each phase of the training steps of one epoch (rank 0's clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Gathering the batch's rows from the slice.
+    pub data_s: f64,
+    pub forward_s: f64,
+    /// Loss and backward pass.
+    pub backward_s: f64,
+    /// Waiting for the gradient allreduce (the part not hidden behind backward).
+    pub allreduce_s: f64,
+    pub optimizer_s: f64,
+}
+
+/// One epoch, as written to `--metrics` (field names are part of the contract).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    pub loss: f64,
+    /// None (null) when the loss is not a classification loss.
+    pub accuracy: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    /// Training samples per second over the epoch's training steps (all ranks together).
+    pub samples_per_s: f64,
+    /// Wall time of the epoch, validation included.
+    pub epoch_s: f64,
+    pub ranks: usize,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    pub profile: Profile,
+}
+
+impl EpochRecord {
+    /// The line printed on rank 0.
+    pub fn line(&self, epochs: usize) -> String {
+        let mut s = format!("epoch {:>w$}/{epochs}  loss {:.4}", self.epoch, self.loss, w = epochs.to_string().len());
+        if let Some(a) = self.accuracy {
+            s += &format!("  accuracy {a:.4}");
+        }
+        if let Some(l) = self.val_loss {
+            s += &format!("  val_loss {l:.4}");
+        }
+        if let Some(a) = self.val_accuracy {
+            s += &format!("  val_accuracy {a:.4}");
+        }
+        s += &format!("  {} samples/s  {:.2} s", thousands(self.samples_per_s), self.epoch_s);
+        s
+    }
+
+    pub fn profile_line(&self) -> String {
+        let p = &self.profile;
+        let total = p.data_s + p.forward_s + p.backward_s + p.allreduce_s + p.optimizer_s;
+        let pct = |v: f64| if total > 0.0 { 100.0 * v / total } else { 0.0 };
+        format!(
+            "  profile: data {:.1}%  forward {:.1}%  backward {:.1}%  allreduce wait {:.1}%  optimizer {:.1}%  ({:.3} s in steps)",
+            pct(p.data_s), pct(p.forward_s), pct(p.backward_s), pct(p.allreduce_s), pct(p.optimizer_s), total
+        )
+    }
+}
+
+/// 1234567.8 -> "1,234,568"
+pub fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `--metrics` file, written by rank 0 only.
+pub struct MetricsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsFile {
+    /// Creates (truncates) the file and writes `history` (the epochs of a resumed run), so the
+    /// file always matches the checkpoint it continues from.
+    pub fn create(path: &Path, history: &[EpochRecord]) -> Result<MetricsFile> {
+        let file = std::fs::File::create(path).map_err(|e| Error::output(path, format!("cannot create metrics file: {e}")))?;
+        let mut m = MetricsFile { path: path.to_path_buf(), file };
+        for r in history {
+            m.append(r)?;
+        }
+        Ok(m)
+    }
+
+    pub fn append(&mut self, record: &EpochRecord) -> Result<()> {
+        let mut line = serde_json::to_string(record).expect("records serialise");
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::output(&self.path, format!("cannot write metrics: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1234567.8), "1,234,568");
+    }
+}

@@ -1,0 +1,229 @@
+//! Which rows each rank trains on at each step of an epoch.
+//!
+//! `--batch-size` is the GLOBAL batch. With `--shuffle global` every rank draws the same
+//! seeded permutation of all N rows; global batch b is positions [b*B, (b+1)*B) of it, and a
+//! rank trains on the members of that batch that lie in its slice. The batches, and so the
+//! model, are the same for any number of ranks. `--shuffle none` is the same with the
+//! identity permutation (file order). `--shuffle local` shuffles within each slice and cuts
+//! it into as many near-equal chunks as there are steps (balanced work per rank, as Horovod
+//! and DDP do; the batches then depend on the rank count).
+
+use crate::data::slice_range;
+use crate::rng;
+use crate::{Error, Result};
+use rand::seq::SliceRandom;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shuffle {
+    Global,
+    Local,
+    None,
+}
+
+impl Shuffle {
+    pub fn parse(name: &str) -> Result<Shuffle> {
+        match name {
+            "global" => Ok(Shuffle::Global),
+            "local" => Ok(Shuffle::Local),
+            "none" => Ok(Shuffle::None),
+            _ => Err(Error::flag("shuffle", format!("unknown mode '{name}' (expected global, local or none)"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shuffle::Global => "global",
+            Shuffle::Local => "local",
+            Shuffle::None => "none",
+        }
+    }
+}
+
+/// One rank's view of an epoch. Buffers are allocated once and refilled every epoch.
+pub struct EpochPlan {
+    shuffle: Shuffle,
+    n: usize,
+    batch: usize,
+    ranks: usize,
+    rank: usize,
+    /// This rank's slice of the N rows.
+    lo: usize,
+    hi: usize,
+    /// Local row indices (0-based within the slice) in training order: (local rows,).
+    order: Vec<u32>,
+    /// Step s trains on order[ends[s]..ends[s + 1]]: (steps + 1,).
+    ends: Vec<usize>,
+    /// Samples in each GLOBAL batch, summed over ranks: (steps,).
+    global_counts: Vec<u32>,
+    /// Scratch permutation of all N rows (global and none only): (N,).
+    perm: Vec<u32>,
+}
+
+impl EpochPlan {
+    /// Steps per epoch: ceil(N / B), the same on every rank.
+    pub fn steps_for(n: usize, batch: usize) -> usize {
+        n.div_ceil(batch)
+    }
+
+    pub fn new(shuffle: Shuffle, n: usize, batch: usize, ranks: usize, rank: usize) -> EpochPlan {
+        let r = slice_range(n, ranks, rank);
+        let steps = Self::steps_for(n, batch);
+        let global_counts: Vec<u32> = match shuffle {
+            Shuffle::Global | Shuffle::None => (0..steps).map(|s| (batch.min(n - s * batch)) as u32).collect(),
+            Shuffle::Local => (0..steps)
+                .map(|s| (0..ranks).map(|q| chunk(slice_range(n, ranks, q).len(), steps, s).len() as u32).sum())
+                .collect(),
+        };
+        let perm = match shuffle {
+            Shuffle::Local => Vec::new(),
+            _ => Vec::with_capacity(n),
+        };
+        EpochPlan {
+            shuffle,
+            n,
+            batch,
+            ranks,
+            rank,
+            lo: r.start,
+            hi: r.end,
+            order: Vec::with_capacity(r.len()),
+            ends: Vec::with_capacity(steps + 1),
+            global_counts,
+            perm,
+        }
+    }
+
+    pub fn steps(&self) -> usize {
+        self.global_counts.len()
+    }
+
+    /// Local row indices for step s.
+    pub fn batch(&self, step: usize) -> &[u32] {
+        &self.order[self.ends[step]..self.ends[step + 1]]
+    }
+
+    /// Samples in global batch s (all ranks together).
+    pub fn global_count(&self, step: usize) -> u32 {
+        self.global_counts[step]
+    }
+
+    /// The most rows this rank can get in one step, for sizing buffers.
+    pub fn max_local_batch(&self) -> usize {
+        let local = self.hi - self.lo;
+        match self.shuffle {
+            Shuffle::Global | Shuffle::None => local.min(self.batch),
+            Shuffle::Local => (0..self.steps()).map(|s| chunk(local, self.steps(), s).len()).max().unwrap_or(0),
+        }
+    }
+
+    /// Fills the plan for `epoch` (0-based). Allocation-free after the first call.
+    pub fn fill(&mut self, seed: u64, epoch: u64) {
+        self.order.clear();
+        self.ends.clear();
+        self.ends.push(0);
+        match self.shuffle {
+            Shuffle::Global | Shuffle::None => {
+                self.perm.clear();
+                self.perm.extend(0..self.n as u32);
+                if self.shuffle == Shuffle::Global {
+                    self.perm.shuffle(&mut rng::stream(seed, &[rng::SHUFFLE, epoch]));
+                }
+                let (lo, hi) = (self.lo as u32, self.hi as u32);
+                for b in self.perm.chunks(self.batch) {
+                    self.order.extend(b.iter().filter(|&&i| lo <= i && i < hi).map(|&i| i - lo));
+                    self.ends.push(self.order.len());
+                }
+            }
+            Shuffle::Local => {
+                let local = self.hi - self.lo;
+                self.order.extend(0..local as u32);
+                let mut stream = rng::stream(seed, &[rng::LOCAL_SHUFFLE, epoch, self.rank as u64, self.ranks as u64]);
+                self.order.shuffle(&mut stream);
+                let steps = self.global_counts.len();
+                for s in 0..steps {
+                    self.ends.push(chunk(local, steps, s).end);
+                }
+            }
+        }
+    }
+}
+
+/// Chunk s of `steps` near-equal chunks of 0..len.
+fn chunk(len: usize, steps: usize, s: usize) -> std::ops::Range<usize> {
+    slice_range(len, steps, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row is trained exactly once per epoch, and the union over ranks of each step's
+    /// rows (as global indices) is the same set for 1, 2, 3 and 4 ranks.
+    #[test]
+    fn global_batches_do_not_depend_on_rank_count() {
+        let (n, batch) = (103, 10);
+        let batches_for = |ranks: usize| -> Vec<Vec<usize>> {
+            let mut steps: Vec<Vec<usize>> = vec![Vec::new(); EpochPlan::steps_for(n, batch)];
+            for rank in 0..ranks {
+                let mut plan = EpochPlan::new(Shuffle::Global, n, batch, ranks, rank);
+                plan.fill(7, 3);
+                let lo = slice_range(n, ranks, rank).start;
+                for (s, rows) in steps.iter_mut().enumerate() {
+                    rows.extend(plan.batch(s).iter().map(|&i| lo + i as usize));
+                    assert!(plan.batch(s).len() <= plan.max_local_batch());
+                }
+            }
+            steps.iter_mut().for_each(|b| b.sort());
+            steps
+        };
+        let one = batches_for(1);
+        let mut all: Vec<usize> = one.concat();
+        all.sort();
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+        assert_eq!(one.last().unwrap().len(), 3, "ragged last batch");
+        for ranks in 2..=4 {
+            assert_eq!(batches_for(ranks), one, "{ranks} ranks");
+        }
+    }
+
+    #[test]
+    fn epochs_differ_and_repeat_with_the_seed() {
+        let mut a = EpochPlan::new(Shuffle::Global, 50, 8, 1, 0);
+        let mut b = EpochPlan::new(Shuffle::Global, 50, 8, 1, 0);
+        a.fill(1, 0);
+        b.fill(1, 0);
+        assert_eq!(a.batch(0), b.batch(0));
+        b.fill(1, 1);
+        assert_ne!(a.order, b.order);
+    }
+
+    #[test]
+    fn local_shuffle_balances_and_counts_globally() {
+        let (n, batch, ranks) = (101, 16, 3);
+        let steps = EpochPlan::steps_for(n, batch);
+        let mut totals = vec![0u32; steps];
+        for rank in 0..ranks {
+            let mut plan = EpochPlan::new(Shuffle::Local, n, batch, ranks, rank);
+            plan.fill(5, 0);
+            let mut seen: Vec<u32> = (0..steps).flat_map(|s| plan.batch(s).to_vec()).collect();
+            seen.sort();
+            assert_eq!(seen, (0..slice_range(n, ranks, rank).len() as u32).collect::<Vec<_>>());
+            for s in 0..steps {
+                totals[s] += plan.batch(s).len() as u32;
+                assert_eq!(plan.global_count(s), EpochPlan::new(Shuffle::Local, n, batch, ranks, 0).global_count(s));
+            }
+        }
+        let plan = EpochPlan::new(Shuffle::Local, n, batch, ranks, 0);
+        assert_eq!(totals, (0..steps).map(|s| plan.global_count(s)).collect::<Vec<_>>());
+        assert_eq!(totals.iter().sum::<u32>(), n as u32);
+    }
+
+    #[test]
+    fn none_keeps_file_order() {
+        let mut plan = EpochPlan::new(Shuffle::None, 10, 4, 1, 0);
+        plan.fill(0, 0);
+        assert_eq!(plan.batch(0), &[0, 1, 2, 3]);
+        assert_eq!(plan.batch(2), &[8, 9]);
+    }
+}
