@@ -16,6 +16,7 @@ pub struct Batch {
     values: Vec<f32>,
     /// Global row index of each row (keys for dropout masks): (max_rows,).
     pub row_ids: Vec<u64>,
+    has_labels: bool,
 }
 
 impl Batch {
@@ -32,6 +33,7 @@ impl Batch {
             labels,
             values,
             row_ids: vec![0; max_rows],
+            has_labels: matches!(slice.targets, TargetStore::Labels(_)),
         }
     }
 
@@ -69,7 +71,7 @@ impl Batch {
     }
 
     pub fn targets(&self) -> Targets<'_> {
-        if self.values.is_empty() {
+        if self.has_labels {
             Targets::Labels(&self.labels[..self.rows])
         } else {
             Targets::Values(&self.values[..self.rows * self.width])

@@ -84,7 +84,7 @@ impl Slice {
     }
 }
 
-fn open_file(path: &Path) -> Result<hdf5::File> {
+pub(crate) fn open_file(path: &Path) -> Result<hdf5::File> {
     if path.is_dir() {
         return Err(Error::data(path, "is a directory, not an HDF5 file"));
     }
@@ -225,6 +225,24 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
         }
     };
     Ok(Slice { first_row: range.start, rows, features, x, targets, target_width })
+}
+
+/// Reads rows `range` of x only (prediction on data without targets).
+pub fn read_x_rows(src: &Source, range: Range<usize>) -> Result<Slice> {
+    let path = &src.path;
+    let file = open_file(path)?;
+    let x_ds = open_dataset(&file, path, &src.x, "x")?;
+    let features = x_ds.shape()[1];
+    let x: Vec<f32> = x_ds
+        .as_reader()
+        .read_slice_2d::<f32, _>(s![range.start..range.end, ..])
+        .map_err(|e| Error::data(path, format!("dataset '{}': reading rows {}..{} failed: {e}", src.x, range.start, range.end)))?
+        .into_raw_vec_and_offset()
+        .0;
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::data(path, format!("dataset '{}' row {} column {} is {} (features must be finite)", src.x, range.start + i / features, i % features, x[i])));
+    }
+    Ok(Slice { first_row: range.start, rows: range.len(), features, x, targets: TargetStore::Values(Vec::new()), target_width: 0 })
 }
 
 #[cfg(test)]

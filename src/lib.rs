@@ -23,6 +23,7 @@ pub mod lr_schedule;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod predict;
 pub mod rng;
 pub mod scaling;
 pub mod schedule;

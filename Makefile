@@ -1,0 +1,53 @@
+# nn-train: two commands on a fresh Debian machine.
+#   make run    installs what is missing, builds, trains the digits model under mpirun
+#   make test   installs what is missing, builds, runs every test (real mpirun ranks)
+# Also: make deps | build | bench | bench-cluster | clean
+
+SHELL := /bin/bash
+CARGO ?= cargo
+RANKS ?= 4
+
+# Debian packages the project needs (build: MPI, HDF5, OpenBLAS, bindgen's libclang;
+# tests: hdf5-tools for h5dump/h5ls, slurm/munge for the job-script tests, iproute2 for the
+# simulated cluster).
+DEBIAN_PACKAGES := libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev \
+                   libclang-dev pkg-config
+TEST_PACKAGES := slurm-wlm munge iproute2
+
+# Open MPI refuses to run as root without these; tests and examples may oversubscribe cores.
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+# Oversubscribed ranks should yield the CPU while they wait instead of spinning.
+export OMPI_MCA_mpi_yield_when_idle := 1
+
+MPIRUN := mpirun --oversubscribe --bind-to none -n $(RANKS)
+BIN := target/release
+
+.PHONY: all deps test-deps build run test bench bench-cluster clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh $(DEBIAN_PACKAGES)
+
+test-deps:
+	@./scripts/install-deps.sh $(DEBIAN_PACKAGES) $(TEST_PACKAGES)
+
+build: deps
+	$(CARGO) build --release
+
+run: build
+	@mkdir -p out
+	$(MPIRUN) $(BIN)/nn-train --data data/digits/train.h5 --val data/digits/test.h5 \
+	    --layers 128:relu,128:relu,10:softmax --epochs 20 --batch-size 32 --lr 0.001 \
+	    --checkpoint out/digits.h5 --metrics out/digits.jsonl
+	$(MPIRUN) $(BIN)/nn-predict --model out/digits.h5 --data data/digits/test.h5 \
+	    --out out/digits-predictions.h5 --min-accuracy 0.97
+
+test: test-deps
+	$(CARGO) build --release
+	$(CARGO) test --release -- --test-threads=2
+
+clean:
+	$(CARGO) clean
+	rm -rf out

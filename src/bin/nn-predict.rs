@@ -1,0 +1,127 @@
+//! nn-predict: run a trained checkpoint over a data file, data-parallel under MPI.
+
+use anyhow::Result;
+use clap::Parser;
+use nn_train::comm::{launch_rank, Comm};
+use nn_train::config::check_output_path;
+use nn_train::data::Source;
+use nn_train::predict::{has_targets, write_outputs, Predictor};
+use nn_train::Error;
+use std::path::PathBuf;
+
+/// Predict with a trained nn-train checkpoint. Writes `probabilities` (N, K) and, for
+/// classification, `labels` (N,) to an HDF5 file; when the data has targets, also prints
+/// (and stores as attributes) the loss and accuracy. Runs under mpirun: each rank predicts
+/// its slice of the rows.
+#[derive(Parser, Debug)]
+#[command(name = "nn-predict", version)]
+struct Args {
+    /// Checkpoint written by nn-train --checkpoint.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// HDF5 file with x (N, D) and optionally y.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Output HDF5 file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Name of the features dataset. Default "x".
+    #[arg(long, default_value = "x", value_name = "NAME")]
+    x: String,
+    /// Name of the targets dataset. Default "y".
+    #[arg(long, default_value = "y", value_name = "NAME")]
+    y: String,
+    /// Exit with status 3 when the accuracy is below this (for scripts and `make run`).
+    #[arg(long, value_name = "A")]
+    min_accuracy: Option<f64>,
+}
+
+const EXIT_BELOW_MIN_ACCURACY: i32 = 3;
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if launch_rank() == 0 {
+                let _ = e.print();
+            }
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let comm = match Comm::init() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nn-predict: error: {e}");
+            return 1;
+        }
+    };
+    let code = match predict(&comm, &args) {
+        Ok(code) => code,
+        Err(e) => {
+            if !matches!(e.downcast_ref::<Error>(), Some(Error::OtherRank { .. })) {
+                let rank = if comm.size() > 1 { format!("rank {}: ", comm.rank()) } else { String::new() };
+                eprintln!("nn-predict: error: {rank}{e:#}");
+            }
+            1
+        }
+    };
+    drop(comm);
+    code
+}
+
+fn predict(comm: &Comm, args: &Args) -> Result<i32> {
+    comm.agree(if comm.is_root() { check_output_path("out", &args.out) } else { Ok(()) })?;
+    let predictor = comm.agree(Predictor::load(&args.model))?;
+    let src = Source { path: args.data.clone(), x: args.x.clone(), y: args.y.clone() };
+    let with_targets = has_targets(&src);
+    let (slice, total) = comm.agree(predictor.read_slice(&src, comm, with_targets))?;
+    let outputs = predictor.outputs(&slice);
+    let evaluation = with_targets.then(|| predictor.evaluate(comm, &slice));
+    let classification = predictor.loss().is_classification();
+    let labels = classification.then(|| predictor.labels(&outputs));
+    let k = predictor.model.out_dim();
+    write_outputs(comm, &args.out, total, k, slice.first_row, &outputs, labels.as_deref(), evaluation)?;
+    if comm.is_root() {
+        let mut line = format!(
+            "nn-predict: {total} rows of {} on {} rank{} -> {}",
+            args.data.display(),
+            comm.size(),
+            if comm.size() == 1 { "" } else { "s" },
+            args.out.display()
+        );
+        if let Some(e) = evaluation {
+            line += &format!("; loss {:.4}", e.loss);
+            if let Some(a) = e.accuracy {
+                line += &format!(", accuracy {a:.4}");
+            }
+        }
+        println!("{line}");
+    }
+    if let Some(min) = args.min_accuracy {
+        let acc = evaluation.and_then(|e| e.accuracy);
+        match acc {
+            Some(a) if a >= min => {
+                if comm.is_root() {
+                    println!("accuracy {a:.4} >= {min}: OK");
+                }
+            }
+            Some(a) => {
+                if comm.is_root() {
+                    eprintln!("nn-predict: accuracy {a:.4} is below --min-accuracy {min}");
+                }
+                return Ok(EXIT_BELOW_MIN_ACCURACY);
+            }
+            None => {
+                if comm.is_root() {
+                    eprintln!("nn-predict: --min-accuracy needs targets ('{}') and a classification model", args.y);
+                }
+                return Ok(2);
+            }
+        }
+    }
+    Ok(0)
+}
