@@ -325,6 +325,8 @@ pub fn load(path: &Path) -> Result<Snapshot> {
             ranks: ranks[i] as usize,
             lr: lr[i],
             profile: Profile { data_s: ds[i], forward_s: fs[i], backward_s: bs[i], allreduce_s: ars[i], optimizer_s: os[i] },
+            rss_mb: Vec::new(),
+            peak_rss_mb: Vec::new(),
         })
         .collect();
 

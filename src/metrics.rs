@@ -37,6 +37,13 @@ pub struct EpochRecord {
     /// Learning rate at the end of the epoch.
     pub lr: f64,
     pub profile: Profile,
+    /// Resident memory of each rank at the end of the epoch (VmRSS), MB (1e6 bytes); shows
+    /// growth over epochs. Empty for epochs read back from a checkpoint.
+    #[serde(default)]
+    pub rss_mb: Vec<f64>,
+    /// Peak resident memory of each rank so far (VmHWM), MB (1e6 bytes).
+    #[serde(default)]
+    pub peak_rss_mb: Vec<f64>,
 }
 
 impl EpochRecord {

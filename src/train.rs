@@ -411,6 +411,8 @@ impl<'c> Trainer<'c> {
             ranks: self.comm.size(),
             lr: self.cfg.lr.at((self.pos.epoch + 1) as f64 - 1e-9),
             profile: self.profile,
+            rss_mb: megabytes(&self.comm.all_gather_u64(rss_bytes())),
+            peak_rss_mb: megabytes(&self.peak_memory()),
         };
         self.check_in_sync()?;
         self.history.push(record.clone());
@@ -695,11 +697,25 @@ fn keep_numbered(path: &Path, epoch: usize, step: usize, keep: usize) -> Result<
 
 /// Peak resident set size of this process (VmHWM from /proc/self/status), in bytes.
 pub fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident set size of this process now (VmRSS from /proc/self/status), in bytes.
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+fn megabytes(bytes: &[u64]) -> Vec<f64> {
+    bytes.iter().map(|&b| b as f64 / 1e6).collect()
+}
+
+/// A "Key:   123 kB" field of /proc/self/status, in bytes; 0 where there is none.
+fn proc_status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
