@@ -48,6 +48,12 @@ test: test-deps
 	$(CARGO) build --release
 	$(CARGO) test --release -- --test-threads=2
 
+# The benchmark suite of issue 6 (bench/run.sh says what it measures). Knobs: BENCH_REPS,
+# BENCH_WORKLOADS, BENCH_W4=1 (the 6 GB workload), BENCH_QUICK=1 (tiny sizes), BENCH_ARGS.
+bench: deps
+	$(CARGO) build --release --bins --examples
+	./bench/run.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf out

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The benchmark suite of issue 6, run by `make bench` (after `make build`).
+#
+# For each workload it measures the sgemm-bound limit (examples/sgemm_limit.rs) for one rank
+# with 2 threads and for two ranks with 1 thread each, then trains BENCH_REPS times in each
+# layout (alternating, so a change in machine load hits both alike), and finally prints one
+# table (examples/bench_report.rs). Raw files go to bench/results/STAMP/, the results as JSON
+# Lines to bench/results/STAMP.jsonl and the table to bench/results/STAMP.md.
+#
+# Knobs (environment):
+#   BENCH_REPS=5            training runs per workload and layout
+#   BENCH_WORKLOADS="W1 W2 W3"  which workloads (W4 needs BENCH_W4=1 as well)
+#   BENCH_W4=1              also run W4: generates a 6.3 GB file in bench/cache (once)
+#   BENCH_QUICK=1           tiny sizes to check the harness (numbers mean nothing)
+#   BENCH_ARGS="..."        extra nn-train flags for every run (e.g. "--shuffle local")
+#   BENCH_TIMEOUT=1800      seconds before one run is killed
+#
+# Speed is the training steps of the LAST epochs: every run trains 2 epochs or more and the
+# first is the warm-up. Data sets are generated with `nn-data gen` and cached in bench/cache/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release
+REPS=${BENCH_REPS:-5}
+WORKLOADS=${BENCH_WORKLOADS:-W1 W2 W3}
+QUICK=${BENCH_QUICK:-0}
+EXTRA=${BENCH_ARGS:-}
+TIMEOUT=${BENCH_TIMEOUT:-1800}
+SEED=1
+CACHE=bench/cache
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=bench/results/$STAMP
+MANIFEST=$OUT/manifest.jsonl
+FAILED=0
+
+if [[ ${BENCH_W4:-0} == 1 && " $WORKLOADS " != *" W4 "* ]]; then
+    WORKLOADS="$WORKLOADS W4"
+fi
+if [[ ${BENCH_W4:-0} != 1 && " $WORKLOADS " == *" W4 "* ]]; then
+    WORKLOADS=${WORKLOADS//W4/}
+fi
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_REPS must be a positive integer, got '$REPS'" >&2; exit 2; }
+
+# Open MPI as root (the Makefile exports these too, for running this script by hand).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The Makefile makes waiting ranks yield for oversubscribed tests; the benchmark places one
+# rank per core, where Open MPI's default (busy-polling) is what a user gets.
+unset OMPI_MCA_mpi_yield_when_idle
+# nn-train sets the BLAS threads itself (--threads); no inherited setting should interfere.
+unset OPENBLAS_NUM_THREADS OMP_NUM_THREADS
+
+for exe in nn-train nn-data examples/sgemm_limit examples/bench_report; do
+    [[ -x $BIN/$exe ]] || { echo "bench: $BIN/$exe is missing; run 'make bench' (it builds them)" >&2; exit 1; }
+done
+mkdir -p "$OUT" "$CACHE"
+
+# json KEY VALUE ...: one JSON object of strings; a value written =V goes in as raw JSON (V).
+json() {
+    local out="{" sep="" v
+    while (($#)); do
+        v=$2
+        if [[ $v == =* ]]; then v=${v:1}; else v="\"${v//\"/\\\"}\""; fi
+        out+="$sep\"$1\":$v"
+        sep=","
+        shift 2
+    done
+    echo "$out}"
+}
+
+note() {
+    echo "bench: $*"
+    json kind note text "$*" >>"$MANIFEST"
+}
+
+# The workloads of issue 6. Sets: ROWS FEATURES CLASSES LAYERS BATCH EPOCHS WREPS DATA VAL.
+define() {
+    VAL="" CLASSES=10 WREPS=$REPS EPOCHS=2
+    case $1 in
+        W1) ROWS=200000 FEATURES=10 LAYERS=64:relu,64:relu,10:softmax BATCH=32 ;;
+        W2) ROWS=0 FEATURES=64 LAYERS=128:relu,128:relu,10:softmax BATCH=32 EPOCHS=50
+            DATA=data/digits/train.h5 VAL=data/digits/test.h5 ;;
+        W3) ROWS=60000 FEATURES=784 LAYERS=1024:relu,1024:relu,10:softmax BATCH=256 ;;
+        # W4 is about memory: one run per layout is enough.
+        W4) ROWS=2000000 FEATURES=784 LAYERS=1024:relu,1024:relu,10:softmax BATCH=256 WREPS=1 ;;
+        *) echo "bench: unknown workload '$1' (W1 W2 W3 W4)" >&2; exit 2 ;;
+    esac
+    if [[ $QUICK == 1 ]]; then
+        case $1 in
+            W1 | W3) ROWS=$((ROWS / 20)) ;;
+            W2) EPOCHS=4 ;;
+            W4) ROWS=$((ROWS / 200)) ;;
+        esac
+    fi
+    if ((ROWS > 0)); then
+        DATA=$CACHE/gen-rows$ROWS-features$FEATURES-classes$CLASSES-seed$SEED.h5
+    fi
+}
+
+# Generates DATA once; a partly written file never takes the cached name.
+generate() {
+    [[ -f $DATA ]] && return 0
+    local size_mb=$((ROWS * (FEATURES + 2) * 4 / 1000000 + 1)) free_mb
+    free_mb=$(df -Pm "$CACHE" | awk 'NR==2 {print $4}')
+    if ((free_mb < size_mb + 1000)); then
+        echo "bench: $DATA needs about $size_mb MB (and 1 GB to spare) but $CACHE has $free_mb MB free" >&2
+        exit 1
+    fi
+    echo "bench: generating $DATA (about $size_mb MB, cached for later runs)"
+    local tmp=$DATA.tmp-$$
+    "$BIN/nn-data" gen --rows "$ROWS" --features "$FEATURES" --classes "$CLASSES" --seed "$SEED" --out "$tmp"
+    mv "$tmp" "$DATA"
+}
+
+# layout RANKS: sets the mpirun placement and BLAS threads of that layout (2 cores).
+layout() {
+    if (($1 == 1)); then
+        PLACE=(mpirun -n 1 --bind-to none) THREADS=2
+    else
+        PLACE=(mpirun -n "$1" --bind-to core) THREADS=1
+    fi
+}
+
+sgemm() { # workload ranks
+    layout "$2"
+    local dims per_rank=$(((BATCH + $2 - 1) / $2))
+    # shellcheck disable=SC2001 # a pattern replacement needs extglob
+    dims=$FEATURES,$(sed 's/:[a-z]*//g' <<<"$LAYERS") # 64:relu,10:softmax -> 64,10
+    local file=$OUT/sgemm-$1-$2x$THREADS.jsonl code=0
+    timeout "$TIMEOUT" "${PLACE[@]}" "$BIN/examples/sgemm_limit" --dims "$dims" --batch "$per_rank" \
+        --threads "$THREADS" >"$file" 2>"$file.err" || code=$?
+    json kind sgemm workload "$1" ranks "=$2" threads "=$THREADS" exit "=$code" file "$file" >>"$MANIFEST"
+    ((code == 0)) || { FAILED=$((FAILED + 1)); echo "bench: sgemm_limit failed ($code):" >&2; tail -5 "$file.err" >&2; }
+}
+
+train() { # workload ranks rep
+    layout "$2"
+    local name=$OUT/$1-$2x$THREADS-rep$3 code=0 start end
+    local args=(--data "$DATA" --layers "$LAYERS" --batch-size "$BATCH" --epochs "$EPOCHS"
+        --loss crossentropy --optimizer adam --lr 0.001 --epsilon 1e-7 --seed "$SEED"
+        --threads "$THREADS" --profile --metrics "$name.jsonl")
+    [[ -n $VAL ]] && args+=(--val "$VAL")
+    # shellcheck disable=SC2206 # BENCH_ARGS is a list of flags, split on spaces
+    args+=($EXTRA)
+    start=$(date +%s.%N)
+    timeout "$TIMEOUT" "${PLACE[@]}" "$BIN/nn-train" "${args[@]}" >"$name.log" 2>&1 || code=$?
+    end=$(date +%s.%N)
+    json kind train workload "$1" ranks "=$2" threads "=$THREADS" rep "=$3" exit "=$code" \
+        wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" metrics "$name.jsonl" log "$name.log" >>"$MANIFEST"
+    if ((code == 0)); then
+        echo "bench: $1 $2x$THREADS rep $3: $(grep -E '^epoch ' "$name.log" | tail -1)"
+    else
+        FAILED=$((FAILED + 1))
+        echo "bench: $1 $2x$THREADS rep $3 FAILED (exit $code); from $name.log:" >&2
+        grep -m 3 'error' "$name.log" >&2 || tail -5 "$name.log" >&2
+    fi
+}
+
+json kind env date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" host "$(hostname)" \
+    commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo +changes)" \
+    reps "=$REPS" quick "=$QUICK" extra_args "$EXTRA" loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)" >"$MANIFEST"
+echo "bench: $WORKLOADS; runs per workload and layout: $REPS; load average $(cut -d' ' -f1-3 /proc/loadavg); raw files in $OUT"
+[[ $QUICK == 1 ]] && note "BENCH_QUICK=1: reduced sizes, for checking the harness only"
+[[ -n $EXTRA ]] && note "extra nn-train flags: $EXTRA"
+[[ " $WORKLOADS " != *" W4 "* ]] && note "W4 skipped: BENCH_W4=1 make bench runs it (generates a 6.3 GB file in bench/cache once; about 10 minutes more)"
+
+for w in $WORKLOADS; do
+    define "$w"
+    [[ $ROWS -gt 0 ]] && generate
+    json kind workload name "$w" data "$DATA" features "=$FEATURES" layers "$LAYERS" batch "=$BATCH" \
+        epochs "=$EPOCHS" >>"$MANIFEST"
+    sgemm "$w" 1
+    sgemm "$w" 2
+    for ((rep = 1; rep <= WREPS; rep++)); do
+        train "$w" 1 "$rep"
+        train "$w" 2 "$rep"
+    done
+done
+
+json kind env_end loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)" date_end "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$MANIFEST"
+"$BIN/examples/bench_report" "$MANIFEST" --jsonl "bench/results/$STAMP.jsonl" --table "bench/results/$STAMP.md"
+if ((FAILED > 0)); then
+    echo "bench: $FAILED run(s) failed; their logs are in $OUT" >&2
+    exit 1
+fi

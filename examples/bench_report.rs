@@ -1,0 +1,441 @@
+//! The table of `make bench`: reads the manifest bench/run.sh wrote (one JSON line per
+//! workload, sgemm measurement and training run), the runs' `--metrics` files and logs, and
+//! prints one Markdown table with the issue-6 targets under it. Also writes every figure as
+//! JSON Lines (`--jsonl`) and the printed text (`--table`).
+//!
+//!     target/release/examples/bench_report bench/results/STAMP/manifest.jsonl
+
+use clap::Parser;
+use nn_train::metrics::{thousands, EpochRecord, Profile};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// Print the benchmark table from a bench/run.sh manifest.
+#[derive(Parser)]
+struct Args {
+    /// The manifest (manifest.jsonl) bench/run.sh wrote.
+    manifest: PathBuf,
+    /// Also write all results here as JSON Lines.
+    #[arg(long)]
+    jsonl: Option<PathBuf>,
+    /// Also write the printed table here.
+    #[arg(long)]
+    table: Option<PathBuf>,
+}
+
+/// Peer figures quoted from issue 6 (samples/s, medians of 4 runs, measured by the issue's
+/// author on a 2-core AVX-512 machine with OpenBLAS 0.3.21; not measured by this suite).
+const PEERS: [&str; 6] = [
+    "Keras 3 fit (TF)",
+    "Keras MWMS 2 workers",
+    "PyTorch 1 proc",
+    "PyTorch DDP gloo 2 procs",
+    "numpy + mpi4py 1 proc",
+    "numpy + mpi4py 2 procs",
+];
+fn peer_figures(workload: &str) -> Option<[Option<f64>; 6]> {
+    match workload {
+        "W1" => Some([Some(24_800.0), Some(2_400.0), Some(59_200.0), Some(16_800.0), Some(384_000.0), Some(348_000.0)]),
+        "W2" => Some([Some(14_400.0), None, Some(42_000.0), Some(15_600.0), Some(124_000.0), Some(137_000.0)]),
+        "W3" => Some([Some(15_200.0), Some(2_900.0), Some(16_700.0), Some(8_600.0), Some(14_100.0), Some(13_300.0)]),
+        _ => None,
+    }
+}
+
+/// The best peer of a workload: (name, samples/s).
+fn best_peer(workload: &str) -> Option<(&'static str, f64)> {
+    let figures = peer_figures(workload)?;
+    PEERS.iter().zip(figures).filter_map(|(n, f)| f.map(|f| (*n, f))).max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+const NAMES: [(&str, &str); 4] = [("W1", "seed"), ("W2", "digits"), ("W3", "wide"), ("W4", "scale")];
+
+/// One line of the manifest.
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Entry {
+    Env { date: String, host: String, commit: String, reps: usize, quick: u8, extra_args: String, loadavg_start: String },
+    EnvEnd { loadavg_end: String, date_end: String },
+    Note { text: String },
+    Workload { name: String, data: String, features: usize, layers: String, batch: usize, epochs: usize },
+    Sgemm { workload: String, ranks: usize, threads: usize, exit: i32, file: PathBuf },
+    Train(TrainEntry),
+}
+
+/// A training run as bench/run.sh recorded it.
+#[derive(Deserialize, Serialize, Clone, Debug)]
+struct TrainEntry {
+    workload: String,
+    ranks: usize,
+    threads: usize,
+    rep: usize,
+    exit: i32,
+    wall_s: f64,
+    metrics: PathBuf,
+    log: PathBuf,
+}
+
+/// One line of examples/sgemm_limit.rs (one per rank).
+#[derive(Deserialize, Serialize, Clone, Debug)]
+struct SgemmLine {
+    batch: usize,
+    flops_per_sample: f64,
+    gflops_median: f64,
+    gflops_best: f64,
+    openblas: String,
+    openblas_core: String,
+}
+
+/// What one training run measured.
+#[derive(Serialize, Clone, Debug)]
+struct RunResult {
+    kind: &'static str,
+    #[serde(flatten)]
+    run: TrainEntry,
+    /// Training rows (from the run's start-up summary).
+    rows: Option<usize>,
+    /// Over the measured epochs (all but the first): the harmonic mean of the epochs' rates,
+    /// i.e. their samples over their training-step time.
+    samples_per_s: Option<f64>,
+    epoch_samples_per_s: Vec<f64>,
+    measured_epochs: usize,
+    val_accuracy: Option<f64>,
+    /// Summed over the measured epochs (rank 0's clock).
+    profile: Profile,
+    /// Per rank, at the end of the run.
+    peak_rss_mb: Vec<f64>,
+    /// Per rank, at the end of the first and of the last epoch.
+    rss_first_mb: Vec<f64>,
+    rss_last_mb: Vec<f64>,
+    error: Option<String>,
+}
+
+/// One workload in one layout, over its runs.
+#[derive(Serialize, Clone, Debug, Default)]
+struct Summary {
+    kind: &'static str,
+    workload: String,
+    ranks: usize,
+    threads: usize,
+    runs: usize,
+    failed: usize,
+    median: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    sgemm_gflops: Option<f64>,
+    sgemm_limit: Option<f64>,
+    fraction_of_limit: Option<f64>,
+    best_peer: Option<String>,
+    ratio_to_best_peer: Option<f64>,
+    test_accuracy: Option<f64>,
+    peak_rss_mb: Option<f64>,
+    rss_bound_mb: Option<f64>,
+    rss_growth_mb: Option<f64>,
+    step_ms: Option<f64>,
+    /// data, forward, backward, allreduce, optimizer: percent of the step time.
+    profile_pct: Option<[f64; 5]>,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    }
+}
+
+/// "data: N rows x D features from ..." in nn-train's start-up summary.
+fn rows_from_log(log: &str) -> Option<usize> {
+    log.lines().find_map(|l| l.strip_prefix("data: ")?.split(" rows").next()?.trim().parse().ok())
+}
+
+fn add(p: &mut Profile, q: &Profile) {
+    p.data_s += q.data_s;
+    p.forward_s += q.forward_s;
+    p.backward_s += q.backward_s;
+    p.allreduce_s += q.allreduce_s;
+    p.optimizer_s += q.optimizer_s;
+}
+
+fn read_run(e: &TrainEntry) -> RunResult {
+    let TrainEntry { exit, metrics, log, .. } = e;
+    let mut r = RunResult {
+        kind: "run",
+        run: e.clone(),
+        rows: None,
+        samples_per_s: None,
+        epoch_samples_per_s: Vec::new(),
+        measured_epochs: 0,
+        val_accuracy: None,
+        profile: Profile::default(),
+        peak_rss_mb: Vec::new(),
+        rss_first_mb: Vec::new(),
+        rss_last_mb: Vec::new(),
+        error: None,
+    };
+    r.rows = std::fs::read_to_string(log).ok().as_deref().and_then(rows_from_log);
+    if *exit != 0 {
+        r.error = Some(format!("exit code {exit}; see {}", log.display()));
+        return r;
+    }
+    let records: Result<Vec<EpochRecord>, String> = std::fs::read_to_string(metrics)
+        .map_err(|e| format!("{}: {e}", metrics.display()))
+        .and_then(|text| text.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("{}: {e}", metrics.display()))).collect());
+    let records = match records {
+        Ok(r) if !r.is_empty() => r,
+        Ok(_) => {
+            r.error = Some(format!("{} has no epochs", metrics.display()));
+            return r;
+        }
+        Err(e) => {
+            r.error = Some(e);
+            return r;
+        }
+    };
+    // The first epoch warms up (page faults, thread start-up, caches) unless it is the only one.
+    let measured = if records.len() > 1 { &records[1..] } else { &records[..] };
+    r.epoch_samples_per_s = records.iter().map(|e| e.samples_per_s).collect();
+    r.measured_epochs = measured.len();
+    let inverse: f64 = measured.iter().map(|e| 1.0 / e.samples_per_s.max(1e-9)).sum();
+    r.samples_per_s = Some(measured.len() as f64 / inverse);
+    for e in measured {
+        add(&mut r.profile, &e.profile);
+    }
+    let last = records.last().expect("not empty");
+    r.val_accuracy = last.val_accuracy;
+    r.peak_rss_mb = last.peak_rss_mb.clone();
+    r.rss_first_mb = records[0].rss_mb.clone();
+    r.rss_last_mb = last.rss_mb.clone();
+    r
+}
+
+/// Layer widths from the input: features and the units of "64:relu,64:relu,10:softmax".
+fn dims(features: usize, layers: &str) -> Vec<usize> {
+    std::iter::once(features).chain(layers.split(',').filter_map(|l| l.split(':').next()?.parse().ok())).collect()
+}
+
+fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or("-".to_string(), f)
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.0}%", 100.0 * v)
+}
+
+fn cpu_model() -> (String, bool) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(|s| s.trim().to_string()));
+    let avx512 = info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "avx512f"));
+    (model.unwrap_or_else(|| "unknown CPU".into()), avx512)
+}
+
+fn mem_total_gb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().split_whitespace().next()?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1e6)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.manifest).map_err(|e| anyhow::anyhow!("{}: {e}", args.manifest.display()))?;
+    let entries: Vec<Entry> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{} line {}: {e}", args.manifest.display(), i + 1)))
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut out = String::new();
+    let mut jsonl: Vec<serde_json::Value> = Vec::new();
+
+    // Header: when, where, on what.
+    let (cpu, avx512) = cpu_model();
+    let cores = nn_train::threads::node_cores();
+    let mut openblas = None;
+    let mut sgemm_lines: BTreeMap<(String, usize), (usize, Vec<SgemmLine>)> = BTreeMap::new();
+    for e in &entries {
+        if let Entry::Sgemm { workload, ranks, threads, exit: 0, file } = e {
+            let lines: Vec<SgemmLine> =
+                std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            if lines.len() == *ranks {
+                openblas.get_or_insert_with(|| format!("{} (core {})", lines[0].openblas, lines[0].openblas_core));
+                sgemm_lines.insert((workload.clone(), *ranks), (*threads, lines));
+            }
+        }
+    }
+    let mut env_end = None;
+    for e in &entries {
+        match e {
+            Entry::Env { date, host, commit, reps, quick, extra_args, loadavg_start } => {
+                writeln!(out, "nn-train benchmark, {date} on {host}: {cpu}, {cores} cores{}, {:.0} GB", if avx512 { " (AVX-512)" } else { "" }, mem_total_gb())?;
+                writeln!(out, "{}; commit {commit}; runs per workload and layout: {reps}{}{}", openblas.as_deref().unwrap_or("OpenBLAS ?"), if *quick == 1 { "; QUICK sizes" } else { "" }, if extra_args.is_empty() { String::new() } else { format!("; extra flags {extra_args}") })?;
+                write!(out, "load average (1, 5, 15 min) at start {loadavg_start}")?;
+                jsonl.push(serde_json::json!({"kind": "env", "date": date, "host": host, "cpu": cpu, "avx512": avx512, "cores": cores,
+                    "mem_gb": mem_total_gb(), "openblas": openblas, "commit": commit, "reps": reps, "quick": quick, "extra_args": extra_args,
+                    "loadavg_start": loadavg_start, "loadavg_end": entries.iter().find_map(|e| match e { Entry::EnvEnd { loadavg_end, .. } => Some(loadavg_end.clone()), _ => None })}));
+            }
+            Entry::EnvEnd { loadavg_end, .. } => env_end = Some(loadavg_end.clone()),
+            _ => {}
+        }
+    }
+    writeln!(out, ", at end {}", env_end.as_deref().unwrap_or("?"))?;
+    for e in &entries {
+        if let Entry::Note { text } = e {
+            writeln!(out, "note: {text}")?;
+        }
+    }
+    writeln!(out)?;
+
+    // Runs.
+    let runs: Vec<RunResult> = entries.iter().filter_map(|e| if let Entry::Train(t) = e { Some(read_run(t)) } else { None }).collect();
+    for r in &runs {
+        jsonl.push(serde_json::to_value(r)?);
+    }
+    for ((w, ranks), (threads, lines)) in &sgemm_lines {
+        jsonl.push(serde_json::json!({"kind": "sgemm", "workload": w, "ranks": ranks, "threads": threads, "per_rank": lines}));
+    }
+
+    writeln!(out, "| workload | ranks x threads | samples/s median | min - max | sgemm limit | % of limit | vs best peer | test acc | peak RSS/rank MB (bound) | RSS growth MB | ms/step | data/fwd/bwd/allreduce/opt % |")?;
+    writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")?;
+    let mut summaries: Vec<Summary> = Vec::new();
+    for e in &entries {
+        let Entry::Workload { name, features, layers, batch, .. } = e else { continue };
+        let dims = dims(*features, layers);
+        let n_params: usize = dims.windows(2).map(|d| d[0] * d[1] + d[1]).sum();
+        for ranks in [1usize, 2] {
+            let mine: Vec<&RunResult> = runs.iter().filter(|r| &r.run.workload == name && r.run.ranks == ranks).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let ok: Vec<&RunResult> = mine.iter().copied().filter(|r| r.error.is_none() && r.samples_per_s.is_some()).collect();
+            let rates: Vec<f64> = ok.iter().filter_map(|r| r.samples_per_s).collect();
+            let mut s = Summary { kind: "summary", workload: name.clone(), ranks, threads: mine[0].run.threads, runs: mine.len(), failed: mine.len() - ok.len(), ..Summary::default() };
+            s.median = median(&rates);
+            s.min = rates.iter().copied().reduce(f64::min);
+            s.max = rates.iter().copied().reduce(f64::max);
+            if let Some((_, lines)) = sgemm_lines.get(&(name.clone(), ranks)) {
+                let gflops: f64 = lines.iter().map(|l| l.gflops_median).sum();
+                s.sgemm_gflops = Some(gflops);
+                s.sgemm_limit = Some(gflops * 1e9 / lines[0].flops_per_sample);
+            }
+            s.fraction_of_limit = s.median.zip(s.sgemm_limit).map(|(m, l)| m / l);
+            if let Some((peer, figure)) = best_peer(name) {
+                s.best_peer = Some(peer.to_string());
+                s.ratio_to_best_peer = s.median.map(|m| m / figure);
+            }
+            s.test_accuracy = median(&ok.iter().filter_map(|r| r.val_accuracy).collect::<Vec<_>>());
+            s.peak_rss_mb = ok.iter().flat_map(|r| r.peak_rss_mb.iter().copied()).reduce(f64::max);
+            s.rss_growth_mb = ok
+                .iter()
+                .flat_map(|r| r.rss_first_mb.iter().zip(&r.rss_last_mb).map(|(a, b)| b - a))
+                .reduce(f64::max);
+            // The issue's memory budget: this rank's slice (x as f32 and one 4-byte label per
+            // row) + 4 x the parameters (f32) + 100 MB.
+            if let Some(rows) = ok.iter().find_map(|r| r.rows) {
+                let slice_rows = rows.div_ceil(ranks);
+                s.rss_bound_mb = Some((slice_rows * (features + 1) * 4 + 4 * n_params * 4) as f64 / 1e6 + 100.0);
+            }
+            s.step_ms = s.median.map(|m| *batch as f64 / m * 1e3);
+            let mut p = Profile::default();
+            for r in &ok {
+                add(&mut p, &r.profile);
+            }
+            let total = p.data_s + p.forward_s + p.backward_s + p.allreduce_s + p.optimizer_s;
+            if total > 0.0 {
+                s.profile_pct = Some([p.data_s, p.forward_s, p.backward_s, p.allreduce_s, p.optimizer_s].map(|v| 100.0 * v / total));
+            }
+            let label = NAMES.iter().find(|(w, _)| w == name).map_or(name.clone(), |(w, n)| format!("{w} {n}"));
+            writeln!(
+                out,
+                "| {label} | {} x {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                ranks,
+                s.threads,
+                fmt_opt(s.median, thousands),
+                if s.failed > 0 { format!(" ({} of {} runs FAILED)", s.failed, s.runs) } else { String::new() },
+                match (s.min, s.max) {
+                    (Some(a), Some(b)) => format!("{} - {}", thousands(a), thousands(b)),
+                    _ => "-".into(),
+                },
+                fmt_opt(s.sgemm_limit, thousands),
+                fmt_opt(s.fraction_of_limit, pct),
+                fmt_opt(s.ratio_to_best_peer, |v| format!("{v:.2}x")),
+                fmt_opt(s.test_accuracy, |v| format!("{:.1}%", 100.0 * v)),
+                match (s.peak_rss_mb, s.rss_bound_mb) {
+                    (Some(p), Some(b)) => format!("{} ({})", thousands(p), thousands(b)),
+                    (Some(p), None) => thousands(p),
+                    _ => "-".into(),
+                },
+                fmt_opt(s.rss_growth_mb, |v| format!("{v:+.1}")),
+                fmt_opt(s.step_ms, |v| format!("{v:.3}")),
+                s.profile_pct.map_or("-".into(), |p| p.map(|v| format!("{v:.0}")).join("/")),
+            )?;
+            summaries.push(s);
+        }
+    }
+    for s in &summaries {
+        jsonl.push(serde_json::to_value(s)?);
+    }
+
+    // The targets of issue 6, as ratios from this run (a report, not a test).
+    let get = |w: &str, ranks: usize| summaries.iter().find(|s| s.workload == w && s.ranks == ranks);
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    writeln!(out, "\nTargets of issue 6, from this run:")?;
+    let layouts = |w: &str, f: &dyn Fn(&Summary) -> Option<(String, bool)>| -> String {
+        let parts: Vec<String> = [1, 2]
+            .iter()
+            .filter_map(|&r| get(w, r).map(|s| (r, s)))
+            .map(|(r, s)| match f(s) {
+                Some((v, ok)) => format!("{r} rank{}: {v} ({})", if r == 1 { "" } else { "s" }, verdict(ok)),
+                None => format!("{r} rank{}: -", if r == 1 { "" } else { "s" }),
+            })
+            .collect();
+        if parts.is_empty() {
+            "not run".into()
+        } else {
+            parts.join("; ")
+        }
+    };
+    writeln!(out, "- W1 at least 1,000,000 samples/s: {}", layouts("W1", &|s| s.median.map(|m| (thousands(m), m >= 1e6))))?;
+    writeln!(out, "- W3 at least 85% of the sgemm limit: {}", layouts("W3", &|s| s.fraction_of_limit.map(|f| (pct(f), f >= 0.85))))?;
+    match (get("W3", 1).and_then(|s| s.median), get("W3", 2).and_then(|s| s.median)) {
+        (Some(one), Some(two)) => {
+            let split = |r: usize| {
+                get("W3", r).and_then(|s| s.profile_pct).map_or("-".into(), |p| format!("compute {:.0}%, allreduce wait {:.0}%", p[1] + p[2] + p[4], p[3]))
+            };
+            writeln!(out, "- W3 two ranks within 10% of one rank: 2 ranks / 1 rank = {:.2} ({}); per step, 1 rank {}, 2 ranks {}", two / one, verdict(two >= 0.9 * one), split(1), split(2))?;
+        }
+        _ => writeln!(out, "- W3 two ranks within 10% of one rank: not run")?,
+    }
+    writeln!(
+        out,
+        "- W4 peak RSS per rank at most slice + 4 x parameters + 100 MB: {}",
+        layouts("W4", &|s| s.peak_rss_mb.zip(s.rss_bound_mb).map(|(p, b)| (format!("{} of {} MB", thousands(p), thousands(b)), p <= b)))
+    )?;
+    writeln!(
+        out,
+        "- W4 no RSS growth over epochs (end of last vs first epoch, at most 1 MB): {}",
+        layouts("W4", &|s| s.rss_growth_mb.map(|g| (format!("{g:+.1} MB"), g <= 1.0)))
+    )?;
+
+    writeln!(out, "\nsamples/s: training steps only (no start-up, no validation), of every epoch after the first (the warm-up); median, min and max over the runs.")?;
+    writeln!(out, "sgemm limit: samples/s if a step cost only its GEMMs (forward x.W, backward x^T.dz and dz.W^T for every layer = 6 x weights FLOPs per sample) at the OpenBLAS sgemm speed examples/sgemm_limit measured just before, at the same per-rank shapes and threads, all ranks at once.")?;
+    writeln!(out, "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {}.", ["W1", "W2", "W3"].iter().filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f)))).collect::<Vec<_>>().join(", "))?;
+    writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the issue's budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
+    writeln!(out, "ms/step: global batch / samples/s. Profile: rank 0's time in data gathering, forward, loss + backward, waiting for the allreduce, optimizer.")?;
+
+    print!("{out}");
+    if let Some(p) = &args.table {
+        std::fs::write(p, &out).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &args.jsonl {
+        let text: String = jsonl.iter().map(|v| v.to_string() + "\n").collect();
+        std::fs::write(p, text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        println!("\nresults: {}{}", p.display(), args.table.as_ref().map_or(String::new(), |t| format!(", table: {}", t.display())));
+    }
+    Ok(())
+}
