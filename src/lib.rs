@@ -19,6 +19,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fpu;
 pub mod gemm;
+pub mod info;
 pub mod loss;
 pub mod lr_schedule;
 pub mod metrics;

@@ -19,6 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Gen(GenArgs),
+    Info(InfoArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
@@ -64,6 +65,24 @@ struct GenArgs {
     out: PathBuf,
 }
 
+/// Show what an HDF5 data file holds: every dataset (path, shape, element type), the root
+/// attributes, per-feature min/mean/max of x, and class counts (with the import's label
+/// names) or target statistics of y. Reads in chunks, so any file size works.
+#[derive(clap::Args, Debug)]
+struct InfoArgs {
+    /// The HDF5 file.
+    file: PathBuf,
+    /// Name of the features dataset. Default "x".
+    #[arg(long, default_value = "x", value_name = "NAME")]
+    x: String,
+    /// Name of the targets dataset. Default "y".
+    #[arg(long, default_value = "y", value_name = "NAME")]
+    y: String,
+    /// List every feature (by default: the first ten and the last two when there are more).
+    #[arg(long)]
+    all: bool,
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -74,6 +93,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Gen(a) => gen(a),
+        Command::Info(a) => info(a),
     };
     if let Err(e) = result {
         eprintln!("nn-data: error: {e:#}");
@@ -135,5 +155,11 @@ fn gen(a: GenArgs) -> Result<()> {
     }
     line += &format!("; peak memory {} MB", peak_rss_bytes() >> 20);
     println!("{line}");
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let report = nn_train::info::info(&a.file, &a.x, &a.y)?;
+    print!("{}", report.render(a.all));
     Ok(())
 }
