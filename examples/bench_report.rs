@@ -423,7 +423,7 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     writeln!(out, "\nsamples/s: training steps only (no start-up, no validation), of every epoch after the first (the warm-up); median, min and max over the runs.")?;
-    writeln!(out, "sgemm limit: samples/s if a step cost only its GEMMs (forward x.W, backward x^T.dz and dz.W^T for every layer = 6 x weights FLOPs per sample) at the OpenBLAS sgemm speed examples/sgemm_limit measured just before, at the same per-rank shapes and threads, all ranks at once.")?;
+    writeln!(out, "sgemm limit: samples/s if a step cost only its GEMMs (forward x.W, backward x^T.dz and dz.W^T for every layer = 6 x weights FLOPs per sample) at the OpenBLAS sgemm speed examples/sgemm_limit measured just before, at the same per-rank shapes and threads, all ranks at once. nn-train skips dx of the first layer (a step needs 14% fewer FLOPs on W3, 4% on W1), so it can beat this limit slightly.")?;
     writeln!(out, "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {}.", ["W1", "W2", "W3"].iter().filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f)))).collect::<Vec<_>>().join(", "))?;
     writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the issue's budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
     writeln!(out, "ms/step: global batch / samples/s. Profile: rank 0's time in data gathering, forward, loss + backward, waiting for the allreduce, optimizer.")?;
