@@ -56,6 +56,10 @@ pub struct GenSpec {
     pub features: usize,
     pub task: Task,
     pub seed: u64,
+    /// Index of the first row: rows first_row..first_row+rows of the seed's endless
+    /// sequence are generated, so files with the same seed and disjoint row ranges are
+    /// disjoint samples of the same task (a training set and a test set).
+    pub first_row: u64,
     /// Standard deviation of the Gaussian noise added to the teacher's standardised outputs.
     pub noise: f32,
     /// Rows generated and written at a time; None picks about 16 MiB of x.
@@ -80,6 +84,9 @@ impl GenSpec {
         }
         if self.chunk_rows == Some(0) {
             return Err(Error::flag("chunk-rows", "must be at least 1"));
+        }
+        if self.first_row.checked_add(self.rows as u64).is_none() {
+            return Err(Error::flag("first-row", "is too large"));
         }
         if self.rows.checked_mul(self.features).and_then(|n| n.checked_mul(4)).is_none() {
             return Err(Error::flag("rows", format!("{} rows x {} features is too large", self.rows, self.features)));
@@ -293,7 +300,7 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
     while start < n {
         let rows = chunk.min(n - start);
         for i in 0..rows {
-            let row = (start + i) as u64;
+            let row = spec.first_row + (start + i) as u64;
             let xr = &mut x[i * d..(i + 1) * d];
             fill_x(hash(spec.seed, &[rng::GEN_X, row]), xr);
             teacher.outputs(xr, &mut hidden, &mut outs);
@@ -356,8 +363,8 @@ fn write_attrs(file: &hdf5::File, spec: &GenSpec) -> hdf5::Result<()> {
         Task::Regress { targets } => format!("--task regress --targets {targets}"),
     };
     let command = format!(
-        "nn-data gen --rows {} --features {} {task} --seed {} --noise {}",
-        spec.rows, spec.features, spec.seed, spec.noise
+        "nn-data gen --rows {} --features {} {task} --seed {} --first-row {} --noise {}",
+        spec.rows, spec.features, spec.seed, spec.first_row, spec.noise
     );
     let generator = format!(
         "x uniform in [-sqrt 3, sqrt 3); y from a random teacher network {} -> {TEACHER_HIDDEN} tanh -> {} with standardised outputs and Gaussian noise of std {}",

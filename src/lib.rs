@@ -13,6 +13,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod comm;
 pub mod config;
+pub mod csv_import;
 pub mod data;
 pub mod datagen;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod rng;
 pub mod scaling;
 pub mod schedule;
 pub mod signals;
+pub mod split;
 pub mod threads;
 pub mod train;
 
