@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod output_file;
+pub mod plot;
 pub mod predict;
 pub mod rng;
 pub mod scaling;

@@ -473,3 +473,80 @@ fn info_bad_input_gives_one_line_errors() {
     assert_one_line_error(&nn_data(&["info", p(&text)]), &[p(&text), "cannot open as HDF5"]);
     assert_one_line_error(&nn_data(&["info", p(dir.path())]), &["is a directory"]);
 }
+
+// --------------------------------------------------------------------------------- plot
+
+/// Decodes a PNG with the png crate: (width, height, RGB(A) bytes, bytes per pixel).
+fn decode_png(path: &Path) -> (u32, u32, Vec<u8>, usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf, info.color_type.samples())
+}
+
+fn has_colour(rgb: &[u8], samples: usize, c: plotters::style::RGBColor) -> bool {
+    rgb.chunks_exact(samples).any(|px| px[0] == c.0 && px[1] == c.1 && px[2] == c.2)
+}
+
+#[test]
+fn plot_draws_nn_train_metrics_as_a_png_of_the_requested_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = common::digits();
+    let metrics = dir.path().join("digits.jsonl");
+    direct("nn-train", &["--data", &train, "--val", &test, "--layers", "16:relu,10:softmax", "--epochs", "3", "--metrics", p(&metrics)], 120)
+        .expect_ok();
+    let png_path = dir.path().join("curves.png");
+    let run = nn_data(&["plot", p(&metrics), "--out", p(&png_path), "--width", "640", "--height", "360"]).expect_ok();
+    assert!(run.stdout.contains("plotted 3 epochs"), "{}", run.stdout);
+    let (w, h, rgb, samples) = decode_png(&png_path);
+    assert_eq!((w, h), (640, 360));
+    assert!(has_colour(&rgb, samples, nn_train::plot::TRAIN_COLOUR) && has_colour(&rgb, samples, nn_train::plot::VAL_COLOUR));
+
+    // Regression metrics (accuracy null), no validation, a gap (null loss), default size.
+    let reg = dir.path().join("reg.jsonl");
+    std::fs::write(
+        &reg,
+        "{\"epoch\":1,\"loss\":0.9,\"accuracy\":null,\"val_loss\":null,\"val_accuracy\":null}\n\n\
+         {\"epoch\":2,\"loss\":null,\"accuracy\":null}\n{\"epoch\":3,\"loss\":0.2,\"extra\":\"ignored\"}\n",
+    )
+    .unwrap();
+    let reg_png = dir.path().join("reg.png");
+    nn_data(&["plot", p(&reg), "--out", p(&reg_png)]).expect_ok();
+    let (w, h, rgb, samples) = decode_png(&reg_png);
+    assert_eq!((w, h), (1000, 450));
+    assert!(has_colour(&rgb, samples, nn_train::plot::TRAIN_COLOUR));
+    assert!(!has_colour(&rgb, samples, nn_train::plot::VAL_COLOUR), "no validation values, yet a validation line");
+}
+
+#[test]
+fn plot_bad_input_gives_one_line_errors_and_no_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c.png");
+    let good = "{\"epoch\":1,\"loss\":0.5,\"accuracy\":0.8,\"val_loss\":0.6,\"val_accuracy\":0.7}\n";
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (format!("{good}{good}{{\"epoch\":3,\"loss\":0.4\n"), vec![], " line 3: not valid JSON"),
+        (format!("{good}[1,2]\n"), vec![], " line 2: not a JSON object"),
+        (format!("{good}{{\"loss\":0.4}}\n"), vec![], " line 2: no field 'epoch'"),
+        (format!("{good}{{\"epoch\":2}}\n"), vec![], " line 2: no field 'loss'"),
+        (format!("{good}{{\"epoch\":2,\"loss\":\"low\"}}\n"), vec![], " line 2: field 'loss' is \"low\", expected a number or null"),
+        ("\n\n".to_string(), vec![], ": no epochs in the file"),
+    ];
+    for (i, (text, extra, expected)) in cases.iter().enumerate() {
+        let metrics = dir.path().join(format!("m{i}.jsonl"));
+        std::fs::write(&metrics, text).unwrap();
+        let run = nn_data(&[&["plot", p(&metrics), "--out", p(&out)][..], &extra[..]].concat());
+        assert_one_line_error(&run, &[&format!("{}{expected}", p(&metrics))]);
+        assert!(!out.exists());
+    }
+    let metrics = dir.path().join("ok.jsonl");
+    std::fs::write(&metrics, good).unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    assert_one_line_error(&nn_data(&["plot", p(&missing), "--out", p(&out)]), &[p(&missing), "no such file"]);
+    assert_one_line_error(&nn_data(&["plot", p(&metrics), "--out", p(&out), "--width", "50"]), &["--width", "200..10000", "50"]);
+    assert_one_line_error(&nn_data(&["plot", p(&metrics), "--out", "/nonexistent-dir/c.png"]), &["/nonexistent-dir", "does not exist"]);
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| !n.to_string_lossy().ends_with(".jsonl")).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

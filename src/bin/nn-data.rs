@@ -21,6 +21,7 @@ enum Command {
     Gen(GenArgs),
     Import(ImportArgs),
     Info(InfoArgs),
+    Plot(PlotArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
@@ -135,6 +136,25 @@ struct InfoArgs {
     all: bool,
 }
 
+/// Plot learning curves from an `nn-train --metrics` file (JSON Lines) as a PNG: loss and
+/// accuracy panels, each with training and validation lines. Fields read: epoch, loss,
+/// accuracy, val_loss, val_accuracy (null or absent values leave gaps). The accuracy panel
+/// is left out when the file has no accuracy (regression).
+#[derive(clap::Args, Debug)]
+struct PlotArgs {
+    /// The metrics file written by nn-train --metrics.
+    metrics: PathBuf,
+    /// Output PNG file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Image width in pixels. Default 1000.
+    #[arg(long, default_value_t = 1000, value_name = "W")]
+    width: u32,
+    /// Image height in pixels. Default 450.
+    #[arg(long, default_value_t = 450, value_name = "H")]
+    height: u32,
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -147,6 +167,7 @@ fn main() {
         Command::Gen(a) => gen(a),
         Command::Import(a) => import(a),
         Command::Info(a) => info(a),
+        Command::Plot(a) => plot(a),
     };
     if let Err(e) = result {
         eprintln!("nn-data: error: {e:#}");
@@ -283,4 +304,10 @@ fn split_names(out: &std::path::Path) -> (PathBuf, PathBuf) {
     let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = out.extension().map_or_else(|| "h5".to_string(), |e| e.to_string_lossy().into_owned());
     (out.with_file_name(format!("{stem}-train.{ext}")), out.with_file_name(format!("{stem}-test.{ext}")))
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let epochs = nn_train::plot::plot(&a.metrics, &a.out, a.width, a.height)?;
+    println!("nn-data: plotted {} epochs of {} -> {} ({}x{} PNG)", epochs.len(), a.metrics.display(), a.out.display(), a.width, a.height);
+    Ok(())
 }
