@@ -153,11 +153,12 @@ fn gen_memory_is_bounded_by_the_chunk_not_the_file() {
     let run = run.expect_ok();
     let size = std::fs::metadata(&out).unwrap().len();
     assert!(size > 160_000_000, "file is {size} bytes");
-    // nn-data's own report (its VmHWM at the end) and what we saw from outside.
+    // nn-data's own report (its VmHWM when it prints, in whole MB) and what we saw from
+    // outside (which also covers the exit, when HDF5 shuts down).
     let reported: u64 = run.stdout.split("peak memory ").nth(1).and_then(|r| r.split(" MB").next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no peak memory in: {}", run.stdout));
-    let reported = reported << 20;
-    assert!(watched > 1 << 20 && watched <= reported + (1 << 20), "watched {watched}, reported {reported}");
-    assert!(reported < size / 4, "peak RSS {} MB for a {} MB file", reported >> 20, size >> 20);
+    let peak = watched.max(reported << 20);
+    assert!(watched > 1 << 20, "watched {watched}");
+    assert!(peak < size / 4, "peak RSS {} MB for a {} MB file", peak >> 20, size >> 20);
     // The whole file is there: the last row is written and not a fill value.
     let f = hdf5::File::open(&out).unwrap();
     let last = f.dataset("x").unwrap().read_slice_2d::<f32, _>(ndarray::s![399_999..400_000, ..]).unwrap();
