@@ -76,7 +76,7 @@ impl GenSpec {
         }
         match self.task {
             Task::Classify { classes } if classes < 2 => return Err(Error::flag("classes", format!("must be at least 2, got {classes}"))),
-            Task::Regress { targets } if targets == 0 => return Err(Error::flag("targets", "must be at least 1")),
+            Task::Regress { targets: 0 } => return Err(Error::flag("targets", "must be at least 1")),
             _ => {}
         }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
@@ -169,9 +169,7 @@ impl Teacher {
         }
         if let Task::Classify { .. } = spec.task {
             for row in outs.chunks_exact_mut(k) {
-                for j in 0..k {
-                    row[j] = (row[j] - self.mean[j]) / self.scale[j];
-                }
+                self.standardize(row);
             }
             // A class that wins too often gets its bias lowered, in proportion to the log of
             // how far its share is from 1/k. 200 damped steps settle it to within a few
@@ -182,9 +180,9 @@ impl Teacher {
                 for row in outs.chunks_exact(k) {
                     wins[argmax_biased(row, &self.bias)] += 1;
                 }
-                for j in 0..k {
-                    let share = (wins[j] as f32 / CALIBRATION_ROWS as f32).max(0.1 / k as f32);
-                    self.bias[j] -= 0.3 * (share * k as f32).ln();
+                for (b, &w) in self.bias.iter_mut().zip(&wins) {
+                    let share = (w as f32 / CALIBRATION_ROWS as f32).max(0.1 / k as f32);
+                    *b -= 0.3 * (share * k as f32).ln();
                 }
             }
         }
@@ -206,6 +204,10 @@ impl Teacher {
     /// The standardised outputs for one row (bias not added).
     fn outputs(&self, x: &[f32], hidden: &mut [f32; TEACHER_HIDDEN], out: &mut [f32]) {
         self.raw_outputs(x, hidden, out);
+        self.standardize(out);
+    }
+
+    fn standardize(&self, out: &mut [f32]) {
         for ((o, &m), &s) in out.iter_mut().zip(&self.mean).zip(&self.scale) {
             *o = (*o - m) / s;
         }

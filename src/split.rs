@@ -86,7 +86,7 @@ mod tests {
         // Class sizes 1, 2, 7, 50, 101: awkward remainders.
         let mut labels = Vec::new();
         for (c, n) in [(3i64, 1usize), (0, 2), (1, 7), (2, 50), (9, 101)] {
-            labels.extend(std::iter::repeat(c).take(n));
+            labels.extend(std::iter::repeat_n(c, n));
         }
         for fraction in [0.1, 0.2, 0.25, 0.5, 0.9] {
             let s = stratified(&labels, fraction, 42).unwrap();

@@ -30,8 +30,9 @@ enum TaskName {
     Regress,
 }
 
-/// Generate a seeded synthetic data set of any size, written in chunks (memory is bounded
-/// by one chunk). x (N, D) float32 is uniform with mean 0 and variance 1; y comes from a
+/// Generate a seeded synthetic data set of any size (classification or regression).
+///
+/// Written in chunks: memory is bounded by one chunk. x (N, D) float32 is uniform with mean 0 and variance 1; y comes from a
 /// fixed random teacher network (D -> 16 tanh -> K) drawn from the seed: int64 class labels
 /// (N,) for classify, float32 targets (N,) or (N, K) for regress. The same seed gives the
 /// same file whatever the chunk size.
@@ -71,8 +72,9 @@ struct GenArgs {
     out: PathBuf,
 }
 
-/// Import a CSV file into nn-train's layout: x (N, D) float32 from every column but the
-/// label, y (N,) int64 class indices (classify) or float32 targets (regress). The CSV needs
+/// Import a CSV file (header row, numeric columns, one label column) to HDF5.
+///
+/// x (N, D) float32 comes from every column but the label, y (N,) int64 class indices (classify) or float32 targets (regress). The CSV needs
 /// a header row; feature values must be numbers (no empty fields). Class labels that are
 /// whole numbers >= 0 are kept as indices; other labels (names, negative numbers) become
 /// 0..K-1 in sorted order, with the names stored in y's attribute `label_names`. A bad row
@@ -118,8 +120,10 @@ struct ImportArgs {
     y: String,
 }
 
-/// Show what an HDF5 data file holds: every dataset (path, shape, element type), the root
-/// attributes, per-feature min/mean/max of x, and class counts (with the import's label
+/// Show what an HDF5 data file holds: datasets, shapes, types, statistics, class counts.
+///
+/// Every dataset (path, shape, element type), the root
+/// attributes, per-feature min/mean/std/max of x, and class counts (with the import's label
 /// names) or target statistics of y. Reads in chunks, so any file size works.
 #[derive(clap::Args, Debug)]
 struct InfoArgs {
@@ -136,8 +140,9 @@ struct InfoArgs {
     all: bool,
 }
 
-/// Plot learning curves from an `nn-train --metrics` file (JSON Lines) as a PNG: loss and
-/// accuracy panels, each with training and validation lines. Fields read: epoch, loss,
+/// Plot loss and accuracy curves from an `nn-train --metrics` file as a PNG.
+///
+/// Loss and accuracy panels, each with training and validation lines. Fields read: epoch, loss,
 /// accuracy, val_loss, val_accuracy (null or absent values leave gaps). The accuracy panel
 /// is left out when the file has no accuracy (regression).
 #[derive(clap::Args, Debug)]
