@@ -96,16 +96,22 @@ impl Comm {
     /// Every rank learns whether any rank failed. Returns the caller's own result when all
     /// succeeded; otherwise every rank gets an error, and only the LOWEST failing rank keeps
     /// its message (the others get [`Error::OtherRank`]), so a failure shared by all ranks,
-    /// such as a missing file, is printed once.
+    /// such as a missing file, is printed once. A failure of only some ranks is wrapped in
+    /// [`Error::Rank`] so the message names the rank.
     pub fn agree<T>(&self, result: Result<T>) -> Result<T> {
-        let mine = if result.is_err() { self.rank as u64 } else { self.size as u64 };
-        let first = self.min_u64(mine) as usize;
-        if first == self.size {
-            result
-        } else if first == self.rank {
-            result
-        } else {
-            Err(Error::OtherRank { rank: first })
+        let failed = result.is_err();
+        let mut votes = [if failed { self.rank as f64 } else { f64::INFINITY }, failed as u8 as f64];
+        if self.size > 1 {
+            let send = votes;
+            self.world.all_reduce_into(&send[..1], &mut votes[..1], SystemOperation::min());
+            self.world.all_reduce_into(&send[1..], &mut votes[1..], SystemOperation::sum());
+        }
+        let (first, failures) = (votes[0], votes[1] as usize);
+        match result {
+            Ok(v) if failures == 0 => Ok(v),
+            Err(e) if first == self.rank as f64 && failures == self.size => Err(e),
+            Err(e) if first == self.rank as f64 => Err(Error::Rank { rank: self.rank, source: Box::new(e) }),
+            _ => Err(Error::OtherRank { rank: first as usize }),
         }
     }
 

@@ -403,6 +403,13 @@ pub fn check_output_path(flag: &'static str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// clap's message without its usage block: "unexpected argument '--foo' found".
+pub fn clap_one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    first.trim_start_matches("error: ").to_string()
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
