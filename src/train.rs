@@ -556,6 +556,7 @@ fn check_outputs(comm: &Comm, cfg: &Config) -> Result<()> {
     }
     if let Some(p) = &cfg.checkpoint {
         check_output_path("checkpoint", p)?;
+        checkpoint::remove_stale_temps(p);
     }
     if let Some(p) = &cfg.metrics {
         check_output_path("metrics", p)?;

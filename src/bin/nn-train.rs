@@ -41,6 +41,8 @@ fn run() -> i32 {
             return 2;
         }
     };
+    // Before MPI starts, so a signal during start-up is not lost.
+    signals::install();
     let comm = match Comm::init() {
         Ok(c) => c,
         Err(e) => {
