@@ -278,6 +278,13 @@ impl<'c> Trainer<'c> {
         s
     }
 
+    /// Fills the batch plan of the current epoch (done by [`Trainer::fit`]; public for tests
+    /// that drive [`Trainer::step`] directly). Returns the number of steps.
+    pub fn start_epoch(&mut self) -> usize {
+        self.plan.fill(self.cfg.seed, self.pos.epoch as u64);
+        self.plan.steps()
+    }
+
     /// One training step on step `s` of the current epoch's plan. Returns true when some rank
     /// received a stop signal (all ranks return the same).
     pub fn step(&mut self, s: usize) -> bool {
@@ -341,8 +348,7 @@ impl<'c> Trainer<'c> {
         while self.pos.epoch < self.cfg.epochs {
             let epoch_start = Instant::now();
             let resumed_s = self.pos.partial_train_s;
-            self.plan.fill(self.cfg.seed, self.pos.epoch as u64);
-            let steps = self.plan.steps();
+            let steps = self.start_epoch();
             if let Some(b) = &bar {
                 b.set_position(self.pos.step as u64);
                 b.set_message(format!("epoch {}/{}", self.pos.epoch + 1, self.cfg.epochs));
