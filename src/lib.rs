@@ -18,6 +18,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fpu;
 pub mod gemm;
+pub mod kernels;
 pub mod loss;
 pub mod lr_schedule;
 pub mod metrics;

@@ -7,6 +7,7 @@
 
 use crate::activation::Activation;
 use crate::gemm::{gemm, Mat};
+use crate::kernels;
 use crate::rng;
 use crate::{Error, Result};
 use rand::Rng;
@@ -313,9 +314,7 @@ impl Model {
                     // db = column sums of dz: (out_dim,)
                     let db = &mut grads[bias.range()];
                     db.fill(0.0);
-                    for row in dz.data.chunks_exact(layer.out_dim) {
-                        db.iter_mut().zip(row).for_each(|(g, &d)| *g += d);
-                    }
+                    kernels::add_column_sums(db, dz.data);
                     if l > first_dense {
                         // dx = dz W^T: (rows, in_dim), the next delta down.
                         let w = Mat::new(&params[kernel.range()], layer.in_dim, layer.out_dim);
@@ -326,7 +325,7 @@ impl Model {
                 LayerKind::Dropout { rate } => {
                     if l > first_dense && ws.masks_active && rate > 0.0 {
                         let mask = &ws.masks[l][..rows * layer.out_dim];
-                        delta.iter_mut().zip(mask).for_each(|(d, &m)| *d *= m);
+                        kernels::mul_in_place(delta, mask);
                     }
                 }
             }

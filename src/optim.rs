@@ -4,6 +4,7 @@
 //! (1 / samples in the global batch) turns it into the mean inside the same loop, so no
 //! separate pass divides the gradient.
 
+use crate::kernels::{self, AdamStep, SgdStep};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -106,23 +107,12 @@ impl Optimizer {
                 let t = self.t as f64;
                 let alpha = (lr as f64 * (1.0 - (s.beta2 as f64).powf(t)).sqrt()
                     / (1.0 - (s.beta1 as f64).powf(t))) as f32;
-                let (b1, b2, eps) = (1.0 - s.beta1, 1.0 - s.beta2, s.epsilon);
-                for (((p, &g), m), v) in params.iter_mut().zip(grad_sum).zip(&mut self.m).zip(&mut self.v) {
-                    let g = g * scale;
-                    *m += (g - *m) * b1;
-                    *v += (g * g - *v) * b2;
-                    *p = *p * decay - alpha * *m / (v.sqrt() + eps);
-                }
+                let k = AdamStep { scale, alpha, one_minus_b1: 1.0 - s.beta1, one_minus_b2: 1.0 - s.beta2, eps: s.epsilon, decay };
+                kernels::adam(params, grad_sum, &mut self.m, &mut self.v, k);
             }
             OptimizerKind::Sgd => {
-                // Keras 3 SGD: m = momentum m - lr g; p += m (nesterov: p += momentum m - lr g).
-                let mu = s.momentum;
-                for ((p, &g), m) in params.iter_mut().zip(grad_sum).zip(&mut self.m) {
-                    let g = g * scale;
-                    *m = mu * *m - lr * g;
-                    let update = if s.nesterov { mu * *m - lr * g } else { *m };
-                    *p = *p * decay + update;
-                }
+                let k = SgdStep { scale, lr, momentum: s.momentum, nesterov: s.nesterov, decay };
+                kernels::sgd(params, grad_sum, &mut self.m, k);
             }
         }
         norm
