@@ -203,7 +203,7 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         let g = file.create_group("history").map_err(h5err(path, "history"))?;
         let h = &snap.history;
         let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
-        let columns: [(&str, Vec<f64>); 14] = [
+        let columns: [(&str, Vec<f64>); 15] = [
             ("epoch", h.iter().map(|r| r.epoch as f64).collect()),
             ("loss", h.iter().map(|r| r.loss).collect()),
             ("accuracy", h.iter().map(|r| opt(r.accuracy)).collect()),
@@ -218,6 +218,7 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
             ("backward_s", h.iter().map(|r| r.profile.backward_s).collect()),
             ("allreduce_s", h.iter().map(|r| r.profile.allreduce_s).collect()),
             ("optimizer_s", h.iter().map(|r| r.profile.optimizer_s).collect()),
+            ("comm_s", h.iter().map(|r| r.profile.comm_s).collect()),
         ];
         for (name, values) in &columns {
             g.new_dataset_builder().with_data(values.as_slice()).create(*name).map_err(h5err(path, name))?;
@@ -340,6 +341,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let (epochs, loss, acc, vl, va) = (col("epoch")?, col("loss")?, col("accuracy")?, col("val_loss")?, col("val_accuracy")?);
     let (sps, es, ranks, lr) = (col("samples_per_s")?, col("epoch_s")?, col("ranks")?, col("lr")?);
     let (ds, fs, bs, ars, os) = (col("data_s")?, col("forward_s")?, col("backward_s")?, col("allreduce_s")?, col("optimizer_s")?);
+    let cs = col("comm_s")?;
     let history = (0..epochs.len())
         .map(|i| EpochRecord {
             epoch: epochs[i] as usize,
@@ -351,7 +353,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
             epoch_s: es[i],
             ranks: ranks[i] as usize,
             lr: lr[i],
-            profile: Profile { data_s: ds[i], forward_s: fs[i], backward_s: bs[i], allreduce_s: ars[i], optimizer_s: os[i] },
+            profile: Profile { data_s: ds[i], forward_s: fs[i], backward_s: bs[i], allreduce_s: ars[i], optimizer_s: os[i], comm_s: cs[i] },
         })
         .collect();
 

@@ -296,7 +296,25 @@ impl Model {
         ws: &mut Workspace,
         delta_is_logit_grad: bool,
     ) {
+        self.backward_with(params, grads, x, rows, ws, delta_is_logit_grad, &mut |_| {});
+    }
+
+    /// [`Model::backward`], calling `on_dense_done(d)` as soon as the gradients of the d-th
+    /// dense layer (counting from 0 at the input) are final. Layers finish from the output
+    /// down, so a caller can start summing them across ranks while the rest is computed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &[f32],
+        rows: usize,
+        ws: &mut Workspace,
+        delta_is_logit_grad: bool,
+        on_dense_done: &mut dyn FnMut(usize),
+    ) {
         let first_dense = self.dense_layers().next().map_or(usize::MAX, |(i, ..)| i);
+        let mut dense_left = self.dense_layers().count();
         let mut is_logit_grad = delta_is_logit_grad;
         for (l, layer) in self.layers.iter().enumerate().rev() {
             let delta = &mut ws.delta[..rows * layer.out_dim];
@@ -315,6 +333,8 @@ impl Model {
                     let db = &mut grads[bias.range()];
                     db.fill(0.0);
                     kernels::add_column_sums(db, dz.data);
+                    dense_left -= 1;
+                    on_dense_done(dense_left);
                     if l > first_dense {
                         // dx = dz W^T: (rows, in_dim), the next delta down.
                         let w = Mat::new(&params[kernel.range()], layer.in_dim, layer.out_dim);

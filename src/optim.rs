@@ -85,9 +85,17 @@ impl Optimizer {
 
     /// One update. params, grad_sum: (n_params,). `scale` multiplies grad_sum into the mean
     /// gradient; `lr` is this step's learning rate (after any schedule).
-    /// Returns the global gradient norm before clipping (of the mean gradient).
+    /// Returns the global gradient norm before clipping (of the mean gradient; NaN when
+    /// clipping is off).
     pub fn step(&mut self, params: &mut [f32], grad_sum: &[f32], scale: f32, lr: f32) -> f32 {
-        debug_assert_eq!(params.len(), grad_sum.len());
+        let (update, norm) = self.begin(grad_sum, scale, lr);
+        self.apply(&update, 0..params.len(), params, grad_sum);
+        norm
+    }
+
+    /// Starts a step: counts it and fixes its constants. With clipping on, `grad_sum` must be
+    /// the whole summed gradient (the norm is global); otherwise it is not read.
+    pub fn begin(&mut self, grad_sum: &[f32], scale: f32, lr: f32) -> (Update, f32) {
         let s = self.settings;
         let mut scale = scale;
         let mut norm = f32::NAN;
@@ -100,23 +108,36 @@ impl Optimizer {
         }
         self.t += 1;
         let decay = 1.0 - lr * s.weight_decay;
-        match s.kind {
+        let update = match s.kind {
             OptimizerKind::Adam => {
                 // Keras 3 Adam: alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
                 // m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); p -= alpha m / (sqrt(v) + eps).
                 let t = self.t as f64;
                 let alpha = (lr as f64 * (1.0 - (s.beta2 as f64).powf(t)).sqrt()
                     / (1.0 - (s.beta1 as f64).powf(t))) as f32;
-                let k = AdamStep { scale, alpha, one_minus_b1: 1.0 - s.beta1, one_minus_b2: 1.0 - s.beta2, eps: s.epsilon, decay };
-                kernels::adam(params, grad_sum, &mut self.m, &mut self.v, k);
+                Update::Adam(AdamStep { scale, alpha, one_minus_b1: 1.0 - s.beta1, one_minus_b2: 1.0 - s.beta2, eps: s.epsilon, decay })
             }
-            OptimizerKind::Sgd => {
-                let k = SgdStep { scale, lr, momentum: s.momentum, nesterov: s.nesterov, decay };
-                kernels::sgd(params, grad_sum, &mut self.m, k);
-            }
-        }
-        norm
+            OptimizerKind::Sgd => Update::Sgd(SgdStep { scale, lr, momentum: s.momentum, nesterov: s.nesterov, decay }),
+        };
+        (update, norm)
     }
+
+    /// Applies a started step to the parameters in `range` (a part of the flat buffers, so
+    /// buckets can be updated as soon as their gradients are summed).
+    pub fn apply(&mut self, update: &Update, range: std::ops::Range<usize>, params: &mut [f32], grad_sum: &[f32]) {
+        let (p, g) = (&mut params[range.clone()], &grad_sum[range.clone()]);
+        match update {
+            Update::Adam(k) => kernels::adam(p, g, &mut self.m[range.clone()], &mut self.v[range], *k),
+            Update::Sgd(k) => kernels::sgd(p, g, &mut self.m[range], *k),
+        }
+    }
+}
+
+/// The constants of one optimizer step.
+#[derive(Clone, Copy, Debug)]
+pub enum Update {
+    Adam(AdamStep),
+    Sgd(SgdStep),
 }
 
 #[cfg(test)]
