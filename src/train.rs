@@ -71,7 +71,7 @@ pub struct Trainer<'c> {
     pub opt: Optimizer,
     /// This rank's gradient sums, then the STATS slots: (n_params + STATS,).
     grads: Vec<f32>,
-    /// The same summed over all ranks: (n_params + STATS,).
+    /// The same summed over all ranks: (n_params + STATS,), or empty on one rank.
     reduced: Vec<f32>,
     pub pos: Position,
     pub history: Vec<EpochRecord>,
@@ -189,7 +189,8 @@ impl<'c> Trainer<'c> {
         let n = model.n_params;
         let fused = cfg.loss.required_activation().is_some();
         let grads = vec![0.0; n + STATS];
-        let mut reduced = vec![0.0; n + STATS];
+        // One rank sums nothing: its own gradients are the sum.
+        let mut reduced = vec![0.0; if comm.size() > 1 { n + STATS } else { 0 }];
         let overlap = match cfg.overlap {
             Overlap::On => comm.size() > 1,
             Overlap::Off => false,
