@@ -136,6 +136,8 @@ struct Summary {
     step_ms: Option<f64>,
     /// data, forward, backward, allreduce, optimizer: percent of the step time.
     profile_pct: Option<[f64; 5]>,
+    /// The allreduces' whole time (hidden behind backward or not), percent of the step time.
+    comm_pct: Option<f64>,
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -160,6 +162,7 @@ fn add(p: &mut Profile, q: &Profile) {
     p.backward_s += q.backward_s;
     p.allreduce_s += q.allreduce_s;
     p.optimizer_s += q.optimizer_s;
+    p.comm_s += q.comm_s;
 }
 
 fn read_run(e: &TrainEntry) -> RunResult {
@@ -348,6 +351,7 @@ fn main() -> anyhow::Result<()> {
             let total = p.data_s + p.forward_s + p.backward_s + p.allreduce_s + p.optimizer_s;
             if total > 0.0 {
                 s.profile_pct = Some([p.data_s, p.forward_s, p.backward_s, p.allreduce_s, p.optimizer_s].map(|v| 100.0 * v / total));
+                s.comm_pct = Some(100.0 * p.comm_s / total);
             }
             let label = NAMES.iter().find(|(w, _)| w == name).map_or(name.clone(), |(w, n)| format!("{w} {n}"));
             writeln!(
@@ -404,10 +408,16 @@ fn main() -> anyhow::Result<()> {
     writeln!(out, "- W3 at least 85% of the sgemm limit: {}", layouts("W3", &|s| s.fraction_of_limit.map(|f| (pct(f), f >= 0.85))))?;
     match (get("W3", 1).and_then(|s| s.median), get("W3", 2).and_then(|s| s.median)) {
         (Some(one), Some(two)) => {
-            let split = |r: usize| {
-                get("W3", r).and_then(|s| s.profile_pct).map_or("-".into(), |p| format!("compute {:.0}%, allreduce wait {:.0}%", p[1] + p[2] + p[4], p[3]))
+            let split = |r: usize| match get("W3", r).and_then(|s| Some((s.profile_pct?, s.comm_pct?, s.step_ms?))) {
+                Some((p, comm, ms)) => format!(
+                    "{ms:.1} ms per step, compute {:.0}%, waiting for the allreduce {:.0}% (allreduces took {:.1} ms per step in all)",
+                    p[1] + p[2] + p[4],
+                    p[3],
+                    comm * ms / 100.0
+                ),
+                None => "-".into(),
             };
-            writeln!(out, "- W3 two ranks within 10% of one rank: 2 ranks / 1 rank = {:.2} ({}); per step, 1 rank {}, 2 ranks {}", two / one, verdict(two >= 0.9 * one), split(1), split(2))?;
+            writeln!(out, "- W3 two ranks within 10% of one rank: 2 ranks / 1 rank = {:.2} ({}); 1 rank: {}; 2 ranks: {}", two / one, verdict(two >= 0.9 * one), split(1), split(2))?;
         }
         _ => writeln!(out, "- W3 two ranks within 10% of one rank: not run")?,
     }
