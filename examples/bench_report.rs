@@ -85,6 +85,9 @@ struct SgemmLine {
     gflops_best: f64,
     openblas: String,
     openblas_core: String,
+    /// The other fields, kept for the results file.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What one training run measured.
