@@ -111,6 +111,23 @@ generate() {
     mv "$tmp" "$DATA"
 }
 
+# CPU seconds used since boot: BUSY by the whole machine (user, nice, system, irq, softirq
+# and steal of every core, from /proc/stat), MINE by the runs this script has waited for (the
+# `times` builtin, which must run in this shell, not a subshell). BUSY - MINE over a run is
+# what other processes took: the noise the table's "others" column reports.
+cpu_marks() {
+    BUSY=$(awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat)
+    times >"$OUT/.times"
+    MINE=$(awk 'NR == 2 {for (i = 1; i <= 2; i++) {split($i, t, /[ms]/); s += t[1] * 60 + t[2]} printf "%.2f", s}' "$OUT/.times")
+}
+
+# others_cpu BUSY0 MINE0: CPU seconds other processes used since those marks.
+others_cpu() {
+    local busy0=$1 mine0=$2
+    cpu_marks
+    awk "BEGIN {v = ($BUSY - $busy0) - ($MINE - $mine0); printf \"%.2f\", v < 0 ? 0 : v}"
+}
+
 # layout RANKS: sets the mpirun placement and BLAS threads of that layout (2 cores).
 layout() {
     if (($1 == 1)); then
@@ -125,27 +142,37 @@ sgemm() { # workload ranks
     local dims per_rank=$(((BATCH + $2 - 1) / $2))
     # shellcheck disable=SC2001 # a pattern replacement needs extglob
     dims=$FEATURES,$(sed 's/:[a-z]*//g' <<<"$LAYERS") # 64:relu,10:softmax -> 64,10
-    local file=$OUT/sgemm-$1-$2x$THREADS.jsonl code=0
+    local file=$OUT/sgemm-$1-$2x$THREADS.jsonl code=0 start end busy0 mine0 others
+    cpu_marks
+    busy0=$BUSY mine0=$MINE start=$(date +%s.%N)
     timeout "$TIMEOUT" "${PLACE[@]}" "$BIN/examples/sgemm_limit" --dims "$dims" --batch "$per_rank" \
         --threads "$THREADS" >"$file" 2>"$file.err" || code=$?
-    json kind sgemm workload "$1" ranks "=$2" threads "=$THREADS" exit "=$code" file "$file" >>"$MANIFEST"
+    end=$(date +%s.%N)
+    others_cpu "$busy0" "$mine0" >"$OUT/.others"
+    others=$(<"$OUT/.others")
+    json kind sgemm workload "$1" ranks "=$2" threads "=$THREADS" exit "=$code" file "$file" \
+        wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" others_cpu_s "=$others" >>"$MANIFEST"
     ((code == 0)) || { FAILED=$((FAILED + 1)); echo "bench: sgemm_limit failed ($code):" >&2; tail -5 "$file.err" >&2; }
 }
 
 train() { # workload ranks rep
     layout "$2"
-    local name=$OUT/$1-$2x$THREADS-rep$3 code=0 start end
+    local name=$OUT/$1-$2x$THREADS-rep$3 code=0 start end busy0 mine0 others
     local args=(--data "$DATA" --layers "$LAYERS" --batch-size "$BATCH" --epochs "$EPOCHS"
         --loss crossentropy --optimizer adam --lr 0.001 --epsilon 1e-7 --seed "$SEED"
         --threads "$THREADS" --profile --metrics "$name.jsonl")
     [[ -n $VAL ]] && args+=(--val "$VAL")
     # shellcheck disable=SC2206 # BENCH_ARGS is a list of flags, split on spaces
     args+=($EXTRA)
-    start=$(date +%s.%N)
+    cpu_marks
+    busy0=$BUSY mine0=$MINE start=$(date +%s.%N)
     timeout "$TIMEOUT" "${PLACE[@]}" "$BIN/nn-train" "${args[@]}" >"$name.log" 2>&1 || code=$?
     end=$(date +%s.%N)
+    others_cpu "$busy0" "$mine0" >"$OUT/.others"
+    others=$(<"$OUT/.others")
     json kind train workload "$1" ranks "=$2" threads "=$THREADS" rep "=$3" exit "=$code" \
-        wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" metrics "$name.jsonl" log "$name.log" >>"$MANIFEST"
+        wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" others_cpu_s "=$others" \
+        metrics "$name.jsonl" log "$name.log" >>"$MANIFEST"
     if ((code == 0)); then
         echo "bench: $1 $2x$THREADS rep $3: $(grep -E '^epoch ' "$name.log" | tail -1)"
     else

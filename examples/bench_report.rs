@@ -60,7 +60,18 @@ enum Entry {
     EnvEnd { loadavg_end: String, date_end: String },
     Note { text: String },
     Workload { name: String, data: String, features: usize, layers: String, batch: usize, epochs: usize },
-    Sgemm { workload: String, ranks: usize, threads: usize, exit: i32, file: PathBuf },
+    Sgemm {
+        workload: String,
+        ranks: usize,
+        threads: usize,
+        exit: i32,
+        file: PathBuf,
+        #[serde(default)]
+        wall_s: f64,
+        /// CPU seconds other processes used meanwhile.
+        #[serde(default)]
+        others_cpu_s: f64,
+    },
     Train(TrainEntry),
 }
 
@@ -73,6 +84,9 @@ struct TrainEntry {
     rep: usize,
     exit: i32,
     wall_s: f64,
+    /// CPU seconds other processes used meanwhile.
+    #[serde(default)]
+    others_cpu_s: f64,
     metrics: PathBuf,
     log: PathBuf,
 }
@@ -140,6 +154,9 @@ struct Summary {
     profile_pct: Option<[f64; 5]>,
     /// The allreduces' whole time (hidden behind backward or not), percent of the step time.
     comm_pct: Option<f64>,
+    /// The most CPU other processes took during one of these runs or the sgemm measurement,
+    /// percent of the machine (all cores).
+    others_cpu_pct: Option<f64>,
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -224,6 +241,15 @@ fn dims(features: usize, layers: &str) -> Vec<usize> {
     std::iter::once(features).chain(layers.split(',').filter_map(|l| l.split(':').next()?.parse().ok())).collect()
 }
 
+/// CPU seconds as a percentage of all cores over a wall time.
+fn share(cpu_s: f64, wall_s: f64, cores: usize) -> f64 {
+    if wall_s > 0.0 {
+        100.0 * cpu_s / (wall_s * cores as f64)
+    } else {
+        0.0
+    }
+}
+
 fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or("-".to_string(), f)
 }
@@ -263,8 +289,12 @@ fn main() -> anyhow::Result<()> {
     let cores = nn_train::threads::node_cores();
     let mut openblas = None;
     let mut sgemm_lines: BTreeMap<(String, usize), (usize, Vec<SgemmLine>)> = BTreeMap::new();
+    let mut sgemm_others: BTreeMap<(String, usize), f64> = BTreeMap::new();
     for e in &entries {
-        if let Entry::Sgemm { workload, ranks, threads, exit: 0, file } = e {
+        if let Entry::Sgemm { workload, ranks, wall_s, others_cpu_s, .. } = e {
+            sgemm_others.insert((workload.clone(), *ranks), share(*others_cpu_s, *wall_s, cores));
+        }
+        if let Entry::Sgemm { workload, ranks, threads, exit: 0, file, .. } = e {
             let lines: Vec<SgemmLine> =
                 std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
             if lines.len() == *ranks {
@@ -305,8 +335,8 @@ fn main() -> anyhow::Result<()> {
         jsonl.push(serde_json::json!({"kind": "sgemm", "workload": w, "ranks": ranks, "threads": threads, "per_rank": lines}));
     }
 
-    writeln!(out, "| workload | ranks x threads | samples/s median | min - max | sgemm limit | % of limit | vs best peer | test acc | peak RSS/rank MB (bound) | RSS growth MB | ms/step | data/fwd/bwd/allreduce/opt % |")?;
-    writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")?;
+    writeln!(out, "| workload | ranks x threads | samples/s median | min - max | sgemm limit | % of limit | vs best peer | test acc | peak RSS/rank MB (bound) | RSS growth MB | ms/step | data/fwd/bwd/allreduce/opt % | others' CPU |")?;
+    writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")?;
     let mut summaries: Vec<Summary> = Vec::new();
     for e in &entries {
         let Entry::Workload { name, features, layers, batch, .. } = e else { continue };
@@ -348,6 +378,11 @@ fn main() -> anyhow::Result<()> {
                 s.rss_bound_mb = Some((slice_rows * (features + 1) * 4 + 4 * n_params * 4) as f64 / 1e6 + 100.0);
             }
             s.step_ms = s.median.map(|m| *batch as f64 / m * 1e3);
+            s.others_cpu_pct = mine
+                .iter()
+                .map(|r| share(r.run.others_cpu_s, r.run.wall_s, cores))
+                .chain(sgemm_others.get(&(name.clone(), ranks)).copied())
+                .reduce(f64::max);
             let mut p = Profile::default();
             for r in &ok {
                 add(&mut p, &r.profile);
@@ -360,7 +395,7 @@ fn main() -> anyhow::Result<()> {
             let label = NAMES.iter().find(|(w, _)| w == name).map_or(name.clone(), |(w, n)| format!("{w} {n}"));
             writeln!(
                 out,
-                "| {label} | {} x {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {} x {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 ranks,
                 s.threads,
                 fmt_opt(s.median, thousands),
@@ -381,6 +416,7 @@ fn main() -> anyhow::Result<()> {
                 fmt_opt(s.rss_growth_mb, |v| format!("{v:+.1}")),
                 fmt_opt(s.step_ms, |v| format!("{v:.3}")),
                 s.profile_pct.map_or("-".into(), |p| p.map(|v| format!("{v:.0}")).join("/")),
+                fmt_opt(s.others_cpu_pct, |v| format!("{v:.0}%")),
             )?;
             summaries.push(s);
         }
@@ -441,6 +477,7 @@ fn main() -> anyhow::Result<()> {
     writeln!(out, "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {}.", ["W1", "W2", "W3"].iter().filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f)))).collect::<Vec<_>>().join(", "))?;
     writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the issue's budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
     writeln!(out, "ms/step: global batch / samples/s. Profile: rank 0's time in data gathering, forward, loss + backward, waiting for the allreduce, optimizer.")?;
+    writeln!(out, "others' CPU: the most CPU that other processes (and the hypervisor's steal) took during one run or the sgemm measurement of that row, as a share of all cores; above a few percent the row's numbers are disturbed.")?;
 
     print!("{out}");
     if let Some(p) = &args.table {
