@@ -174,7 +174,8 @@ train() { # workload ranks rep
         wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" others_cpu_s "=$others" \
         metrics "$name.jsonl" log "$name.log" >>"$MANIFEST"
     if ((code == 0)); then
-        echo "bench: $1 $2x$THREADS rep $3: $(grep -E '^epoch ' "$name.log" | tail -1)"
+        echo "bench: $1 $2x$THREADS rep $3: $(grep -E '^epoch ' "$name.log" | tail -1)" \
+            "[other processes: $(awk "BEGIN {printf \"%.0f\", 100 * $others / (($end - $start) * $(nproc))}")% CPU]"
     else
         FAILED=$((FAILED + 1))
         echo "bench: $1 $2x$THREADS rep $3 FAILED (exit $code); from $name.log:" >&2
