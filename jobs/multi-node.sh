@@ -26,7 +26,7 @@ mkdir -p "$OUT"
 
 case ${NN_LAUNCHER:-srun} in
     # One rank per task on every node, wired up by Slurm's PMIx (Debian's Open MPI speaks no
-    # PMI2). Since Slurm 22.05 srun does not inherit --cpus-per-task from sbatch: pass it on.
+    # PMI2). Slurm 22.05 to 23.02 do not apply the job's --cpus-per-task to srun: pass it on.
     srun) launch=(srun --mpi=pmix --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}") ;;
     # Inside an allocation mpirun reads the nodes and task counts from Slurm: no -n, no
     # hostfile. --bind-to none: its default binding (one core per rank) would squeeze a rank's

@@ -24,8 +24,9 @@ NN_TRAIN=${NN_TRAIN:-$(command -v ./target/release/nn-train || command -v nn-tra
 OUT=${NN_OUT:-out/$SLURM_JOB_NAME-$SLURM_JOB_ID}
 mkdir -p "$OUT"
 
-# One rank per task. Since Slurm 22.05 srun does not inherit --cpus-per-task from sbatch: pass
-# it on. nn-train reads SLURM_CPUS_PER_TASK and runs that many BLAS threads per rank.
+# One rank per task. Slurm 22.05 to 23.02 do not apply the job's --cpus-per-task to srun (each
+# task would get one CPU): pass it on. nn-train reads SLURM_CPUS_PER_TASK and runs that many
+# BLAS threads per rank.
 # (mpirun works as well: see multi-node.sh.)
 srun --mpi=pmix --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$NN_TRAIN" \
     --data "${NN_DATA:-data/digits/train.h5}" --val "${NN_VAL:-data/digits/test.h5}" \

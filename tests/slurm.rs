@@ -412,23 +412,28 @@ fn time_limit_signal_checkpoints_requeues_and_resumes_and_cancel_ends_it() {
     assert_eq!(c.job(&id)["Restarts"], "1");
 
     // scancel: SIGTERM, a checkpoint, and no requeue by the script.
-    wait_for(60, "a new checkpoint in the rerun", || {
-        let snap = nn_train::checkpoint::load(&out.join("model.h5")).ok()?;
-        let first = position_after(&log, "checkpoint (signal)")[0];
-        ((snap.position.epoch, snap.position.step) != first).then_some(())
-    });
+    // Once the rerun has finished an epoch (its signal handlers are in place), and well before
+    // its own time-limit signal (5 s after its start at the earliest).
+    let resumed_epoch = position_after(&log, "resumed from")[0].0;
+    let metrics_path = out.join("metrics.jsonl");
+    wait_for(60, "an epoch of the rerun", || (std::fs::read_to_string(&metrics_path).ok()?.lines().count() > resumed_epoch).then_some(()));
     c.run("scancel", &[&id]).expect_ok();
+    // The job is CANCELLED at once; its script has the last word in the log.
     let job = c.wait_done(&id, 60).remove(0);
-    let log = read(&log_path);
+    let log = wait_for(60, "the end of the cancelled run", || {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        log.contains(&format!("job {id} run 2: nn-train ")).then_some(log)
+    });
     assert_eq!(job["JobState"], "CANCELLED", "{log}");
+    assert!(log.contains(&format!("job {id} run 2: nn-train checkpointed (exit 75); Slurm requeues, preempts or cancels the job")), "{log}");
     assert!(log.contains(&format!("job {id} run 2: SIGTERM received")), "{log}");
     assert_eq!(log.matches("checkpointed after").count(), 2, "{log}");
     assert_eq!(log.matches("requeueing the job").count(), 1, "{log}");
     let last = position_after(&log, "checkpoint (signal)")[1];
     let snap = nn_train::checkpoint::load(&out.join("model.h5")).unwrap();
     assert_eq!((snap.position.epoch, snap.position.step), last);
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(c.job(&id)["JobState"], "CANCELLED");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.job(&id)["JobState"], "CANCELLED", "the job came back after scancel");
     assert_eq!(listing(&out), ["metrics.jsonl", "model.h5"]);
 }
 
