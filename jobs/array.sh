@@ -34,6 +34,7 @@ width=${WIDTHS[i / ${#LRS[@]}]}
 
 # nn-train: $NN_TRAIN, else the release build in the submit folder, else the one on PATH.
 NN_TRAIN=${NN_TRAIN:-$(command -v ./target/release/nn-train || command -v nn-train || echo nn-train)}
+read -ra extra <<<"${NN_ARGS:-}" # extra nn-train flags, split at spaces
 OUT=${NN_OUT:-out/$SLURM_JOB_NAME-$SLURM_ARRAY_JOB_ID}
 mkdir -p "$OUT"
 name=$OUT/lr$lr-w$width
@@ -42,4 +43,4 @@ echo "array task $i: lr $lr, width $width -> $name.h5, $name.jsonl"
 srun --mpi=pmix --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$NN_TRAIN" \
     --data "${NN_DATA:-data/digits/train.h5}" --val "${NN_VAL:-data/digits/test.h5}" \
     --layers "$width:relu,$width:relu,10:softmax" --lr "$lr" --epochs "${NN_EPOCHS:-20}" \
-    --batch-size 32 --seed 1 --checkpoint "$name.h5" --metrics "$name.jsonl" ${NN_ARGS:-}
+    --batch-size 32 --seed 1 --checkpoint "$name.h5" --metrics "$name.jsonl" "${extra[@]}"

@@ -40,6 +40,7 @@ set -uo pipefail
 
 # nn-train: $NN_TRAIN, else the release build in the submit folder, else the one on PATH.
 NN_TRAIN=${NN_TRAIN:-$(command -v ./target/release/nn-train || command -v nn-train || echo nn-train)}
+read -ra extra <<<"${NN_ARGS:-}" # extra nn-train flags, split at spaces
 OUT=${NN_OUT:-out/$SLURM_JOB_NAME-$SLURM_JOB_ID}
 mkdir -p "$OUT" || exit 1
 log() { echo "[$(date +%T)] job $SLURM_JOB_ID run $((${SLURM_RESTART_COUNT:-0} + 1)): $*"; }
@@ -50,6 +51,7 @@ log() { echo "[$(date +%T)] job $SLURM_JOB_ID run $((${SLURM_RESTART_COUNT:-0} +
 # rank as it is (srun answers SIGTERM by killing the step); nn-train treats both alike.
 got=""
 terminated=false
+# shellcheck disable=SC2317 # called by the traps
 forward() {
     got=$1
     [ "$1" = TERM ] && terminated=true
@@ -64,7 +66,7 @@ srun --mpi=pmix --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$NN_TRAIN" \
     --data "${NN_DATA:-data/digits/train.h5}" --val "${NN_VAL:-data/digits/test.h5}" \
     --layers 128:relu,128:relu,10:softmax --epochs "${NN_EPOCHS:-200}" --batch-size 32 \
     --lr 0.001 --seed 1 --checkpoint "$OUT/model.h5" --metrics "$OUT/metrics.jsonl" \
-    --resume ${NN_ARGS:-} &
+    --resume "${extra[@]}" &
 pid=$!
 
 # `wait` returns early (status > 128) when a trapped signal arrives: wait again until srun has

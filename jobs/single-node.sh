@@ -21,6 +21,7 @@ set -euo pipefail
 
 # nn-train: $NN_TRAIN, else the release build in the submit folder, else the one on PATH.
 NN_TRAIN=${NN_TRAIN:-$(command -v ./target/release/nn-train || command -v nn-train || echo nn-train)}
+read -ra extra <<<"${NN_ARGS:-}" # extra nn-train flags, split at spaces
 OUT=${NN_OUT:-out/$SLURM_JOB_NAME-$SLURM_JOB_ID}
 mkdir -p "$OUT"
 
@@ -31,4 +32,4 @@ mkdir -p "$OUT"
 srun --mpi=pmix --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$NN_TRAIN" \
     --data "${NN_DATA:-data/digits/train.h5}" --val "${NN_VAL:-data/digits/test.h5}" \
     --layers 128:relu,128:relu,10:softmax --epochs "${NN_EPOCHS:-20}" --batch-size 32 \
-    --lr 0.001 --checkpoint "$OUT/model.h5" --metrics "$OUT/metrics.jsonl" ${NN_ARGS:-}
+    --lr 0.001 --checkpoint "$OUT/model.h5" --metrics "$OUT/metrics.jsonl" "${extra[@]}"

@@ -64,7 +64,7 @@ strays() {
     local p env
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
-        [ "$p" != $$ ] && [ "$p" != "$BASHPID" ] || continue
+        if [ "$p" = $$ ] || [ "$p" = "$BASHPID" ]; then continue; fi
         if find "/proc/$p/fd" -maxdepth 1 -lname "$dir/*" 2>/dev/null | grep -q .; then
             echo "$p"
             continue
@@ -82,11 +82,10 @@ stop() {
     if [ -f "$dir/etc/slurm.conf" ] && [ -f "$dir/pids/slurmctld" ]; then
         export SLURM_CONF=$dir/etc/slurm.conf
         local jobs
-        jobs=$(timeout 10 squeue -h -o %A 2>/dev/null || true)
-        if [ -n "$jobs" ]; then
-            # shellcheck disable=SC2086
-            timeout 10 scancel --full --signal=KILL $jobs 2>/dev/null || true
-            timeout 10 scancel $jobs 2>/dev/null || true
+        mapfile -t jobs < <(timeout 10 squeue -h -o %A 2>/dev/null || true)
+        if [ ${#jobs[@]} -gt 0 ]; then
+            timeout 10 scancel --full --signal=KILL "${jobs[@]}" 2>/dev/null || true
+            timeout 10 scancel "${jobs[@]}" 2>/dev/null || true
         fi
     fi
     # The daemons: SIGTERM to all, then SIGKILL to any still there after 2 s (their state is
