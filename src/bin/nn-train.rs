@@ -101,9 +101,10 @@ fn train(comm: &Comm, cfg: nn_train::config::Config) -> Result<i32> {
         Outcome::Interrupted { signal, saved: false, epoch, step } => {
             if root {
                 nn_train::errorln!(
-                    "nn-train: error: stopped by {} at epoch {} step {step}; no --checkpoint was given, so this run's progress is lost",
+                    "nn-train: error: stopped by {} at epoch {} step {step} ({} epochs and {step} steps done); no --checkpoint was given, so this run's progress is lost",
                     signals::name(signal),
-                    epoch + 1
+                    epoch,
+                    epoch
                 );
             }
             1
