@@ -22,6 +22,13 @@ pub const INIT: u64 = 1;
 pub const SHUFFLE: u64 = 2;
 pub const LOCAL_SHUFFLE: u64 = 3;
 pub const DROPOUT: u64 = 4;
+/// `nn-data gen`: features, teacher weights, target noise, the teacher's calibration rows.
+pub const GEN_X: u64 = 5;
+pub const GEN_TEACHER: u64 = 6;
+pub const GEN_NOISE: u64 = 7;
+pub const GEN_CALIBRATION: u64 = 8;
+/// `nn-data import --split`: which rows go to the test file, and their order.
+pub const SPLIT: u64 = 9;
 
 /// A ChaCha8 generator for one purpose (and further words such as the epoch).
 pub fn stream(seed: u64, words: &[u64]) -> ChaCha8Rng {
