@@ -12,7 +12,10 @@
 #                 the ring: 2(P-1) messages, each rank sends and receives 2(P-1)/P of S bytes;
 #                 eta (achieved fraction of the link rate B) and gamma (CPU time per byte the
 #                 MPI stack spends, the limit when the link is fast) fitted to the ring probes;
-#                 alpha (per-message latency) cannot be measured here (no netem): assumed
+#                 alpha (per-message latency) cannot be measured here (no netem): assumed.
+#                 gamma is this machine's: 4 simulated nodes share 2 cores for their TCP
+#                 stacks and reductions. A real node does not, so predictions leave it out
+#                 unless MODEL_GAMMA says otherwise.
 #   w           = the fraction of backward that hides the allreduce (overlap on), fitted to
 #                 the on/off pairs; 0 when they were not measured
 # Predictions (P = 8..1024) use the fitted parameters with the link rate and latency of each
@@ -21,13 +24,13 @@
 # Knobs (environment): MODEL_NETS="name:Gbit/s:latency_us ..." (default "25GbE:25:25
 # IB-100G:100:2"), MODEL_BATCH=256 (per-rank batch of the prediction), MODEL_SPEEDUP=1 (a
 # rank computes this many times faster than one core here, e.g. a whole node), MODEL_GAMMA
-# (override the fitted gamma, in ns/byte; e.g. 0 for RDMA).
+# (gamma of the predictions in ns/byte, or "fit" for the fitted one; default 0).
 set -euo pipefail
 CSV=${1:?usage: scaling-model.sh results.csv}
 [[ -f $CSV ]] || { echo "scaling-model: no file $CSV" >&2; exit 1; }
 
 awk -F, -v nets="${MODEL_NETS:-25GbE:25:25 IB-100G:100:2}" -v pb="${MODEL_BATCH:-256}" \
-    -v speedup="${MODEL_SPEEDUP:-1}" -v gamma_set="${MODEL_GAMMA:-}" '
+    -v speedup="${MODEL_SPEEDUP:-1}" -v gamma_set="${MODEL_GAMMA:-0}" '
 function bits(rate,   n) {   # tc rate -> bit/s; "off" -> 0 (no cap)
     if (rate == "off") return 0
     n = rate; sub(/[a-z]+$/, "", n)
@@ -38,7 +41,7 @@ function bits(rate,   n) {   # tc rate -> bit/s; "off" -> 0 (no cap)
 }
 function ring_bytes(p) { return 2 * (p - 1) / p * S }
 function link(rate) { return rate == "off" ? "uncapped" : rate }
-function allreduce_s(p, bw, lat) { return 2 * (p - 1) * lat + ring_bytes(p) * (1 / (eta * bw) + gamma) }
+function allreduce_s(p, bw, lat) { return 2 * (p - 1) * lat + ring_bytes(p) * (8 / (eta * bw) + gamma) }  # bw in bit/s
 function compute_s(b) { return (c0 + c1 * b) / speedup }
 function step_s(p, b, bw, lat,   c, exposed) {
     c = compute_s(b); exposed = allreduce_s(p, bw, lat) - w * beta * c
@@ -58,6 +61,7 @@ NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
 END {
     # W3 gradient: 784-1024-1024-10 parameters plus the 3 statistics slots, f32.
     S = (784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10 + 3) * 4
+    G = 256
 
     print "### Measured: W3 (784-1024-1024-10, global batch 256), one rank per simulated node, 1 BLAS thread"
     print ""
@@ -109,7 +113,7 @@ END {
     for (j = 1; j <= m; j++) { sx += fx[j]; sy += fy[j]; sxx += fx[j] * fx[j]; sxy += fx[j] * fy[j] }
     inv_eta = (m * sxy - sx * sy) / (m * sxx - sx * sx); gamma = (sy - inv_eta * sx) / m; eta = 1 / inv_eta
     gamma_fit = gamma
-    if (gamma_set != "") gamma = gamma_set * 1e-9
+    if (gamma_set != "fit") gamma = gamma_set * 1e-9
     if (wn > 0) w = wsum / wn; else if (wn_all > 0) w = wsum_all / wn_all; else w = 0
     if (w < 0) w = 0; if (w > 1) w = 1
 
@@ -117,7 +121,7 @@ END {
     print "### Fitted parameters"
     print ""
     printf "- compute(b) = %.2f ms + %.4f ms x b (one rank, one core; 1-node runs at b = 64, 128, 256); backward is %.0f%% of it\n", 1000 * c0, 1000 * c1, 100 * beta
-    printf "- ring allreduce: achieved link efficiency eta = %.2f; CPU cost gamma = %.2f ns per ring byte (%.1f Gbit/s when the link is not the limit)%s\n", eta, gamma_fit * 1e9, 8 / gamma_fit / 1e9, (gamma_set != "" ? sprintf("; predictions use gamma = %s ns/byte (MODEL_GAMMA)", gamma_set) : "")
+    printf "- ring allreduce: achieved link efficiency eta = %.2f; CPU cost gamma = %.2f ns per ring byte (%.1f Gbit/s when the link is not the limit)%s\n", eta, gamma_fit * 1e9, 8 / gamma_fit / 1e9, (gamma_set != "fit" ? sprintf("; the predictions use gamma = %s ns/byte (a node with cores of its own; MODEL_GAMMA=fit keeps the fitted one)", gamma_set) : "")
     printf "  (fit to %d ring probes; model vs measured:", m
     for (j = 1; j <= m; j++) printf "%s %d nodes %s %.1f/%.1f ms", (j > 1 ? ";" : ""), fp[j], flink[j], 1000 * (fx[j] * inv_eta + gamma_fit) * ring_bytes(fp[j]), 1000 * fy[j] * ring_bytes(fp[j])
     print ")"
@@ -138,6 +142,10 @@ END {
             t = step_s(p, pb, bw, lat); bmin = min_batch(p, bw, lat)
             printf "| %d | %.1f | %.1f | %.0f | %.0f%% | %d | %d |\n", p, 1000 * allreduce_s(p, bw, lat), 1000 * t, p * pb / t, 100 * compute_s(pb) / t, bmin, p * bmin
         }
+        # Strong scaling: a fixed global batch G split over more ranks.
+        last = 1
+        for (p = 2; p <= 1024 && G / p >= min_batch(p, bw, lat); p *= 2) last = p
+        printf "\nWith a fixed global batch of %d (W3'"'"'s), %s stops scaling beyond %d ranks (%d samples per rank).\n", G, f[1], last, G / last
     }
     print ""
     print "\"Stops scaling below\": the smallest batch per rank at which a step is still at least half computation (parallel efficiency 50%); with a smaller batch, adding ranks mostly adds communication."

@@ -100,18 +100,28 @@ fn invariance_args(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The reference: `args` trained by one process without mpirun. Returns its parameters.
+fn train_one_process(args: &[String], checkpoint: &Path) -> Vec<f32> {
+    let mut single: Vec<&str> = args.iter().map(String::as_str).collect();
+    let path = s(checkpoint);
+    single.extend(["--checkpoint", &path]);
+    common::direct("nn-train", &single, 60).expect_ok();
+    common::checkpoint_params(checkpoint)
+}
+
+/// What each node sends at least in a run with `invariance_args`: 2 epochs x 40 steps, each
+/// an allreduce of (20*32+32 + 32*5+5 + 3 statistics) f32 = 3,360 bytes; whatever the
+/// algorithm, every node sends at least half a gradient per step.
+const INVARIANCE_MIN_SENT: u64 = 80 * 3360 / 2;
+
 /// Trains on `nodes` simulated nodes with `per_node` ranks each, then checks: the same model
 /// as one process (relative difference below 1e-4), Open MPI saw `per_node` ranks on each
 /// node, and the gradients really crossed every node's link.
 fn check_cluster_matches_single_process(nodes: usize, per_node: usize) {
     let dir = tempfile::tempdir().unwrap();
     let args = invariance_args(dir.path());
-    let one = dir.path().join("one.h5");
+    let one = train_one_process(&args, &dir.path().join("one.h5"));
     let many = dir.path().join("many.h5");
-    let mut single: Vec<&str> = args.iter().map(String::as_str).collect();
-    let one_s = s(&one);
-    single.extend(["--checkpoint", &one_s]);
-    common::direct("nn-train", &single, 60).expect_ok();
 
     let cluster = Cluster::up(nodes);
     let before: Vec<u64> = (1..=nodes).map(|i| cluster.sent_bytes(i)).collect();
@@ -123,13 +133,10 @@ fn check_cluster_matches_single_process(nodes: usize, per_node: usize) {
     assert!(run.stdout.contains(&format!("nn-train 0.1.0: {ranks} ranks")), "{}", run.stdout);
     assert!(run.stdout.contains(&format!("/ {per_node} ranks on this node")), "Open MPI did not see {per_node} rank(s) per node:\n{}", run.stdout);
 
-    let diff = max_rel_diff(&common::checkpoint_params(&one), &common::checkpoint_params(&many));
+    let diff = max_rel_diff(&one, &common::checkpoint_params(&many));
     assert!(diff < 1e-4, "{nodes} nodes x {per_node} ranks: max relative difference {diff:e} to one process");
 
-    // 2 epochs x 40 steps, each an allreduce of (32*20+32 + 32*5+5 + 3 stats) f32 = 3,360 B.
-    // Whatever the algorithm, every node sends at least half a gradient per step.
-    let grad_bytes = ((20 * 32 + 32) + (32 * 5 + 5) + 3) * 4;
-    let at_least = (80 * grad_bytes / 2) as u64;
+    let at_least = INVARIANCE_MIN_SENT;
     eprintln!("{nodes} nodes x {per_node}: max relative difference {diff:e}; took {:?}", run.elapsed);
     for i in 1..=nodes {
         let sent = cluster.sent_bytes(i) - before[i - 1];
@@ -251,4 +258,49 @@ fn killing_one_nodes_rank_ends_the_whole_job_quickly() {
     assert!(took < Duration::from_secs(15), "the job took {took:?} to end after one node's rank was killed");
     assert!(cluster.pids(1, "nn-train").is_empty(), "rank 0 outlived the job on {}", cluster.node(1));
     eprintln!("job ended {took:?} after rank 1 on {node} was killed");
+}
+
+#[test]
+fn slurm_job_spans_two_simulated_nodes() {
+    let cluster = Cluster::up(2);
+    let slurm = common::repo().join("tests/cluster/slurm.sh");
+    let up = run_with_timeout(Command::new(&slurm).args(["up", &cluster.id]), Duration::from_secs(60));
+    assert!(up.ok(), "Slurm did not come up on the simulated nodes:\n{}", up.all());
+
+    // Every node has its own /tmp under Slurm (tests/cluster/slurm.sh): the job's files live
+    // on the shared file system, as on a real cluster.
+    let dir = tempfile::Builder::new().prefix("cluster-slurm-").tempdir_in(common::repo().join("target")).unwrap();
+    let args = invariance_args(dir.path());
+    let one = train_one_process(&args, &dir.path().join("one.h5"));
+
+    let two = dir.path().join("two.h5");
+    let out = dir.path().join("job.out");
+    let script = dir.path().join("job.sh");
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\n#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1\n#SBATCH --output={}\nsrun hostname\nsrun --mpi=pmix {} {} --checkpoint {}\n",
+            s(&out),
+            s(&bin("nn-train")),
+            quoted.join(" "),
+            s(&two)
+        ),
+    )
+    .unwrap();
+    let before: Vec<u64> = (1..=2).map(|i| cluster.sent_bytes(i)).collect();
+    let job = run_with_timeout(
+        mpi_env(&mut Command::new(&slurm)).args(["run", &cluster.id, "sbatch", "--wait", &s(&script)]),
+        Duration::from_secs(120),
+    );
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(job.ok(), "the 2-node job failed:\n{}\n--- job output\n{log}", job.all());
+    for i in 1..=2 {
+        assert!(log.lines().any(|l| l == cluster.node(i)), "the job did not run on {}:\n{log}", cluster.node(i));
+        assert!(cluster.sent_bytes(i) - before[i - 1] >= INVARIANCE_MIN_SENT, "node {i}'s link carried no gradients:\n{log}");
+    }
+    assert!(log.contains("nn-train 0.1.0: 2 ranks"), "{log}");
+    let diff = max_rel_diff(&one, &common::checkpoint_params(&two));
+    assert!(diff < 1e-4, "Slurm job on 2 nodes: max relative difference {diff:e} to one process");
+    eprintln!("Slurm job on 2 simulated nodes: max relative difference {diff:e}; sbatch took {:?}", job.elapsed);
 }
