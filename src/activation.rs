@@ -3,6 +3,7 @@
 //! Every backward pass is written in terms of the activation's OUTPUT `y`, so the forward
 //! pass only has to keep post-activation values.
 
+use crate::kernels;
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +48,7 @@ impl Activation {
     /// y = f(z) in place. z: (rows, cols); softmax works along each row.
     pub fn forward(self, z: &mut [f32], cols: usize) {
         match self {
-            Activation::Relu => z.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Relu => kernels::relu(z),
             Activation::Tanh => z.iter_mut().for_each(|v| *v = v.tanh()),
             Activation::Sigmoid => z.iter_mut().for_each(|v| *v = sigmoid(*v)),
             Activation::Linear => {}
@@ -58,11 +59,9 @@ impl Activation {
     /// Turns dL/dy into dL/dz in place, given the outputs y. Both: (rows, cols).
     pub fn backward(self, y: &[f32], dy: &mut [f32], cols: usize) {
         match self {
-            Activation::Relu => {
-                dy.iter_mut().zip(y).for_each(|(d, &y)| if y <= 0.0 { *d = 0.0 })
-            }
-            Activation::Tanh => dy.iter_mut().zip(y).for_each(|(d, &y)| *d *= 1.0 - y * y),
-            Activation::Sigmoid => dy.iter_mut().zip(y).for_each(|(d, &y)| *d *= y * (1.0 - y)),
+            Activation::Relu => kernels::relu_backward(y, dy),
+            Activation::Tanh => kernels::tanh_backward(y, dy),
+            Activation::Sigmoid => kernels::sigmoid_backward(y, dy),
             Activation::Linear => {}
             Activation::Softmax => {
                 // dz_i = y_i (dy_i - sum_j dy_j y_j), row by row.

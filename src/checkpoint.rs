@@ -97,7 +97,12 @@ pub struct Snapshot {
 
 fn h5err(path: &Path, what: &str) -> impl Fn(hdf5::Error) -> Error {
     let (path, what) = (path.to_path_buf(), what.to_string());
-    move |e| Error::checkpoint(&path, format!("{what}: {e}"))
+    move |e| Error::checkpoint(&path, format!("{what}: {}", one_line(&e.to_string())))
+}
+
+/// HDF5's messages span lines; ours are one line each.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn string(s: &str) -> VarLenUnicode {
@@ -127,9 +132,10 @@ pub fn save(path: &Path, model: &Model, snap: &Snapshot) -> Result<u64> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(|e| match e {
-        Error::Checkpoint { path: p, message } => {
-            Error::Checkpoint { path: p, message: format!("{message} (the previous checkpoint, if any, is intact)") }
-        }
+        Error::Checkpoint { message, .. } => Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("write failed: {message} (the previous checkpoint, if any, is intact)"),
+        },
         other => other,
     })
 }
@@ -197,7 +203,7 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         let g = file.create_group("history").map_err(h5err(path, "history"))?;
         let h = &snap.history;
         let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
-        let columns: [(&str, Vec<f64>); 14] = [
+        let columns: [(&str, Vec<f64>); 15] = [
             ("epoch", h.iter().map(|r| r.epoch as f64).collect()),
             ("loss", h.iter().map(|r| r.loss).collect()),
             ("accuracy", h.iter().map(|r| opt(r.accuracy)).collect()),
@@ -212,6 +218,7 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
             ("backward_s", h.iter().map(|r| r.profile.backward_s).collect()),
             ("allreduce_s", h.iter().map(|r| r.profile.allreduce_s).collect()),
             ("optimizer_s", h.iter().map(|r| r.profile.optimizer_s).collect()),
+            ("comm_s", h.iter().map(|r| r.profile.comm_s).collect()),
         ];
         for (name, values) in &columns {
             g.new_dataset_builder().with_data(values.as_slice()).create(*name).map_err(h5err(path, name))?;
@@ -233,6 +240,27 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         file.flush().map_err(h5err(path, "flush"))?;
     }
     file.close().map_err(h5err(path, "close"))
+}
+
+/// Removes temporary files that killed writers left beside `path` (`.NAME.tmp-PID` whose
+/// process is gone). Returns how many were removed.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(&folder) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Reads a checkpoint written by [`save`]. Checks the format marker and version; the caller
@@ -313,6 +341,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let (epochs, loss, acc, vl, va) = (col("epoch")?, col("loss")?, col("accuracy")?, col("val_loss")?, col("val_accuracy")?);
     let (sps, es, ranks, lr) = (col("samples_per_s")?, col("epoch_s")?, col("ranks")?, col("lr")?);
     let (ds, fs, bs, ars, os) = (col("data_s")?, col("forward_s")?, col("backward_s")?, col("allreduce_s")?, col("optimizer_s")?);
+    let cs = col("comm_s")?;
     let history = (0..epochs.len())
         .map(|i| EpochRecord {
             epoch: epochs[i] as usize,
@@ -324,7 +353,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
             epoch_s: es[i],
             ranks: ranks[i] as usize,
             lr: lr[i],
-            profile: Profile { data_s: ds[i], forward_s: fs[i], backward_s: bs[i], allreduce_s: ars[i], optimizer_s: os[i] },
+            profile: Profile { data_s: ds[i], forward_s: fs[i], backward_s: bs[i], allreduce_s: ars[i], optimizer_s: os[i], comm_s: cs[i] },
         })
         .collect();
 

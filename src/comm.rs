@@ -6,14 +6,24 @@
 
 use crate::{Error, Result};
 use mpi::collective::SystemOperation;
-use mpi::environment::Universe;
+use mpi::environment::{Threading, Universe};
+use mpi::ffi;
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 pub struct Comm {
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
+    /// MPI may be called from a second thread (not concurrently): what the gradient
+    /// reducer's background thread needs.
+    threads_ok: bool,
     /// Held for its Drop, which calls MPI_Finalize. Declared last so the communicator goes first.
     _universe: Universe,
 }
@@ -29,11 +39,12 @@ pub fn launch_rank() -> usize {
 
 impl Comm {
     pub fn init() -> Result<Comm> {
-        let universe = mpi::initialize()
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Multiple)
             .ok_or_else(|| Error::Consistency("MPI was already initialised".into()))?;
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
-        Ok(Comm { world, rank, size, _universe: universe })
+        let threads_ok = matches!(provided, Threading::Serialized | Threading::Multiple);
+        Ok(Comm { world, rank, size, threads_ok, _universe: universe })
     }
 
     pub fn rank(&self) -> usize {
@@ -96,16 +107,22 @@ impl Comm {
     /// Every rank learns whether any rank failed. Returns the caller's own result when all
     /// succeeded; otherwise every rank gets an error, and only the LOWEST failing rank keeps
     /// its message (the others get [`Error::OtherRank`]), so a failure shared by all ranks,
-    /// such as a missing file, is printed once.
+    /// such as a missing file, is printed once. A failure of only some ranks is wrapped in
+    /// [`Error::Rank`] so the message names the rank.
     pub fn agree<T>(&self, result: Result<T>) -> Result<T> {
-        let mine = if result.is_err() { self.rank as u64 } else { self.size as u64 };
-        let first = self.min_u64(mine) as usize;
-        if first == self.size {
-            result
-        } else if first == self.rank {
-            result
-        } else {
-            Err(Error::OtherRank { rank: first })
+        let failed = result.is_err();
+        let mut votes = [if failed { self.rank as f64 } else { f64::INFINITY }, failed as u8 as f64];
+        if self.size > 1 {
+            let send = votes;
+            self.world.all_reduce_into(&send[..1], &mut votes[..1], SystemOperation::min());
+            self.world.all_reduce_into(&send[1..], &mut votes[1..], SystemOperation::sum());
+        }
+        let (first, failures) = (votes[0], votes[1] as usize);
+        match result {
+            Ok(v) if failures == 0 => Ok(v),
+            Err(e) if first == self.rank as f64 && failures == self.size => Err(e),
+            Err(e) if first == self.rank as f64 => Err(Error::Rank { rank: self.rank, source: Box::new(e) }),
+            _ => Err(Error::OtherRank { rank: first as usize }),
         }
     }
 
@@ -157,5 +174,168 @@ impl Comm {
     /// cannot be told in an orderly way (they would otherwise wait forever in a collective).
     pub fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
+    }
+}
+
+/// An MPI communicator handle that may move to another thread. MPI handles are plain values;
+/// the MPI library was initialised with thread support before one is sent.
+struct RawComm(ffi::MPI_Comm);
+// SAFETY: see above; the handle is only used by one thread at a time.
+unsafe impl Send for RawComm {}
+unsafe impl Sync for RawComm {}
+
+/// The gradient buffers a reducer reads and writes, as raw pointers, because the background
+/// thread uses them while the owner computes other parts of them.
+struct Buffers {
+    send: *const f32,
+    recv: *mut f32,
+}
+// SAFETY: access is coordinated by the ready/done counters (see GradientReducer).
+unsafe impl Send for Buffers {}
+unsafe impl Sync for Buffers {}
+
+struct ReducerShared {
+    comm: RawComm,
+    buffers: Buffers,
+    /// Bucket b is `ranges[b]` of both buffers; buckets are reduced in this order every step.
+    ranges: Vec<Range<usize>>,
+    /// Buckets handed over so far (all steps together) and buckets summed so far.
+    ready: AtomicU64,
+    done: AtomicU64,
+    stop: AtomicBool,
+    /// Nanoseconds the background thread spent inside MPI_Allreduce.
+    busy_ns: AtomicU64,
+    owner: Thread,
+}
+
+/// Sums gradient buckets across ranks on a background thread while the owner goes on with
+/// the backward pass: the owner hands over bucket b ([`GradientReducer::ready`]) as soon as
+/// its gradients are final, and waits for it ([`GradientReducer::wait`]) only when it needs
+/// the sum. Every rank hands over the same buckets in the same order, so the background
+/// threads' blocking allreduces match up. The thread uses its own duplicate of the world
+/// communicator, and it runs only between `ready` and `wait`, when the owner makes no MPI
+/// calls, so MPI's "serialized" thread level suffices.
+///
+/// Open MPI progresses a non-blocking MPI_Iallreduce only inside MPI calls, which a thread
+/// busy in sgemm does not make; a thread that sits in a blocking allreduce progresses it
+/// all the time.
+pub struct GradientReducer {
+    shared: Arc<ReducerShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Index of this step's first bucket in the ready/done counters.
+    base: u64,
+}
+
+impl GradientReducer {
+    /// Starts the background thread. Returns None when MPI has no thread support.
+    ///
+    /// # Safety
+    /// `send` and `recv` must stay allocated, unmoved, for the reducer's whole life; between
+    /// `ready(b)` and `wait(b)` the caller must not write `send[ranges[b]]` nor touch
+    /// `recv[ranges[b]]`.
+    pub unsafe fn new(comm: &Comm, send: &[f32], recv: &mut [f32], ranges: Vec<Range<usize>>) -> Option<GradientReducer> {
+        if !comm.threads_ok || ranges.iter().any(|r| r.end > send.len() || r.end > recv.len()) {
+            return None;
+        }
+        let mut dup: ffi::MPI_Comm = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid communicator and an out-pointer to a handle.
+        if unsafe { ffi::MPI_Comm_dup(comm.world.as_raw(), &mut dup) } != 0 {
+            return None;
+        }
+        let shared = Arc::new(ReducerShared {
+            comm: RawComm(dup),
+            buffers: Buffers { send: send.as_ptr(), recv: recv.as_mut_ptr() },
+            ranges,
+            ready: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            busy_ns: AtomicU64::new(0),
+            owner: std::thread::current(),
+        });
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name("nn-train-allreduce".into()).spawn(move || reduce_loop(&worker)).ok()?;
+        Some(GradientReducer { shared, thread: Some(thread), base: 0 })
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.shared.ranges.len()
+    }
+
+    /// Starts a step: buckets are numbered from 0 again.
+    pub fn begin_step(&mut self) {
+        self.base = self.shared.ready.load(Ordering::Relaxed);
+    }
+
+    /// Hands bucket b of this step to the background thread (buckets in order 0, 1, ...).
+    pub fn ready(&self, bucket: usize) {
+        self.shared.ready.store(self.base + bucket as u64 + 1, Ordering::Release);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+    }
+
+    /// Waits until bucket b of this step is summed into the receive buffer.
+    pub fn wait(&self, bucket: usize) {
+        let target = self.base + bucket as u64 + 1;
+        let mut spins = 0u32;
+        while self.shared.done.load(Ordering::Acquire) < target {
+            if spins < 2000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Seconds the background thread has spent summing, since the reducer started.
+    pub fn busy_seconds(&self) -> f64 {
+        self.shared.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+}
+
+impl Drop for GradientReducer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn reduce_loop(s: &ReducerShared) {
+    let mut next = 0u64;
+    let n = s.ranges.len() as u64;
+    loop {
+        let mut spins = 0u32;
+        while s.ready.load(Ordering::Acquire) <= next {
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if spins < 2000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::park_timeout(Duration::from_millis(5));
+            }
+        }
+        let r = &s.ranges[(next % n) as usize];
+        let start = Instant::now();
+        // SAFETY: the owner handed this range over (ready) and will not touch it until done.
+        unsafe {
+            ffi::MPI_Allreduce(
+                s.buffers.send.add(r.start).cast(),
+                s.buffers.recv.add(r.start).cast(),
+                r.len() as i32,
+                ffi::RSMPI_FLOAT,
+                ffi::RSMPI_SUM,
+                s.comm.0,
+            );
+        }
+        s.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        next += 1;
+        s.done.store(next, Ordering::Release);
+        s.owner.unpark();
     }
 }

@@ -123,6 +123,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub profile: bool,
+    /// Sum gradients on a background thread, layer buckets in reverse order, while the
+    /// backward pass goes on: on, off, or auto (on when the ranks span several nodes and the
+    /// gradients are at least 1 MB). Default auto.
+    #[arg(long, value_name = "MODE")]
+    pub overlap: Option<String>,
 
     /// Checkpoint file (HDF5), written by rank 0 atomically (temporary file, then rename).
     #[arg(long, value_name = "FILE")]
@@ -178,6 +183,8 @@ pub struct Config {
     pub metrics: Option<PathBuf>,
     pub threads: Option<usize>,
     pub profile: bool,
+    #[serde(default)]
+    pub overlap: Overlap,
     pub checkpoint: Option<PathBuf>,
     pub checkpoint_every: usize,
     pub checkpoint_steps: Option<usize>,
@@ -187,6 +194,31 @@ pub struct Config {
     pub standardize: bool,
     pub early_stopping: Option<usize>,
     pub class_weight_balanced: bool,
+}
+
+/// Whether gradient sums overlap the backward pass (see [`crate::comm::GradientReducer`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Overlap {
+    pub fn parse(name: &str) -> Result<Overlap> {
+        match name {
+            "auto" => Ok(Overlap::Auto),
+            "on" => Ok(Overlap::On),
+            "off" => Ok(Overlap::Off),
+            _ => Err(Error::flag("overlap", format!("unknown mode '{name}' (expected auto, on or off)"))),
+        }
+    }
+
+    /// Auto turns overlap on (across nodes) from this many gradient bytes: below it, handing
+    /// buckets to a thread costs more than the allreduce it could hide.
+    pub const AUTO_MIN_BYTES: usize = 1 << 20;
 }
 
 impl TrainArgs {
@@ -214,7 +246,7 @@ impl TrainArgs {
         }
         pick!(data, val, val_split, x, y, layers, loss, optimizer, lr, momentum, beta1, beta2, epsilon,
               weight_decay, clip_norm, lr_schedule, lr_decay_epochs, lr_decay_factor, lr_min, warmup_epochs,
-              epochs, batch_size, shuffle, seed, metrics, threads, checkpoint, checkpoint_every,
+              epochs, batch_size, shuffle, seed, metrics, threads, overlap, checkpoint, checkpoint_every,
               checkpoint_steps, keep, init_from, early_stopping, class_weight)
     }
 
@@ -264,6 +296,7 @@ impl TrainArgs {
             metrics: self.metrics,
             threads: self.threads,
             profile: self.profile,
+            overlap: Overlap::parse(self.overlap.as_deref().unwrap_or("auto"))?,
             checkpoint: self.checkpoint,
             checkpoint_every: self.checkpoint_every.unwrap_or(1),
             checkpoint_steps: self.checkpoint_steps,
@@ -401,6 +434,13 @@ pub fn check_output_path(flag: &'static str, path: &Path) -> Result<()> {
         .map_err(|e| Error::flag(flag, format!("{}: cannot write in folder {}: {e}", path.display(), folder.display())))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// clap's message without its usage block: "unexpected argument '--foo' found".
+pub fn clap_one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    first.trim_start_matches("error: ").to_string()
 }
 
 fn one_line(s: &str) -> String {

@@ -91,7 +91,11 @@ pub(crate) fn open_file(path: &Path) -> Result<hdf5::File> {
     if !path.exists() {
         return Err(Error::data(path, "no such file"));
     }
-    hdf5::File::open(path).map_err(|e| Error::data(path, format!("cannot open as HDF5: {e}")))
+    // Read-only: no HDF5 file lock. Many ranks read the same file at once, and file systems
+    // without flock support (some Lustre/NFS mounts) would otherwise refuse to open it.
+    let mut options = hdf5::File::with_options();
+    options.fapl().file_locking(false);
+    options.open(path).map_err(|e| Error::data(path, format!("cannot open as HDF5: {e}")))
 }
 
 fn open_dataset(file: &hdf5::File, path: &Path, name: &str, flag: &'static str) -> Result<hdf5::Dataset> {
@@ -205,7 +209,7 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
                 if v >= classes as f64 {
                     return Err(Error::data(
                         path,
-                        format!("dataset '{}' row {}: class label {v} is >= the output width {classes} (the last layer needs at least {} units)", src.y, lo + i, v as u64 + 1),
+                        format!("dataset '{}' row {}: class label {v} is >= the output width {classes} (the last layer needs one unit per class)", src.y, lo + i),
                     ));
                 }
                 labels.push(v as u32);

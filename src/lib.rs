@@ -20,6 +20,7 @@ pub mod evaluate;
 pub mod fpu;
 pub mod gemm;
 pub mod info;
+pub mod kernels;
 pub mod loss;
 pub mod lr_schedule;
 pub mod metrics;

@@ -17,6 +17,10 @@ pub struct Profile {
     /// Waiting for the gradient allreduce (the part not hidden behind backward).
     pub allreduce_s: f64,
     pub optimizer_s: f64,
+    /// Time the gradient allreduces took in all, hidden or not (with --overlap, measured on
+    /// the background thread). 1 - allreduce_s / comm_s is the share overlap hid.
+    #[serde(default)]
+    pub comm_s: f64,
 }
 
 /// One epoch, as written to `--metrics` (field names are part of the contract).
@@ -60,8 +64,9 @@ impl EpochRecord {
         let p = &self.profile;
         let total = p.data_s + p.forward_s + p.backward_s + p.allreduce_s + p.optimizer_s;
         let pct = |v: f64| if total > 0.0 { 100.0 * v / total } else { 0.0 };
+        let hidden = if p.comm_s > 0.0 { format!(", {:.0}% of {:.3} s allreduce hidden behind backward", 100.0 * (1.0 - p.allreduce_s / p.comm_s).max(0.0), p.comm_s) } else { String::new() };
         format!(
-            "  profile: data {:.1}%  forward {:.1}%  backward {:.1}%  allreduce wait {:.1}%  optimizer {:.1}%  ({:.3} s in steps)",
+            "  profile: data {:.1}%  forward {:.1}%  backward {:.1}%  allreduce wait {:.1}%  optimizer {:.1}%  ({:.3} s in steps{hidden})",
             pct(p.data_s), pct(p.forward_s), pct(p.backward_s), pct(p.allreduce_s), pct(p.optimizer_s), total
         )
     }

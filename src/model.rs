@@ -7,6 +7,7 @@
 
 use crate::activation::Activation;
 use crate::gemm::{gemm, Mat};
+use crate::kernels;
 use crate::rng;
 use crate::{Error, Result};
 use rand::Rng;
@@ -295,7 +296,25 @@ impl Model {
         ws: &mut Workspace,
         delta_is_logit_grad: bool,
     ) {
+        self.backward_with(params, grads, x, rows, ws, delta_is_logit_grad, &mut |_| {});
+    }
+
+    /// [`Model::backward`], calling `on_dense_done(d)` as soon as the gradients of the d-th
+    /// dense layer (counting from 0 at the input) are final. Layers finish from the output
+    /// down, so a caller can start summing them across ranks while the rest is computed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &[f32],
+        rows: usize,
+        ws: &mut Workspace,
+        delta_is_logit_grad: bool,
+        on_dense_done: &mut dyn FnMut(usize),
+    ) {
         let first_dense = self.dense_layers().next().map_or(usize::MAX, |(i, ..)| i);
+        let mut dense_left = self.dense_layers().count();
         let mut is_logit_grad = delta_is_logit_grad;
         for (l, layer) in self.layers.iter().enumerate().rev() {
             let delta = &mut ws.delta[..rows * layer.out_dim];
@@ -313,9 +332,9 @@ impl Model {
                     // db = column sums of dz: (out_dim,)
                     let db = &mut grads[bias.range()];
                     db.fill(0.0);
-                    for row in dz.data.chunks_exact(layer.out_dim) {
-                        db.iter_mut().zip(row).for_each(|(g, &d)| *g += d);
-                    }
+                    kernels::add_column_sums(db, dz.data);
+                    dense_left -= 1;
+                    on_dense_done(dense_left);
                     if l > first_dense {
                         // dx = dz W^T: (rows, in_dim), the next delta down.
                         let w = Mat::new(&params[kernel.range()], layer.in_dim, layer.out_dim);
@@ -326,7 +345,7 @@ impl Model {
                 LayerKind::Dropout { rate } => {
                     if l > first_dense && ws.masks_active && rate > 0.0 {
                         let mask = &ws.masks[l][..rows * layer.out_dim];
-                        delta.iter_mut().zip(mask).for_each(|(d, &m)| *d *= m);
+                        kernels::mul_in_place(delta, mask);
                     }
                 }
             }
@@ -343,6 +362,123 @@ fn fill_dropout_mask(mask: &mut [f32], width: usize, rate: f32, layer: u64, keys
         for (unit, m) in row_mask.iter_mut().enumerate() {
             let u = rng::unit_f32(rng::mix(h_row ^ unit as u64));
             *m = if u < rate { 0.0 } else { keep };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::{loss_and_delta, Loss, Targets};
+
+    /// Whole-network finite-difference check: every parameter's gradient from
+    /// [`Model::backward`] against central differences of the summed loss, for a network that
+    /// uses every activation and a dropout layer (its mask is fixed by the keys, so the loss
+    /// is a smooth function of the parameters).
+    fn check_network(spec: &str, loss: Loss, targets: Targets, rows: usize) {
+        let specs = LayerSpec::parse_list(spec).unwrap();
+        let model = Model::new(5, &specs);
+        let params = model.init_params(11);
+        let x: Vec<f32> = (0..rows * 5).map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0).collect();
+        let row_ids: Vec<u64> = (0..rows as u64).collect();
+        let keys = DropoutKeys { seed: 3, epoch: 0, rows: &row_ids };
+        let mut ws = model.workspace(rows);
+        let k = model.out_dim();
+        let fused = loss.required_activation().is_some();
+
+        let loss_at = |p: &[f32], ws: &mut Workspace| -> f64 {
+            let y = model.forward(p, &x, rows, ws, Some(&keys)).to_vec();
+            loss_and_delta(loss, &y, k, targets, None).loss
+        };
+        model.forward(&params, &x, rows, &mut ws, Some(&keys));
+        let (y, delta) = model.output_and_delta(&mut ws, rows);
+        let y = y.to_vec();
+        loss_and_delta(loss, &y, k, targets, Some(delta));
+        let mut grads = vec![0.0; model.n_params];
+        model.backward(&params, &mut grads, &x, rows, &mut ws, fused);
+
+        let h = 1e-3f32;
+        let mut worst = 0.0f64;
+        for i in 0..model.n_params {
+            let mut p = params.clone();
+            p[i] = params[i] + h;
+            let up = loss_at(&p, &mut ws);
+            p[i] = params[i] - h;
+            let down = loss_at(&p, &mut ws);
+            let numeric = (up - down) / (2.0 * h as f64);
+            let err = (numeric - grads[i] as f64).abs() / (1.0 + numeric.abs());
+            worst = worst.max(err);
+            assert!(err < 2e-3, "{spec} {}: param {i}: analytic {} numeric {numeric}", loss.name(), grads[i]);
+        }
+        assert!(worst.is_finite());
+    }
+
+    #[test]
+    fn mlp_gradients_match_finite_differences() {
+        let labels = [0u32, 2, 1, 2];
+        check_network("6:tanh,dropout:0.3,5:sigmoid,4:relu,3:softmax", Loss::Crossentropy, Targets::Labels(&labels), 4);
+        let t: Vec<f32> = (0..12).map(|i| (i % 3) as f32 * 0.4 - 0.3).collect();
+        check_network("6:relu,4:tanh,3:linear", Loss::Mse, Targets::Values(&t), 4);
+        let b: Vec<f32> = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0];
+        check_network("4:sigmoid,2:sigmoid", Loss::BinaryCrossentropy, Targets::Values(&b), 4);
+        let soft: Vec<f32> = vec![0.2, 0.8, 0.5, 0.5, 1.0, 0.0];
+        check_network("4:tanh,2:softmax", Loss::Mse, Targets::Values(&soft), 3);
+    }
+
+    #[test]
+    fn layout_is_one_flat_buffer_in_keras_orientation() {
+        let model = Model::new(3, &LayerSpec::parse_list("4:relu,dropout:0.5,2:softmax").unwrap());
+        // 3*4 + 4 + 4*2 + 2 = 26
+        assert_eq!(model.n_params, 26);
+        let dense: Vec<_> = model.dense_layers().map(|(_, _, k, b)| (k, b)).collect();
+        assert_eq!(dense[0], (Span { start: 0, len: 12 }, Span { start: 12, len: 4 }));
+        assert_eq!(dense[1], (Span { start: 16, len: 8 }, Span { start: 24, len: 2 }));
+        assert_eq!(model.describe(), "3 -> 4 relu -> dropout 0.5 -> 2 softmax");
+    }
+
+    #[test]
+    fn glorot_uniform_init_within_limits_and_zero_bias() {
+        let model = Model::new(100, &LayerSpec::parse_list("50:relu,10:softmax").unwrap());
+        let p = model.init_params(1);
+        let (_, _, k, b) = model.dense_layers().next().unwrap();
+        let limit = (6.0f32 / 150.0).sqrt();
+        let w = &p[k.range()];
+        assert!(w.iter().all(|v| v.abs() <= limit));
+        // The variance of U(-l, l) is l^2 / 3; 5000 draws land within 10% of it.
+        let var = w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        assert!((var / (limit * limit / 3.0) - 1.0).abs() < 0.1, "{var}");
+        assert!(p[b.range()].iter().all(|&v| v == 0.0));
+        assert_eq!(p, model.init_params(1));
+        assert_ne!(p, model.init_params(2));
+    }
+
+    #[test]
+    fn dropout_keeps_expected_fraction_and_is_identity_in_evaluation() {
+        let model = Model::new(1000, &LayerSpec::parse_list("dropout:0.25,1:linear").unwrap());
+        let params = model.init_params(0);
+        let x = vec![1.0f32; 2000];
+        let rows = [7u64, 8];
+        let mut ws = model.workspace(2);
+        model.forward(&params, &x, 2, &mut ws, Some(&DropoutKeys { seed: 1, epoch: 0, rows: &rows }));
+        let kept = ws.acts[0].iter().filter(|&&v| v != 0.0).count();
+        assert!((kept as f64 / 2000.0 - 0.75).abs() < 0.04, "{kept}");
+        assert!(ws.acts[0].iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        model.forward(&params, &x, 2, &mut ws, None);
+        assert!(ws.acts[0].iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn layer_spec_errors_name_the_flag_and_entry() {
+        for (text, needle) in [
+            ("64:relu,,10:softmax", "empty layer"),
+            ("64x:relu", "'64x' is not a layer width"),
+            ("0:relu", "at least one unit"),
+            ("dropout:1.5,3:softmax", "rate must be in [0, 1)"),
+            ("64:relu,dropout:0.2", "last layer must be a dense layer"),
+            ("64:gelu", "unknown activation 'gelu'"),
+        ] {
+            let err = LayerSpec::parse_list(text).unwrap_err().to_string();
+            assert!(err.starts_with("--layers: ") && err.contains(needle), "{text}: {err}");
         }
     }
 }

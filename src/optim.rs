@@ -4,6 +4,7 @@
 //! (1 / samples in the global batch) turns it into the mean inside the same loop, so no
 //! separate pass divides the gradient.
 
+use crate::kernels::{self, AdamStep, SgdStep};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,9 +85,17 @@ impl Optimizer {
 
     /// One update. params, grad_sum: (n_params,). `scale` multiplies grad_sum into the mean
     /// gradient; `lr` is this step's learning rate (after any schedule).
-    /// Returns the global gradient norm before clipping (of the mean gradient).
+    /// Returns the global gradient norm before clipping (of the mean gradient; NaN when
+    /// clipping is off).
     pub fn step(&mut self, params: &mut [f32], grad_sum: &[f32], scale: f32, lr: f32) -> f32 {
-        debug_assert_eq!(params.len(), grad_sum.len());
+        let (update, norm) = self.begin(grad_sum, scale, lr);
+        self.apply(&update, 0..params.len(), params, grad_sum);
+        norm
+    }
+
+    /// Starts a step: counts it and fixes its constants. With clipping on, `grad_sum` must be
+    /// the whole summed gradient (the norm is global); otherwise it is not read.
+    pub fn begin(&mut self, grad_sum: &[f32], scale: f32, lr: f32) -> (Update, f32) {
         let s = self.settings;
         let mut scale = scale;
         let mut norm = f32::NAN;
@@ -99,34 +108,36 @@ impl Optimizer {
         }
         self.t += 1;
         let decay = 1.0 - lr * s.weight_decay;
-        match s.kind {
+        let update = match s.kind {
             OptimizerKind::Adam => {
                 // Keras 3 Adam: alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
                 // m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); p -= alpha m / (sqrt(v) + eps).
                 let t = self.t as f64;
                 let alpha = (lr as f64 * (1.0 - (s.beta2 as f64).powf(t)).sqrt()
                     / (1.0 - (s.beta1 as f64).powf(t))) as f32;
-                let (b1, b2, eps) = (1.0 - s.beta1, 1.0 - s.beta2, s.epsilon);
-                for (((p, &g), m), v) in params.iter_mut().zip(grad_sum).zip(&mut self.m).zip(&mut self.v) {
-                    let g = g * scale;
-                    *m += (g - *m) * b1;
-                    *v += (g * g - *v) * b2;
-                    *p = *p * decay - alpha * *m / (v.sqrt() + eps);
-                }
+                Update::Adam(AdamStep { scale, alpha, one_minus_b1: 1.0 - s.beta1, one_minus_b2: 1.0 - s.beta2, eps: s.epsilon, decay })
             }
-            OptimizerKind::Sgd => {
-                // Keras 3 SGD: m = momentum m - lr g; p += m (nesterov: p += momentum m - lr g).
-                let mu = s.momentum;
-                for ((p, &g), m) in params.iter_mut().zip(grad_sum).zip(&mut self.m) {
-                    let g = g * scale;
-                    *m = mu * *m - lr * g;
-                    let update = if s.nesterov { mu * *m - lr * g } else { *m };
-                    *p = *p * decay + update;
-                }
-            }
-        }
-        norm
+            OptimizerKind::Sgd => Update::Sgd(SgdStep { scale, lr, momentum: s.momentum, nesterov: s.nesterov, decay }),
+        };
+        (update, norm)
     }
+
+    /// Applies a started step to the parameters in `range` (a part of the flat buffers, so
+    /// buckets can be updated as soon as their gradients are summed).
+    pub fn apply(&mut self, update: &Update, range: std::ops::Range<usize>, params: &mut [f32], grad_sum: &[f32]) {
+        let (p, g) = (&mut params[range.clone()], &grad_sum[range.clone()]);
+        match update {
+            Update::Adam(k) => kernels::adam(p, g, &mut self.m[range.clone()], &mut self.v[range], *k),
+            Update::Sgd(k) => kernels::sgd(p, g, &mut self.m[range], *k),
+        }
+    }
+}
+
+/// The constants of one optimizer step.
+#[derive(Clone, Copy, Debug)]
+pub enum Update {
+    Adam(AdamStep),
+    Sgd(SgdStep),
 }
 
 #[cfg(test)]

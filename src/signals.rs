@@ -14,12 +14,14 @@ extern "C" fn record(signal: libc::c_int) {
     RECEIVED.store(signal, Ordering::SeqCst);
 }
 
-/// Installs the handlers for SIGUSR1 and SIGTERM.
+/// Installs the handlers for SIGUSR1 and SIGTERM, and ignores SIGXFSZ so that a write past
+/// the file size limit fails with an error we can report (the default action kills).
 pub fn install() {
     let handler = record as extern "C" fn(libc::c_int) as libc::sighandler_t;
     unsafe {
         libc::signal(libc::SIGUSR1, handler);
         libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

@@ -7,8 +7,8 @@
 
 use crate::batch::Batch;
 use crate::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
-use crate::comm::Comm;
-use crate::config::{check_output_path, Config};
+use crate::comm::{Comm, GradientReducer};
+use crate::config::{check_output_path, Config, Overlap};
 use crate::data::{self, slice_range, Shape, Slice, Source, TargetKind};
 use crate::evaluate::{evaluate, Evaluation};
 use crate::fpu;
@@ -49,6 +49,13 @@ struct Part {
 }
 
 pub struct Trainer<'c> {
+    /// Background gradient sums (--overlap). Declared first so it stops before the buffers
+    /// it points into are freed.
+    reducer: Option<GradientReducer>,
+    /// For each dense layer (0 = input side): the bucket its gradients complete, if any.
+    bucket_done_by_layer: Vec<Option<usize>>,
+    /// The parameter range of each bucket (the gradient range without the STATS slots).
+    bucket_params: Vec<std::ops::Range<usize>>,
     comm: &'c Comm,
     pub cfg: Config,
     pub model: Model,
@@ -64,7 +71,7 @@ pub struct Trainer<'c> {
     pub opt: Optimizer,
     /// This rank's gradient sums, then the STATS slots: (n_params + STATS,).
     grads: Vec<f32>,
-    /// The same summed over all ranks: (n_params + STATS,).
+    /// The same summed over all ranks: (n_params + STATS,), or empty on one rank.
     reduced: Vec<f32>,
     pub pos: Position,
     pub history: Vec<EpochRecord>,
@@ -78,6 +85,8 @@ pub struct Trainer<'c> {
     fused: bool,
     /// Time per phase in the current epoch.
     profile: Profile,
+    /// The reducer's busy seconds at the start of the epoch.
+    comm_mark: f64,
     /// Lines for the start-up summary about a resumed or initialised run.
     start_notes: Vec<String>,
 }
@@ -173,12 +182,32 @@ impl<'c> Trainer<'c> {
             _ => Ok(None),
         })?;
 
-        let threads = threads::choose(cfg.threads, comm.ranks_on_node());
+        let ranks_on_node = comm.ranks_on_node();
+        let threads = threads::choose(cfg.threads, ranks_on_node);
         threads::set_blas_threads(threads.threads);
 
         let n = model.n_params;
         let fused = cfg.loss.required_activation().is_some();
+        let grads = vec![0.0; n + STATS];
+        // One rank sums nothing: its own gradients are the sum.
+        let mut reduced = vec![0.0; if comm.size() > 1 { n + STATS } else { 0 }];
+        let overlap = match cfg.overlap {
+            Overlap::On => comm.size() > 1,
+            Overlap::Off => false,
+            // Within one node the allreduce is a memory copy that needs the same cores as
+            // the backward pass, so there is nothing to hide it behind (measured: slower).
+            Overlap::Auto => comm.max_u64(ranks_on_node as u64) < comm.size() as u64 && n * 4 >= Overlap::AUTO_MIN_BYTES,
+        };
+        let (ranges, bucket_done_by_layer) = buckets(&model);
+        let bucket_params = ranges.iter().map(|r| r.start..r.end.min(n)).collect();
+        // SAFETY: grads and reduced are allocated once here and never resized; the Trainer
+        // owns them and drops the reducer first; step() hands a bucket over only after
+        // writing it and reads the sums only after waiting.
+        let reducer = if overlap { unsafe { GradientReducer::new(comm, &grads, &mut reduced, ranges) } } else { None };
         Ok(Trainer {
+            reducer,
+            bucket_done_by_layer,
+            bucket_params,
             comm,
             model,
             train,
@@ -190,8 +219,8 @@ impl<'c> Trainer<'c> {
             val_batch,
             params,
             opt,
-            grads: vec![0.0; n + STATS],
-            reduced: vec![0.0; n + STATS],
+            grads,
+            reduced,
             pos,
             history,
             scaling,
@@ -202,6 +231,7 @@ impl<'c> Trainer<'c> {
             threads,
             fused,
             profile: Profile::default(),
+            comm_mark: 0.0,
             start_notes,
             cfg,
         })
@@ -215,7 +245,7 @@ impl<'c> Trainer<'c> {
         let mb = |b: u64| b as f64 / 1e6;
         let cfg = &self.cfg;
         let mut s = format!(
-            "nn-train {}: {} rank{} x {} BLAS thread{} ({}), denormals flushed to zero: {}\n",
+            "nn-train {}: {} rank{} x {} BLAS thread{} ({}), denormals flushed to zero: {}{}\n",
             env!("CARGO_PKG_VERSION"),
             self.comm.size(),
             if self.comm.size() == 1 { "" } else { "s" },
@@ -223,6 +253,7 @@ impl<'c> Trainer<'c> {
             if self.threads.threads == 1 { "" } else { "s" },
             self.threads.reason,
             if fpu::denormals_flushed() { "yes" } else { "no" },
+            if self.reducer.is_some() { format!(", allreduce overlapped with backward ({} buckets)", self.bucket_params.len()) } else { String::new() },
         );
         s += &format!(
             "data: {} rows x {} features from {}; {}-{} rows per rank ({:.2}-{:.2} MB each, read by hyperslab)",
@@ -278,6 +309,13 @@ impl<'c> Trainer<'c> {
         s
     }
 
+    /// Fills the batch plan of the current epoch (done by [`Trainer::fit`]; public for tests
+    /// that drive [`Trainer::step`] directly). Returns the number of steps.
+    pub fn start_epoch(&mut self) -> usize {
+        self.plan.fill(self.cfg.seed, self.pos.epoch as u64);
+        self.plan.steps()
+    }
+
     /// One training step on step `s` of the current epoch's plan. Returns true when some rank
     /// received a stop signal (all ranks return the same).
     pub fn step(&mut self, s: usize) -> bool {
@@ -292,21 +330,63 @@ impl<'c> Trainer<'c> {
         let t2 = Instant::now();
         let (out, delta) = self.model.output_and_delta(&mut self.ws, rows);
         let sums = weighted_loss_and_delta(self.cfg.loss, out, k, self.batch.targets(), self.class_weights.as_deref(), Some(delta));
-        self.model.backward(&self.params, &mut self.grads[..n], self.batch.x(), rows, &mut self.ws, self.fused);
         self.grads[n + LOSS] = sums.loss as f32;
         self.grads[n + CORRECT] = sums.correct as f32;
         self.grads[n + STOP] = signals::received().is_some() as u32 as f32;
-        let t3 = Instant::now();
-        self.comm.sum_into(&self.grads, &mut self.reduced);
-        let t4 = Instant::now();
         let count = self.plan.global_count(s);
         let progress = self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64;
         let lr = self.cfg.lr.at(progress) as f32;
-        self.opt.step(&mut self.params, &self.reduced[..n], 1.0 / count as f32, lr);
-        let t5 = Instant::now();
+        let scale = 1.0 / count as f32;
 
-        self.pos.partial_loss += self.reduced[n + LOSS] as f64;
-        self.pos.partial_correct += self.reduced[n + CORRECT] as f64;
+        let (t3, t4, t5);
+        if let Some(reducer) = self.reducer.as_mut() {
+            // Buckets go to the background thread as the backward pass finishes them; each
+            // is updated as soon as its sum arrives, while later buckets are still summed.
+            reducer.begin_step();
+            let reducer = &*reducer;
+            let done_by = &self.bucket_done_by_layer;
+            self.model.backward_with(&self.params, &mut self.grads[..n], self.batch.x(), rows, &mut self.ws, self.fused, &mut |d| {
+                if let Some(b) = done_by[d] {
+                    reducer.ready(b);
+                }
+            });
+            t3 = Instant::now();
+            let mut waited = 0.0;
+            if self.cfg.optimizer.clip_norm.is_some() {
+                // The global norm needs every sum first.
+                reducer.wait(reducer.buckets() - 1);
+                waited = t3.elapsed().as_secs_f64();
+                let (update, _) = self.opt.begin(&self.reduced[..n], scale, lr);
+                self.opt.apply(&update, 0..n, &mut self.params, &self.reduced);
+            } else {
+                let (update, _) = self.opt.begin(&[], scale, lr);
+                for (b, range) in self.bucket_params.iter().enumerate() {
+                    let w = Instant::now();
+                    reducer.wait(b);
+                    waited += w.elapsed().as_secs_f64();
+                    self.opt.apply(&update, range.clone(), &mut self.params, &self.reduced);
+                }
+            }
+            t5 = Instant::now();
+            t4 = t3 + std::time::Duration::from_secs_f64(waited);
+        } else {
+            self.model.backward(&self.params, &mut self.grads[..n], self.batch.x(), rows, &mut self.ws, self.fused);
+            t3 = Instant::now();
+            // One rank has nothing to add: the optimizer reads its own gradients.
+            let summed: &[f32] = if self.comm.size() > 1 {
+                self.comm.sum_into(&self.grads, &mut self.reduced);
+                &self.reduced
+            } else {
+                &self.grads
+            };
+            t4 = Instant::now();
+            self.opt.step(&mut self.params, &summed[..n], scale, lr);
+            t5 = Instant::now();
+        }
+        let summed: &[f32] = if self.comm.size() > 1 { &self.reduced } else { &self.grads };
+        self.pos.partial_loss += summed[n + LOSS] as f64;
+        self.pos.partial_correct += summed[n + CORRECT] as f64;
+        let stop = summed[n + STOP] > 0.0;
         self.pos.partial_samples += count as f64;
         self.pos.samples_seen += count as u64;
         let p = &mut self.profile;
@@ -316,7 +396,7 @@ impl<'c> Trainer<'c> {
         p.allreduce_s += (t4 - t3).as_secs_f64();
         p.optimizer_s += (t5 - t4).as_secs_f64();
         self.pos.partial_train_s += (t5 - t0).as_secs_f64();
-        self.reduced[n + STOP] > 0.0
+        stop
     }
 
     /// Trains until `--epochs` epochs are done, early stopping ends the run, or a signal
@@ -341,8 +421,7 @@ impl<'c> Trainer<'c> {
         while self.pos.epoch < self.cfg.epochs {
             let epoch_start = Instant::now();
             let resumed_s = self.pos.partial_train_s;
-            self.plan.fill(self.cfg.seed, self.pos.epoch as u64);
-            let steps = self.plan.steps();
+            let steps = self.start_epoch();
             if let Some(b) = &bar {
                 b.set_position(self.pos.step as u64);
                 b.set_message(format!("epoch {}/{}", self.pos.epoch + 1, self.cfg.epochs));
@@ -410,7 +489,7 @@ impl<'c> Trainer<'c> {
             epoch_s,
             ranks: self.comm.size(),
             lr: self.cfg.lr.at((self.pos.epoch + 1) as f64 - 1e-9),
-            profile: self.profile,
+            profile: Profile { comm_s: self.comm_seconds(), ..self.profile },
         };
         self.check_in_sync()?;
         self.history.push(record.clone());
@@ -535,10 +614,50 @@ impl<'c> Trainer<'c> {
         Ok(())
     }
 
+    /// Seconds of gradient allreduce in the epoch so far: measured on the background thread
+    /// with --overlap, else the (all exposed) wait.
+    fn comm_seconds(&mut self) -> f64 {
+        match &self.reducer {
+            Some(r) => {
+                let total = r.busy_seconds();
+                let epoch = total - self.comm_mark;
+                self.comm_mark = total;
+                epoch
+            }
+            None => self.profile.allreduce_s,
+        }
+    }
+
+    /// Whether gradient sums run on the background thread (--overlap).
+    pub fn overlapping(&self) -> bool {
+        self.reducer.is_some()
+    }
+
     /// Peak resident memory of every rank, in bytes (VmHWM). Collective.
     pub fn peak_memory(&self) -> Vec<u64> {
         self.comm.all_gather_u64(peak_rss_bytes())
     }
+}
+
+/// Gradient buckets for --overlap: dense layers from the output down, grouped until a bucket
+/// holds at least BUCKET_FLOATS gradients (one allreduce per tiny layer would cost more
+/// latency than it hides). Bucket 0 also carries the STATS slots after the parameters.
+/// Returns the buckets' ranges in the flat buffer, in the order they are reduced, and for
+/// each dense layer the bucket it completes (the bucket's lowest layer).
+fn buckets(model: &Model) -> (Vec<std::ops::Range<usize>>, Vec<Option<usize>>) {
+    const BUCKET_FLOATS: usize = 256 * 1024;
+    let spans: Vec<(usize, usize)> = model.dense_layers().map(|(_, _, k, b)| (k.start, b.start + b.len)).collect();
+    let mut done_by = vec![None; spans.len()];
+    let mut ranges = Vec::new();
+    let mut end = model.n_params + STATS;
+    for (d, &(start, _)) in spans.iter().enumerate().rev() {
+        if end - start >= BUCKET_FLOATS || d == 0 {
+            done_by[d] = Some(ranges.len());
+            ranges.push(start..end);
+            end = start;
+        }
+    }
+    (ranges, done_by)
 }
 
 fn progress_bar(steps: usize) -> indicatif::ProgressBar {
@@ -556,6 +675,7 @@ fn check_outputs(comm: &Comm, cfg: &Config) -> Result<()> {
     }
     if let Some(p) = &cfg.checkpoint {
         check_output_path("checkpoint", p)?;
+        checkpoint::remove_stale_temps(p);
     }
     if let Some(p) = &cfg.metrics {
         check_output_path("metrics", p)?;

@@ -45,11 +45,18 @@ fn main() {
 fn run() -> i32 {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
             if launch_rank() == 0 {
                 let _ = e.print();
             }
-            return if e.use_stderr() { 2 } else { 0 };
+            return 0;
+        }
+        Err(e) => {
+            if launch_rank() == 0 {
+                eprintln!("nn-predict: error: {} (see nn-predict --help)", nn_train::config::clap_one_line(&e));
+            }
+            return 2;
         }
     };
     let comm = match Comm::init() {
@@ -63,8 +70,7 @@ fn run() -> i32 {
         Ok(code) => code,
         Err(e) => {
             if !matches!(e.downcast_ref::<Error>(), Some(Error::OtherRank { .. })) {
-                let rank = if comm.size() > 1 { format!("rank {}: ", comm.rank()) } else { String::new() };
-                eprintln!("nn-predict: error: {rank}{e:#}");
+                eprintln!("nn-predict: error: {e:#}");
             }
             1
         }

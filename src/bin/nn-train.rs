@@ -16,25 +16,33 @@ fn main() {
 fn run() -> i32 {
     // Flags are checked before MPI starts; under mpirun every rank would find the same
     // mistake, so only the first prints it.
-    let quiet = launch_rank() != 0;
     let args = match TrainArgs::try_parse() {
         Ok(a) => a,
-        Err(e) => {
-            if !quiet {
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            if launch_rank() == 0 {
                 let _ = e.print();
             }
-            return if e.use_stderr() { 2 } else { 0 };
+            return 0;
+        }
+        Err(e) => {
+            if launch_rank() == 0 {
+                eprintln!("nn-train: error: {} (see nn-train --help)", nn_train::config::clap_one_line(&e));
+            }
+            return 2;
         }
     };
     let cfg = match args.merged().and_then(|a| a.resolve()) {
         Ok(c) => c,
         Err(e) => {
-            if !quiet {
+            if launch_rank() == 0 {
                 eprintln!("nn-train: error: {e}");
             }
             return 2;
         }
     };
+    // Before MPI starts, so a signal during start-up is not lost.
+    signals::install();
     let comm = match Comm::init() {
         Ok(c) => c,
         Err(e) => {
@@ -45,7 +53,7 @@ fn run() -> i32 {
     let code = match train(&comm, cfg) {
         Ok(code) => code,
         Err(e) => {
-            report(&comm, &e);
+            report(&e);
             1
         }
     };
@@ -103,15 +111,11 @@ fn train(comm: &Comm, cfg: nn_train::config::Config) -> Result<i32> {
     })
 }
 
-/// Prints an error once: the rank that failed prints it; ranks that only learned of another
-/// rank's failure stay quiet.
-fn report(comm: &Comm, e: &anyhow::Error) {
+/// Prints an error once: the lowest failing rank prints it (naming itself when other ranks
+/// did not fail); ranks that only learned of another rank's failure stay quiet.
+fn report(e: &anyhow::Error) {
     if let Some(Error::OtherRank { .. }) = e.downcast_ref::<Error>() {
         return;
     }
-    if comm.size() > 1 {
-        eprintln!("nn-train: error: rank {}: {e:#}", comm.rank());
-    } else {
-        eprintln!("nn-train: error: {e:#}");
-    }
+    eprintln!("nn-train: error: {e:#}");
 }

@@ -5,7 +5,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A binary of this package, built by cargo next to the test executable
@@ -51,6 +51,9 @@ pub fn mpi_env(cmd: &mut Command) -> &mut Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_mpi_yield_when_idle", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        // Tests run in parallel threads of one process: a child forked while this process
+        // holds an HDF5 write lock inherits it; nothing in the tests needs the locks.
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
 }
 
 /// Runs `cmd` in its own process group; after `timeout` the whole group is killed and the
