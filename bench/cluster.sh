@@ -45,15 +45,6 @@ done
 unset OPENBLAS_NUM_THREADS OMP_NUM_THREADS
 mkdir -p "$OUT" "$CACHE"
 
-# The overlap flag is new in nn-train; without it every run is what "off" means (one
-# allreduce after backward), and the "on" rows are left out.
-if "$BIN/nn-train" --help | grep -q -- '--overlap'; then
-    OVERLAPS="on off"
-else
-    OVERLAPS="off"
-    echo "bench-cluster: this nn-train has no --overlap flag: measuring overlap off only"
-fi
-
 for f in "$DATA:$ROWS" "$PROBE_DATA:$PROBE_ROWS"; do
     [[ -f ${f%%:*} ]] || "$BIN/nn-data" gen --rows "${f##*:}" --features 784 --classes 10 --seed 1 --out "${f%%:*}" >/dev/null
 done
@@ -73,17 +64,18 @@ use_cluster() {
     fi
 }
 
-# mean over epochs >= 2 of the --metrics lines: "samples_per_s data fwd bwd allreduce opt" in
-# seconds per epoch.
+# mean over epochs >= 2 of the --metrics lines: "samples_per_s data fwd bwd allreduce opt comm"
+# in seconds per epoch (comm: the allreduces' whole time, hidden or not; 0 if not reported).
 epoch_means() {
     awk '
         function num(key,   s) { s = $0; sub(".*\"" key "\":", "", s); sub("[,}].*", "", s); return s + 0 }
         num("epoch") >= 2 { n++; sps += num("samples_per_s"); d += num("data_s"); f += num("forward_s")
-                            b += num("backward_s"); a += num("allreduce_s"); o += num("optimizer_s") }
-        END { if (n == 0) exit 1; printf "%.3f %.6f %.6f %.6f %.6f %.6f\n", sps/n, d/n, f/n, b/n, a/n, o/n }' "$1"
+                            b += num("backward_s"); a += num("allreduce_s"); o += num("optimizer_s")
+                            if (index($0, "\"comm_s\":")) c += num("comm_s") }
+        END { if (n == 0) exit 1; printf "%.3f %.6f %.6f %.6f %.6f %.6f %.6f\n", sps/n, d/n, f/n, b/n, a/n, o/n, c/n }' "$1"
 }
 
-echo "kind,nodes,ranks,rate,allreduce,overlap,batch,steps,samples_per_s,step_ms,compute_ms,forward_ms,backward_ms,optimizer_ms,data_ms,allreduce_ms,comm_share" >"$CSV"
+echo "kind,nodes,ranks,rate,allreduce,overlap,batch,steps,samples_per_s,step_ms,compute_ms,forward_ms,backward_ms,optimizer_ms,data_ms,allreduce_ms,comm_share,comm_ms" >"$CSV"
 
 # Open MPI's allreduce algorithm: its default choice, or the ring the scaling model assumes.
 mpi_args() {
@@ -99,8 +91,7 @@ run() {
     local steps=$((rows / batch)) best="" rep
     use_cluster "$nodes"
     "$CLUSTER" shape "$ID" "$rate"
-    local flags=(--data "$PWD/$data" --layers "$LAYERS" --batch-size "$batch" --epochs "$EPOCHS" --threads 1 --seed 1)
-    [[ $OVERLAPS == "off" ]] || flags+=(--overlap "$overlap")
+    local flags=(--data "$PWD/$data" --layers "$LAYERS" --batch-size "$batch" --epochs "$EPOCHS" --threads 1 --seed 1 --overlap "$overlap")
     for ((rep = 1; rep <= REPS; rep++)); do
         local name=$kind-$nodes-$rate-$alg-$overlap-$batch-$rep
         # shellcheck disable=SC2046 # mpi_args is a list of words
@@ -112,10 +103,10 @@ run() {
         if [[ -z $best ]] || awk -v a="${m%% *}" -v b="${best%% *}" 'BEGIN { exit !(a > b) }'; then best=$m; fi
     done
     echo "$best" | awk -v k="$kind" -v n="$nodes" -v r="$rate" -v al="$alg" -v o="$overlap" -v bs="$batch" -v st="$steps" '{
-        ms = 1000 / st; d = $2 * ms; f = $3 * ms; b = $4 * ms; a = $5 * ms; o2 = $6 * ms
+        ms = 1000 / st; d = $2 * ms; f = $3 * ms; b = $4 * ms; a = $5 * ms; o2 = $6 * ms; c = $7 * ms
         step = d + f + b + a + o2
-        printf "%s,%d,%d,%s,%s,%s,%d,%d,%.1f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.3f\n",
-            k, n, n, r, al, o, bs, st, $1, step, d + f + b + o2, f, b, o2, d, a, a / step }' | tee -a "$CSV" >/dev/null
+        printf "%s,%d,%d,%s,%s,%s,%d,%d,%.1f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.3f,%.2f\n",
+            k, n, n, r, al, o, bs, st, $1, step, d + f + b + o2, f, b, o2, d, a, a / step, c }' | tee -a "$CSV" >/dev/null
     echo "  $kind: $nodes node(s), links $rate, allreduce $alg, overlap $overlap, batch $batch: $(tail -1 "$CSV" | cut -d, -f9-10 | sed 's/,/ samples\/s, /') ms/step"
 }
 
@@ -129,7 +120,7 @@ for rate in $RATES; do
             run probe "$n" "$rate" "$alg" off "$n" "$PROBE_DATA" "$PROBE_ROWS"
         done
         [[ $rate == off ]] && continue
-        for o in $OVERLAPS; do
+        for o in on off; do
             run train "$n" "$rate" default "$o" "$BATCH" "$DATA" "$ROWS"
         done
     done

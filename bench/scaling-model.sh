@@ -65,11 +65,11 @@ END {
 
     print "### Measured: W3 (784-1024-1024-10, global batch 256), one rank per simulated node, 1 BLAS thread"
     print ""
-    print "| nodes | links | overlap | samples/s | step (ms) | compute (ms) | allreduce wait (ms) | communication share | overlap efficiency |"
-    print "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    print "| nodes | links | overlap | samples/s | step (ms) | compute (ms) | allreduce (ms) | allreduce wait (ms) | communication share | hidden | overlap efficiency |"
+    print "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for (i = 1; i <= n; i++) {
         if (v[i, "kind"] == "compute" && v[i, "batch"] == 256)
-            printf "| 1 | - | - | %.0f | %.1f | %.1f | %.1f | %.0f%% | - |\n", v[i, "samples_per_s"], v[i, "step_ms"], v[i, "compute_ms"], v[i, "allreduce_ms"], 100 * v[i, "comm_share"]
+            printf "| 1 | - | - | %.0f | %.1f | %.1f | - | %.1f | %.0f%% | - | - |\n", v[i, "samples_per_s"], v[i, "step_ms"], v[i, "compute_ms"], v[i, "allreduce_ms"], 100 * v[i, "comm_share"]
         if (v[i, "kind"] != "train") continue
         key = v[i, "nodes"] SUBSEP v[i, "rate"]
         if (v[i, "overlap"] == "off") { off_step[key] = v[i, "step_ms"]; off_ar[key] = v[i, "allreduce_ms"]; off_bwd[key] = v[i, "backward_ms"] }
@@ -84,8 +84,12 @@ END {
             if (off_ar[key] > off_bwd[key]) { wsum += hidden / off_bwd[key]; wn++ }
             else { wsum_all += hidden / off_bwd[key]; wn_all++ }
         }
-        printf "| %d | %s | %s | %.0f | %.1f | %.1f | %.1f | %.0f%% | %s |\n", v[i, "nodes"], link(v[i, "rate"]), v[i, "overlap"], v[i, "samples_per_s"], v[i, "step_ms"], v[i, "compute_ms"], v[i, "allreduce_ms"], 100 * v[i, "comm_share"], eff
+        comm = v[i, "comm_ms"] + 0
+        hid = (v[i, "overlap"] == "on" && comm > 0) ? sprintf("%.0f%%", 100 * (1 - v[i, "allreduce_ms"] / comm)) : "-"
+        printf "| %d | %s | %s | %.0f | %.1f | %.1f | %s | %.1f | %.0f%% | %s | %s |\n", v[i, "nodes"], link(v[i, "rate"]), v[i, "overlap"], v[i, "samples_per_s"], v[i, "step_ms"], v[i, "compute_ms"], (comm > 0 ? sprintf("%.1f", comm) : "-"), v[i, "allreduce_ms"], 100 * v[i, "comm_share"], hid, eff
     }
+    print ""
+    print "allreduce: the gradient sums'"'"' whole time (comm_s); wait: the part the step waited for (allreduce_s); communication share: wait / step; hidden: 1 - wait / allreduce; overlap efficiency: (step off - step on) / wait off, the share of the communication overlap took off the step."
     print ""
     printf "### Measured: the allreduce of the W3 gradient (%.2f MB), one row per rank (probe runs)\n\n", S / 1e6
     print "| nodes | links | algorithm | allreduce (ms) | ideal ring at the cap (ms) | bus bandwidth (Gbit/s) |"

@@ -117,7 +117,7 @@ const INVARIANCE_MIN_SENT: u64 = 80 * 3360 / 2;
 /// Trains on `nodes` simulated nodes with `per_node` ranks each, then checks: the same model
 /// as one process (relative difference below 1e-4), Open MPI saw `per_node` ranks on each
 /// node, and the gradients really crossed every node's link.
-fn check_cluster_matches_single_process(nodes: usize, per_node: usize) {
+fn check_cluster_matches_single_process(nodes: usize, per_node: usize, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let args = invariance_args(dir.path());
     let one = train_one_process(&args, &dir.path().join("one.h5"));
@@ -128,10 +128,14 @@ fn check_cluster_matches_single_process(nodes: usize, per_node: usize) {
     let mut multi: Vec<&str> = args.iter().map(String::as_str).collect();
     let many_s = s(&many);
     multi.extend(["--checkpoint", &many_s]);
+    multi.extend(extra);
     let run = cluster.train(per_node, &multi, 120).expect_ok();
     let ranks = nodes * per_node;
     assert!(run.stdout.contains(&format!("nn-train 0.1.0: {ranks} ranks")), "{}", run.stdout);
     assert!(run.stdout.contains(&format!("/ {per_node} ranks on this node")), "Open MPI did not see {per_node} rank(s) per node:\n{}", run.stdout);
+    if extra.contains(&"on") {
+        assert!(run.stdout.contains("allreduce overlapped with backward"), "{}", run.stdout);
+    }
 
     let diff = max_rel_diff(&one, &common::checkpoint_params(&many));
     assert!(diff < 1e-4, "{nodes} nodes x {per_node} ranks: max relative difference {diff:e} to one process");
@@ -147,17 +151,19 @@ fn check_cluster_matches_single_process(nodes: usize, per_node: usize) {
 
 #[test]
 fn two_nodes_one_rank_each_train_the_single_process_model() {
-    check_cluster_matches_single_process(2, 1);
+    check_cluster_matches_single_process(2, 1, &[]);
 }
 
+/// With the allreduce overlapped with backward (a background thread summing layer buckets
+/// over TCP while backward runs).
 #[test]
-fn four_nodes_one_rank_each_train_the_single_process_model() {
-    check_cluster_matches_single_process(4, 1);
+fn four_nodes_one_rank_each_with_overlap_train_the_single_process_model() {
+    check_cluster_matches_single_process(4, 1, &["--overlap", "on"]);
 }
 
 #[test]
 fn two_nodes_two_ranks_each_train_the_single_process_model() {
-    check_cluster_matches_single_process(2, 2);
+    check_cluster_matches_single_process(2, 2, &[]);
 }
 
 /// "peak memory per rank: A-B MB" -> B.
