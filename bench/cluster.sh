@@ -8,8 +8,9 @@
 #   compute  1 node, per-rank batch 256, 128, 64: the compute time of a step vs batch
 #   probe    P nodes, global batch P (one row per rank), overlap off: a step is then almost
 #            only the gradient allreduce (7.45 MB): its time per rate, and the bandwidth it
-#            achieved, which checks the cap; with Open MPI's default allreduce algorithm and
-#            with the ring (coll_tuned_allreduce_algorithm 4) the scaling model assumes
+#            achieved, which checks the cap; with Open MPI's default allreduce algorithm,
+#            the ring (coll_tuned_allreduce_algorithm 4) the scaling model assumes, and the
+#            default with two TCP connections per rank pair (btl_tcp_links 2)
 #   train    P nodes, global batch 256, overlap on and off
 # On a 2-core machine the nodes share the cores: 4 one-thread ranks get half a core each, so
 # compare per-step communication time and overlap, not raw speedup.
@@ -77,11 +78,14 @@ epoch_means() {
 
 echo "kind,nodes,ranks,rate,allreduce,overlap,batch,steps,samples_per_s,step_ms,compute_ms,forward_ms,backward_ms,optimizer_ms,data_ms,allreduce_ms,comm_share,comm_ms" >"$CSV"
 
-# Open MPI's allreduce algorithm: its default choice, or the ring the scaling model assumes.
+# Open MPI's allreduce: its default algorithm; the ring the scaling model assumes; or the
+# default with two TCP connections per pair of ranks (with one, a pair that sends both ways
+# at once gets half the link each way).
 mpi_args() {
     case $1 in
         default) ;;
         ring) echo --mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm 4 ;;
+        links2) echo --mca btl_tcp_links 2 ;;
     esac
 }
 
@@ -116,7 +120,7 @@ for b in 256 128 64; do
 done
 for rate in $RATES; do
     for n in $NODES; do
-        for alg in default ring; do
+        for alg in default ring links2; do
             run probe "$n" "$rate" "$alg" off "$n" "$PROBE_DATA" "$PROBE_ROWS"
         done
         [[ $rate == off ]] && continue
