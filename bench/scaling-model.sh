@@ -167,7 +167,7 @@ END {
         if (last == G)
             printf "\nWith W3'"'"'s global batch of %d split over more ranks, %s keeps scaling down to 1 sample per rank (%d ranks).\n", G, f[1], G
         else
-            printf "\nWith W3'"'"'s global batch of %d split over more ranks, %s stops scaling beyond %d ranks (%d samples per rank).\n", G, f[1], last, G / last
+            printf "\nWith W3'"'"'s global batch of %d split over more ranks, %s stops scaling beyond %d rank%s (%d samples per rank).\n", G, f[1], last, (last > 1 ? "s" : ""), G / last
     }
     print ""
     print "Efficiency: compute / step. Scaling stops below: the smallest batch per rank at which a step is still at least half computation (efficiency 50%); with smaller batches adding ranks mostly adds communication."
