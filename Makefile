@@ -43,6 +43,7 @@ run: build
 	    --checkpoint out/digits.h5 --metrics out/digits.jsonl
 	$(MPIRUN) $(BIN)/nn-predict --model out/digits.h5 --data data/digits/test.h5 \
 	    --out out/digits-predictions.h5 --min-accuracy 0.97
+	$(BIN)/nn-data plot out/digits.jsonl --out out/digits-curves.png
 
 test: test-deps
 	$(CARGO) build --release

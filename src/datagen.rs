@@ -56,6 +56,10 @@ pub struct GenSpec {
     pub features: usize,
     pub task: Task,
     pub seed: u64,
+    /// Index of the first row: rows first_row..first_row+rows of the seed's endless
+    /// sequence are generated, so files with the same seed and disjoint row ranges are
+    /// disjoint samples of the same task (a training set and a test set).
+    pub first_row: u64,
     /// Standard deviation of the Gaussian noise added to the teacher's standardised outputs.
     pub noise: f32,
     /// Rows generated and written at a time; None picks about 16 MiB of x.
@@ -72,7 +76,7 @@ impl GenSpec {
         }
         match self.task {
             Task::Classify { classes } if classes < 2 => return Err(Error::flag("classes", format!("must be at least 2, got {classes}"))),
-            Task::Regress { targets } if targets == 0 => return Err(Error::flag("targets", "must be at least 1")),
+            Task::Regress { targets: 0 } => return Err(Error::flag("targets", "must be at least 1")),
             _ => {}
         }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
@@ -80,6 +84,9 @@ impl GenSpec {
         }
         if self.chunk_rows == Some(0) {
             return Err(Error::flag("chunk-rows", "must be at least 1"));
+        }
+        if self.first_row.checked_add(self.rows as u64).is_none() {
+            return Err(Error::flag("first-row", "is too large"));
         }
         if self.rows.checked_mul(self.features).and_then(|n| n.checked_mul(4)).is_none() {
             return Err(Error::flag("rows", format!("{} rows x {} features is too large", self.rows, self.features)));
@@ -162,9 +169,7 @@ impl Teacher {
         }
         if let Task::Classify { .. } = spec.task {
             for row in outs.chunks_exact_mut(k) {
-                for j in 0..k {
-                    row[j] = (row[j] - self.mean[j]) / self.scale[j];
-                }
+                self.standardize(row);
             }
             // A class that wins too often gets its bias lowered, in proportion to the log of
             // how far its share is from 1/k. 200 damped steps settle it to within a few
@@ -175,9 +180,9 @@ impl Teacher {
                 for row in outs.chunks_exact(k) {
                     wins[argmax_biased(row, &self.bias)] += 1;
                 }
-                for j in 0..k {
-                    let share = (wins[j] as f32 / CALIBRATION_ROWS as f32).max(0.1 / k as f32);
-                    self.bias[j] -= 0.3 * (share * k as f32).ln();
+                for (b, &w) in self.bias.iter_mut().zip(&wins) {
+                    let share = (w as f32 / CALIBRATION_ROWS as f32).max(0.1 / k as f32);
+                    *b -= 0.3 * (share * k as f32).ln();
                 }
             }
         }
@@ -199,6 +204,10 @@ impl Teacher {
     /// The standardised outputs for one row (bias not added).
     fn outputs(&self, x: &[f32], hidden: &mut [f32; TEACHER_HIDDEN], out: &mut [f32]) {
         self.raw_outputs(x, hidden, out);
+        self.standardize(out);
+    }
+
+    fn standardize(&self, out: &mut [f32]) {
         for ((o, &m), &s) in out.iter_mut().zip(&self.mean).zip(&self.scale) {
             *o = (*o - m) / s;
         }
@@ -293,7 +302,7 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
     while start < n {
         let rows = chunk.min(n - start);
         for i in 0..rows {
-            let row = (start + i) as u64;
+            let row = spec.first_row + (start + i) as u64;
             let xr = &mut x[i * d..(i + 1) * d];
             fill_x(hash(spec.seed, &[rng::GEN_X, row]), xr);
             teacher.outputs(xr, &mut hidden, &mut outs);
@@ -356,8 +365,8 @@ fn write_attrs(file: &hdf5::File, spec: &GenSpec) -> hdf5::Result<()> {
         Task::Regress { targets } => format!("--task regress --targets {targets}"),
     };
     let command = format!(
-        "nn-data gen --rows {} --features {} {task} --seed {} --noise {}",
-        spec.rows, spec.features, spec.seed, spec.noise
+        "nn-data gen --rows {} --features {} {task} --seed {} --first-row {} --noise {}",
+        spec.rows, spec.features, spec.seed, spec.first_row, spec.noise
     );
     let generator = format!(
         "x uniform in [-sqrt 3, sqrt 3); y from a random teacher network {} -> {TEACHER_HIDDEN} tanh -> {} with standardised outputs and Gaussian noise of std {}",

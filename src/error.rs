@@ -19,6 +19,10 @@ pub enum Error {
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
 
+    /// A line of a text input (a CSV row, a JSON Lines record) is malformed.
+    #[error("{} line {line}: {message}", path.display())]
+    Line { path: PathBuf, line: u64, message: String },
+
     /// An output file (metrics, predictions) cannot be written.
     #[error("{}: {message}", path.display())]
     Output { path: PathBuf, message: String },
@@ -47,6 +51,10 @@ impl Error {
 
     pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
         Error::Checkpoint { path: path.into(), message: message.into() }
+    }
+
+    pub fn line(path: impl Into<PathBuf>, line: u64, message: impl Into<String>) -> Error {
+        Error::Line { path: path.into(), line, message: message.into() }
     }
 
     pub fn output(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {

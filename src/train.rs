@@ -461,7 +461,7 @@ impl<'c> Trainer<'c> {
         let saved = self.cfg.checkpoint.is_some();
         if self.comm.is_root() {
             let who = if signal != 0 { signals::name(signal).to_string() } else { "a signal on another rank".to_string() };
-            log(&format!("stopping: {who} received; at epoch {} step {step}", epoch + 1));
+            log(&format!("stopping: {who} received; at epoch {epoch} step {step} ({epoch} epochs and {step} steps done)"));
         }
         if saved {
             self.save_checkpoint(log, "signal")?;

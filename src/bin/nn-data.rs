@@ -19,7 +19,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Gen(GenArgs),
+    Import(ImportArgs),
     Info(InfoArgs),
+    Plot(PlotArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
@@ -28,8 +30,9 @@ enum TaskName {
     Regress,
 }
 
-/// Generate a seeded synthetic data set of any size, written in chunks (memory is bounded
-/// by one chunk). x (N, D) float32 is uniform with mean 0 and variance 1; y comes from a
+/// Generate a seeded synthetic data set of any size (classification or regression).
+///
+/// Written in chunks: memory is bounded by one chunk. x (N, D) float32 is uniform with mean 0 and variance 1; y comes from a
 /// fixed random teacher network (D -> 16 tanh -> K) drawn from the seed: int64 class labels
 /// (N,) for classify, float32 targets (N,) or (N, K) for regress. The same seed gives the
 /// same file whatever the chunk size.
@@ -53,6 +56,10 @@ struct GenArgs {
     /// Seed for x, the teacher and the noise. Default 0.
     #[arg(long, default_value_t = 0, value_name = "S")]
     seed: u64,
+    /// Generate rows R.. of the seed's sequence instead of 0..: the same seed with a
+    /// disjoint row range gives a test set of the same task. Default 0.
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    first_row: u64,
     /// Std of the Gaussian noise added to the teacher's standardised outputs (logits for
     /// classify, targets for regress). Default 0.05.
     #[arg(long, default_value_t = 0.05, value_name = "F", allow_negative_numbers = true)]
@@ -65,8 +72,58 @@ struct GenArgs {
     out: PathBuf,
 }
 
-/// Show what an HDF5 data file holds: every dataset (path, shape, element type), the root
-/// attributes, per-feature min/mean/max of x, and class counts (with the import's label
+/// Import a CSV file (header row, numeric columns, one label column) to HDF5.
+///
+/// x (N, D) float32 comes from every column but the label, y (N,) int64 class indices (classify) or float32 targets (regress). The CSV needs
+/// a header row; feature values must be numbers (no empty fields). Class labels that are
+/// whole numbers >= 0 are kept as indices; other labels (names, negative numbers) become
+/// 0..K-1 in sorted order, with the names stored in y's attribute `label_names`. A bad row
+/// is reported with its line number and nothing is written.
+#[derive(clap::Args, Debug)]
+struct ImportArgs {
+    /// The CSV file.
+    csv: PathBuf,
+    /// The label column (by its name in the header).
+    #[arg(long, value_name = "COLUMN")]
+    label: String,
+    /// classify: the label column holds classes; regress: numeric targets. Default classify.
+    #[arg(long, value_enum, default_value = "classify")]
+    task: TaskName,
+    /// Output HDF5 file. With --split, F.h5 becomes F-train.h5 and F-test.h5.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Put this fraction of the rows in a test file (stratified by class for classify),
+    /// the rest in a train file; each file's rows in a seeded random order.
+    #[arg(long, value_name = "F")]
+    split: Option<f64>,
+    /// Seed of the split. Default 0.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    seed: u64,
+    /// With --split: the train file's name (instead of deriving it from --out).
+    #[arg(long, value_name = "FILE", requires = "out_test")]
+    out_train: Option<PathBuf>,
+    /// With --split: the test file's name (instead of deriving it from --out).
+    #[arg(long, value_name = "FILE", requires = "out_train")]
+    out_test: Option<PathBuf>,
+    /// Class names in index order (comma-separated), instead of the sorted mapping: use
+    /// it to import files separately with the same classes.
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    label_names: Option<Vec<String>>,
+    /// Columns to leave out (comma-separated), e.g. an ID column.
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    drop: Vec<String>,
+    /// Name of the features dataset to write. Default "x".
+    #[arg(long, default_value = "x", value_name = "NAME")]
+    x: String,
+    /// Name of the targets dataset to write. Default "y".
+    #[arg(long, default_value = "y", value_name = "NAME")]
+    y: String,
+}
+
+/// Show what an HDF5 data file holds: datasets, shapes, types, statistics, class counts.
+///
+/// Every dataset (path, shape, element type), the root
+/// attributes, per-feature min/mean/std/max of x, and class counts (with the import's label
 /// names) or target statistics of y. Reads in chunks, so any file size works.
 #[derive(clap::Args, Debug)]
 struct InfoArgs {
@@ -83,6 +140,26 @@ struct InfoArgs {
     all: bool,
 }
 
+/// Plot loss and accuracy curves from an `nn-train --metrics` file as a PNG.
+///
+/// Loss and accuracy panels, each with training and validation lines. Fields read: epoch, loss,
+/// accuracy, val_loss, val_accuracy (null or absent values leave gaps). The accuracy panel
+/// is left out when the file has no accuracy (regression).
+#[derive(clap::Args, Debug)]
+struct PlotArgs {
+    /// The metrics file written by nn-train --metrics.
+    metrics: PathBuf,
+    /// Output PNG file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Image width in pixels. Default 1000.
+    #[arg(long, default_value_t = 1000, value_name = "W")]
+    width: u32,
+    /// Image height in pixels. Default 450.
+    #[arg(long, default_value_t = 450, value_name = "H")]
+    height: u32,
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -93,10 +170,12 @@ fn main() {
     };
     let result = match cli.command {
         Command::Gen(a) => gen(a),
+        Command::Import(a) => import(a),
         Command::Info(a) => info(a),
+        Command::Plot(a) => plot(a),
     };
     if let Err(e) = result {
-        eprintln!("nn-data: error: {e:#}");
+        nn_train::errorln!("nn-data: error: {e:#}");
         std::process::exit(1);
     }
 }
@@ -117,7 +196,7 @@ fn gen(a: GenArgs) -> Result<()> {
             Task::Regress { targets: a.targets.unwrap_or(1) }
         }
     };
-    let spec = GenSpec { rows: a.rows, features: a.features, task, seed: a.seed, noise: a.noise, chunk_rows: a.chunk_rows };
+    let spec = GenSpec { rows: a.rows, features: a.features, task, seed: a.seed, first_row: a.first_row, noise: a.noise, chunk_rows: a.chunk_rows };
     spec.validate()?;
     let start = Instant::now();
     let bar = indicatif::ProgressBar::new(spec.rows as u64);
@@ -161,5 +240,79 @@ fn gen(a: GenArgs) -> Result<()> {
 fn info(a: InfoArgs) -> Result<()> {
     let report = nn_train::info::info(&a.file, &a.x, &a.y)?;
     print!("{}", report.render(a.all));
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> Result<()> {
+    use nn_train::csv_import::{self, DatasetNames, ImportSpec, LabelTask, Labels, Outputs};
+    let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
+    let outputs = match a.split {
+        None if a.out_train.is_some() || a.out_test.is_some() => return Err(flag("out-train", "and --out-test are only for --split")),
+        None => Outputs::One(a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?),
+        Some(fraction) => {
+            let (train, test) = match (&a.out, &a.out_train, &a.out_test) {
+                (Some(out), None, None) => split_names(out),
+                (None, Some(train), Some(test)) => (train.clone(), test.clone()),
+                (Some(_), _, _) => return Err(flag("out", "give either --out or --out-train and --out-test, not both")),
+                _ => return Err(flag("out", "is required (or --out-train and --out-test)")),
+            };
+            Outputs::Split { train, test, fraction, seed: a.seed }
+        }
+    };
+    if let (Some(names), TaskName::Regress) = (&a.label_names, a.task) {
+        if !names.is_empty() {
+            return Err(flag("label-names", "is for --task classify"));
+        }
+    }
+    let spec = ImportSpec {
+        csv: a.csv.clone(),
+        label: a.label.clone(),
+        task: if a.task == TaskName::Classify { LabelTask::Classify } else { LabelTask::Regress },
+        label_names: a.label_names.clone(),
+        drop: a.drop.clone(),
+    };
+    let (table, written) = csv_import::import(&spec, &outputs, &DatasetNames { x: a.x.clone(), y: a.y.clone() })?;
+    let names = match &table.y {
+        Labels::Classes { names, .. } => names.clone(),
+        Labels::Targets(_) => None,
+    };
+    let class_name = |i: usize| names.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
+    let counts = |c: &[u64]| -> String {
+        if c.len() > 12 {
+            let (lo, hi) = (c.iter().min().unwrap_or(&0), c.iter().max().unwrap_or(&0));
+            return format!("{} classes of {lo}..{hi} rows", c.len());
+        }
+        c.iter().enumerate().map(|(i, n)| format!("{} {n}", class_name(i))).collect::<Vec<_>>().join(", ")
+    };
+    let what = match &table.y {
+        Labels::Classes { .. } => {
+            let total: Vec<u64> = (0..written[0].class_counts.len()).map(|i| written.iter().map(|w| w.class_counts[i]).sum()).collect();
+            format!("; {} classes: {}", total.len(), counts(&total))
+        }
+        Labels::Targets(_) => "; numeric targets".to_string(),
+    };
+    println!(
+        "nn-data: read {} rows x {} features from {}{what}",
+        table.rows,
+        table.feature_names.len(),
+        a.csv.display()
+    );
+    for w in &written {
+        let detail = if w.class_counts.is_empty() { String::new() } else { format!(" ({})", counts(&w.class_counts)) };
+        println!("  wrote {}: {} rows{detail}", w.path.display(), w.rows);
+    }
+    Ok(())
+}
+
+/// F.h5 -> (F-train.h5, F-test.h5); a name without an extension gets ".h5".
+fn split_names(out: &std::path::Path) -> (PathBuf, PathBuf) {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = out.extension().map_or_else(|| "h5".to_string(), |e| e.to_string_lossy().into_owned());
+    (out.with_file_name(format!("{stem}-train.{ext}")), out.with_file_name(format!("{stem}-test.{ext}")))
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let epochs = nn_train::plot::plot(&a.metrics, &a.out, a.width, a.height)?;
+    println!("nn-data: plotted {} epochs of {} -> {} ({}x{} PNG)", epochs.len(), a.metrics.display(), a.out.display(), a.width, a.height);
     Ok(())
 }
