@@ -49,6 +49,11 @@ test: test-deps
 	$(CARGO) build --release
 	$(CARGO) test --release -- --test-threads=2
 
+# Simulated nodes (network namespaces, root only), links capped with tc: see bench/cluster.sh.
+bench-cluster: test-deps
+	$(CARGO) build --release --bins
+	./bench/cluster.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf out
