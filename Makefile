@@ -55,6 +55,11 @@ bench: deps
 	$(CARGO) build --release --bins --examples
 	./bench/run.sh
 
+# Simulated nodes (network namespaces, root only), links capped with tc: see bench/cluster.sh.
+bench-cluster: test-deps
+	$(CARGO) build --release --bins
+	./bench/cluster.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf out

@@ -128,6 +128,10 @@ pub struct TrainArgs {
     /// gradients are at least 1 MB). Default auto.
     #[arg(long, value_name = "MODE")]
     pub overlap: Option<String>,
+    /// How gradients are summed: auto (through a shared-memory window when all ranks are on
+    /// one node, else MPI_Allreduce) or mpi (always MPI_Allreduce). Default auto.
+    #[arg(long, value_name = "MODE")]
+    pub allreduce: Option<String>,
 
     /// Checkpoint file (HDF5), written by rank 0 atomically (temporary file, then rename).
     #[arg(long, value_name = "FILE")]
@@ -185,6 +189,8 @@ pub struct Config {
     pub profile: bool,
     #[serde(default)]
     pub overlap: Overlap,
+    #[serde(default)]
+    pub allreduce: AllreduceMode,
     pub checkpoint: Option<PathBuf>,
     pub checkpoint_every: usize,
     pub checkpoint_steps: Option<usize>,
@@ -204,6 +210,17 @@ pub enum Overlap {
     Auto,
     On,
     Off,
+}
+
+/// How gradients are summed across ranks (see [`crate::comm::SharedSum`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllreduceMode {
+    /// A shared-memory window when all ranks share a node, else MPI_Allreduce.
+    #[default]
+    Auto,
+    /// Always MPI_Allreduce.
+    Mpi,
 }
 
 impl Overlap {
@@ -246,7 +263,7 @@ impl TrainArgs {
         }
         pick!(data, val, val_split, x, y, layers, loss, optimizer, lr, momentum, beta1, beta2, epsilon,
               weight_decay, clip_norm, lr_schedule, lr_decay_epochs, lr_decay_factor, lr_min, warmup_epochs,
-              epochs, batch_size, shuffle, seed, metrics, threads, overlap, checkpoint, checkpoint_every,
+              epochs, batch_size, shuffle, seed, metrics, threads, overlap, allreduce, checkpoint, checkpoint_every,
               checkpoint_steps, keep, init_from, early_stopping, class_weight)
     }
 
@@ -297,6 +314,11 @@ impl TrainArgs {
             threads: self.threads,
             profile: self.profile,
             overlap: Overlap::parse(self.overlap.as_deref().unwrap_or("auto"))?,
+            allreduce: match self.allreduce.as_deref().unwrap_or("auto") {
+                "auto" => AllreduceMode::Auto,
+                "mpi" => AllreduceMode::Mpi,
+                other => return Err(Error::flag("allreduce", format!("unknown mode '{other}' (expected auto or mpi)"))),
+            },
             checkpoint: self.checkpoint,
             checkpoint_every: self.checkpoint_every.unwrap_or(1),
             checkpoint_steps: self.checkpoint_steps,

@@ -79,6 +79,15 @@ multiversion! {
 }
 
 multiversion! {
+    /// a += b, element by element.
+    pub fn add_in_place(a: &mut [f32], b: &[f32]) {
+        for (a, &b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+    }
+}
+
+multiversion! {
     /// acc += the sum of the rows of m. acc: (cols,); m: (rows, cols) row-major.
     pub fn add_column_sums(acc: &mut [f32], m: &[f32]) {
         let cols = acc.len();

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod comm;
 pub mod config;
+pub mod console;
 pub mod csv_import;
 pub mod data;
 pub mod datagen;

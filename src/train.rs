@@ -7,8 +7,8 @@
 
 use crate::batch::Batch;
 use crate::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
-use crate::comm::{Comm, GradientReducer};
-use crate::config::{check_output_path, Config, Overlap};
+use crate::comm::{Comm, GradientReducer, SharedSum};
+use crate::config::{check_output_path, AllreduceMode, Config, Overlap};
 use crate::data::{self, slice_range, Shape, Slice, Source, TargetKind};
 use crate::evaluate::{evaluate, Evaluation};
 use crate::fpu;
@@ -52,6 +52,9 @@ pub struct Trainer<'c> {
     /// Background gradient sums (--overlap). Declared first so it stops before the buffers
     /// it points into are freed.
     reducer: Option<GradientReducer>,
+    /// The gradient sum through shared memory when every rank is on one node
+    /// (--allreduce auto); its buffers replace `grads` and `reduced`.
+    shared: Option<SharedSum>,
     /// For each dense layer (0 = input side): the bucket its gradients complete, if any.
     bucket_done_by_layer: Vec<Option<usize>>,
     /// The parameter range of each bucket (the gradient range without the STATS slots).
@@ -188,9 +191,6 @@ impl<'c> Trainer<'c> {
 
         let n = model.n_params;
         let fused = cfg.loss.required_activation().is_some();
-        let grads = vec![0.0; n + STATS];
-        // One rank sums nothing: its own gradients are the sum.
-        let mut reduced = vec![0.0; if comm.size() > 1 { n + STATS } else { 0 }];
         let overlap = match cfg.overlap {
             Overlap::On => comm.size() > 1,
             Overlap::Off => false,
@@ -198,6 +198,10 @@ impl<'c> Trainer<'c> {
             // the backward pass, so there is nothing to hide it behind (measured: slower).
             Overlap::Auto => comm.max_u64(ranks_on_node as u64) < comm.size() as u64 && n * 4 >= Overlap::AUTO_MIN_BYTES,
         };
+        let shared = if !overlap && cfg.allreduce == AllreduceMode::Auto { SharedSum::new(comm, n + STATS) } else { None };
+        let grads = vec![0.0; if shared.is_some() { 0 } else { n + STATS }];
+        // One rank sums nothing: its own gradients are the sum.
+        let mut reduced = vec![0.0; if comm.size() > 1 && shared.is_none() { n + STATS } else { 0 }];
         let (ranges, bucket_done_by_layer) = buckets(&model);
         let bucket_params = ranges.iter().map(|r| r.start..r.end.min(n)).collect();
         // SAFETY: grads and reduced are allocated once here and never resized; the Trainer
@@ -206,6 +210,7 @@ impl<'c> Trainer<'c> {
         let reducer = if overlap { unsafe { GradientReducer::new(comm, &grads, &mut reduced, ranges) } } else { None };
         Ok(Trainer {
             reducer,
+            shared,
             bucket_done_by_layer,
             bucket_params,
             comm,
@@ -253,7 +258,13 @@ impl<'c> Trainer<'c> {
             if self.threads.threads == 1 { "" } else { "s" },
             self.threads.reason,
             if fpu::denormals_flushed() { "yes" } else { "no" },
-            if self.reducer.is_some() { format!(", allreduce overlapped with backward ({} buckets)", self.bucket_params.len()) } else { String::new() },
+            if self.reducer.is_some() {
+                format!(", allreduce overlapped with backward ({} buckets)", self.bucket_params.len())
+            } else if self.shared.is_some() {
+                ", gradients summed in shared memory".to_string()
+            } else {
+                String::new()
+            },
         );
         s += &format!(
             "data: {} rows x {} features from {}; {}-{} rows per rank ({:.2}-{:.2} MB each, read by hyperslab)",
@@ -330,9 +341,10 @@ impl<'c> Trainer<'c> {
         let t2 = Instant::now();
         let (out, delta) = self.model.output_and_delta(&mut self.ws, rows);
         let sums = weighted_loss_and_delta(self.cfg.loss, out, k, self.batch.targets(), self.class_weights.as_deref(), Some(delta));
-        self.grads[n + LOSS] = sums.loss as f32;
-        self.grads[n + CORRECT] = sums.correct as f32;
-        self.grads[n + STOP] = signals::received().is_some() as u32 as f32;
+        let mut stats = [0.0f32; STATS];
+        stats[LOSS] = sums.loss as f32;
+        stats[CORRECT] = sums.correct as f32;
+        stats[STOP] = signals::received().is_some() as u32 as f32;
         let count = self.plan.global_count(s);
         let progress = self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64;
         let lr = self.cfg.lr.at(progress) as f32;
@@ -344,6 +356,7 @@ impl<'c> Trainer<'c> {
             // is updated as soon as its sum arrives, while later buckets are still summed.
             reducer.begin_step();
             let reducer = &*reducer;
+            self.grads[n..].copy_from_slice(&stats);
             let done_by = &self.bucket_done_by_layer;
             self.model.backward_with(&self.params, &mut self.grads[..n], self.batch.x(), rows, &mut self.ws, self.fused, &mut |d| {
                 if let Some(b) = done_by[d] {
@@ -370,20 +383,35 @@ impl<'c> Trainer<'c> {
             t5 = Instant::now();
             t4 = t3 + std::time::Duration::from_secs_f64(waited);
         } else {
-            self.model.backward(&self.params, &mut self.grads[..n], self.batch.x(), rows, &mut self.ws, self.fused);
+            // Ranks on one node compute straight into their part of a shared window.
+            let grads: &mut [f32] = match self.shared.as_mut() {
+                Some(shared) => shared.input_mut(),
+                None => &mut self.grads,
+            };
+            grads[n..].copy_from_slice(&stats);
+            self.model.backward(&self.params, &mut grads[..n], self.batch.x(), rows, &mut self.ws, self.fused);
             t3 = Instant::now();
-            // One rank has nothing to add: the optimizer reads its own gradients.
-            let summed: &[f32] = if self.comm.size() > 1 {
-                self.comm.sum_into(&self.grads, &mut self.reduced);
-                &self.reduced
-            } else {
-                &self.grads
+            let summed: &[f32] = match &self.shared {
+                Some(shared) => {
+                    shared.sum();
+                    shared.result()
+                }
+                // One rank has nothing to add: the optimizer reads its own gradients.
+                None if self.comm.size() == 1 => &self.grads,
+                None => {
+                    self.comm.sum_into(&self.grads, &mut self.reduced);
+                    &self.reduced
+                }
             };
             t4 = Instant::now();
             self.opt.step(&mut self.params, &summed[..n], scale, lr);
             t5 = Instant::now();
         }
-        let summed: &[f32] = if self.comm.size() > 1 { &self.reduced } else { &self.grads };
+        let summed: &[f32] = match &self.shared {
+            Some(shared) => shared.result(),
+            None if self.comm.size() == 1 => &self.grads,
+            None => &self.reduced,
+        };
         self.pos.partial_loss += summed[n + LOSS] as f64;
         self.pos.partial_correct += summed[n + CORRECT] as f64;
         let stop = summed[n + STOP] > 0.0;
@@ -461,7 +489,7 @@ impl<'c> Trainer<'c> {
         let saved = self.cfg.checkpoint.is_some();
         if self.comm.is_root() {
             let who = if signal != 0 { signals::name(signal).to_string() } else { "a signal on another rank".to_string() };
-            log(&format!("stopping: {who} received; at epoch {} step {step}", epoch + 1));
+            log(&format!("stopping: {who} received; at epoch {epoch} step {step} ({epoch} epochs and {step} steps done)"));
         }
         if saved {
             self.save_checkpoint(log, "signal")?;

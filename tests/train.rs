@@ -165,3 +165,25 @@ fn overlapped_allreduce_gives_the_same_model() {
         }
     }
 }
+
+/// Ranks on one node sum gradients through a shared-memory window (the default); forcing
+/// MPI_Allreduce gives the same model, and both match one process.
+#[test]
+fn shared_memory_sum_matches_mpi_allreduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.h5");
+    write_classification(&data, 157, 9, 3, 6);
+    let extra = ["--layers", "32:relu,3:softmax", "--epochs", "3", "--batch-size", "20", "--seed", "4"];
+    let one = train_params(dir.path(), &data, 0, &extra);
+    let d = data.display().to_string();
+    for mode in ["auto", "mpi"] {
+        let ckpt = dir.path().join(format!("{mode}.h5"));
+        let c = ckpt.display().to_string();
+        let mut args = vec!["--data", d.as_str(), "--checkpoint", c.as_str(), "--threads", "1", "--allreduce", mode];
+        args.extend_from_slice(&extra);
+        let run = mpirun(3, "nn-train", &args, 120).expect_ok();
+        assert_eq!(run.stdout.contains("gradients summed in shared memory"), mode == "auto", "{}", run.stdout);
+        let diff = max_rel_diff(&one, &checkpoint_params(&ckpt));
+        assert!(diff < 1e-4, "--allreduce {mode} differs from one process by {diff:e}");
+    }
+}

@@ -175,7 +175,7 @@ fn main() {
         Command::Plot(a) => plot(a),
     };
     if let Err(e) = result {
-        eprintln!("nn-data: error: {e:#}");
+        nn_train::errorln!("nn-data: error: {e:#}");
         std::process::exit(1);
     }
 }

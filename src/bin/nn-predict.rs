@@ -54,7 +54,7 @@ fn run() -> i32 {
         }
         Err(e) => {
             if launch_rank() == 0 {
-                eprintln!("nn-predict: error: {} (see nn-predict --help)", nn_train::config::clap_one_line(&e));
+                nn_train::errorln!("nn-predict: error: {} (see nn-predict --help)", nn_train::config::clap_one_line(&e));
             }
             return 2;
         }
@@ -62,7 +62,7 @@ fn run() -> i32 {
     let comm = match Comm::init() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nn-predict: error: {e}");
+            nn_train::errorln!("nn-predict: error: {e}");
             return 1;
         }
     };
@@ -70,7 +70,7 @@ fn run() -> i32 {
         Ok(code) => code,
         Err(e) => {
             if !matches!(e.downcast_ref::<Error>(), Some(Error::OtherRank { .. })) {
-                eprintln!("nn-predict: error: {e:#}");
+                nn_train::errorln!("nn-predict: error: {e:#}");
             }
             1
         }
@@ -117,13 +117,13 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
             }
             Some(a) => {
                 if comm.is_root() {
-                    eprintln!("nn-predict: accuracy {a:.4} is below --min-accuracy {min}");
+                    nn_train::errorln!("nn-predict: accuracy {a:.4} is below --min-accuracy {min}");
                 }
                 return Ok(EXIT_BELOW_MIN_ACCURACY);
             }
             None => {
                 if comm.is_root() {
-                    eprintln!("nn-predict: --min-accuracy needs targets ('{}') and a classification model", args.y);
+                    nn_train::errorln!("nn-predict: --min-accuracy needs targets ('{}') and a classification model", args.y);
                 }
                 return Ok(2);
             }

@@ -27,7 +27,7 @@ fn run() -> i32 {
         }
         Err(e) => {
             if launch_rank() == 0 {
-                eprintln!("nn-train: error: {} (see nn-train --help)", nn_train::config::clap_one_line(&e));
+                nn_train::errorln!("nn-train: error: {} (see nn-train --help)", nn_train::config::clap_one_line(&e));
             }
             return 2;
         }
@@ -36,7 +36,7 @@ fn run() -> i32 {
         Ok(c) => c,
         Err(e) => {
             if launch_rank() == 0 {
-                eprintln!("nn-train: error: {e}");
+                nn_train::errorln!("nn-train: error: {e}");
             }
             return 2;
         }
@@ -46,7 +46,7 @@ fn run() -> i32 {
     let comm = match Comm::init() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nn-train: error: {e}");
+            nn_train::errorln!("nn-train: error: {e}");
             return 1;
         }
     };
@@ -100,10 +100,11 @@ fn train(comm: &Comm, cfg: nn_train::config::Config) -> Result<i32> {
         }
         Outcome::Interrupted { signal, saved: false, epoch, step } => {
             if root {
-                eprintln!(
-                    "nn-train: error: stopped by {} at epoch {} step {step}; no --checkpoint was given, so this run's progress is lost",
+                nn_train::errorln!(
+                    "nn-train: error: stopped by {} at epoch {} step {step} ({} epochs and {step} steps done); no --checkpoint was given, so this run's progress is lost",
                     signals::name(signal),
-                    epoch + 1
+                    epoch,
+                    epoch
                 );
             }
             1
@@ -117,5 +118,5 @@ fn report(e: &anyhow::Error) {
     if let Some(Error::OtherRank { .. }) = e.downcast_ref::<Error>() {
         return;
     }
-    eprintln!("nn-train: error: {e:#}");
+    nn_train::errorln!("nn-train: error: {e:#}");
 }
