@@ -189,7 +189,7 @@ json kind env date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" host "$(hostname)" \
 echo "bench: $WORKLOADS; runs per workload and layout: $REPS; load average $(cut -d' ' -f1-3 /proc/loadavg); raw files in $OUT"
 [[ $QUICK == 1 ]] && note "BENCH_QUICK=1: reduced sizes, for checking the harness only"
 [[ -n $EXTRA ]] && note "extra nn-train flags: $EXTRA"
-[[ " $WORKLOADS " != *" W4 "* ]] && note "W4 skipped: BENCH_W4=1 make bench runs it (generates a 6.3 GB file in bench/cache once; about 10 minutes more)"
+[[ " $WORKLOADS " != *" W4 "* ]] && note "W4 skipped: BENCH_W4=1 make bench runs it (generates a 6.3 GB file in bench/cache once, in about 30 s; then about 13 minutes on 2 cores)"
 
 for w in $WORKLOADS; do
     define "$w"
