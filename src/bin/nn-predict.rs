@@ -39,6 +39,7 @@ struct Args {
 const EXIT_BELOW_MIN_ACCURACY: i32 = 3;
 
 fn main() {
+    nn_train::threads::ensure_short_blas_spin();
     std::process::exit(run());
 }
 

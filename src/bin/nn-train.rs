@@ -9,6 +9,7 @@ use nn_train::train::{Outcome, Trainer};
 use nn_train::Error;
 
 fn main() {
+    nn_train::threads::ensure_short_blas_spin();
     std::process::exit(run());
 }
 
