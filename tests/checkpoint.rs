@@ -345,7 +345,8 @@ fn signals_checkpoint_and_resume_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.h5");
     write_classification(&data, 4000, 20, 3, 8);
-    let common_args = ["--data", &s(&data), "--layers", "64:relu,3:softmax", "--batch-size", "8", "--epochs", "3", "--seed", "1", "--threads", "1"];
+    // Long enough (about a second) that the signal lands mid-run.
+    let common_args = ["--data", &s(&data), "--layers", "256:relu,256:relu,3:softmax", "--batch-size", "8", "--epochs", "20", "--seed", "1", "--threads", "1"];
     let straight = dir.path().join("straight.h5");
     let straight_s = s(&straight);
     let args: Vec<&str> = common_args.iter().copied().chain(["--checkpoint", &straight_s]).collect();
@@ -365,7 +366,7 @@ fn signals_checkpoint_and_resume_exactly() {
         let mut child = cmd.spawn().unwrap();
         // Wait until training is under way (the first epoch line), then signal.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(&log).unwrap().contains("epoch 1/3") {
+        while !std::fs::read_to_string(&log).unwrap().contains("epoch  1/20") {
             assert!(std::time::Instant::now() < deadline, "training never started");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -381,7 +382,7 @@ fn signals_checkpoint_and_resume_exactly() {
         assert_eq!(status, Some(75), "{how}: {out}");
         assert!(out.contains("stopping:") && out.contains("checkpoint (signal)"), "{how}: {out}");
         let snap = nn_train::checkpoint::load(&ck).unwrap();
-        assert!(snap.position.epoch < 3, "{how}: stopped too late to test anything");
+        assert!(snap.position.epoch < 20, "{how}: stopped too late to test anything");
         let run = mpirun(2, "nn-train", &args, 120).expect_ok();
         assert!(run.stdout.contains("resumed from"), "{}", run.stdout);
         assert_eq!(bits(&checkpoint_params(&straight)), bits(&checkpoint_params(&ck)), "{how}");
