@@ -425,13 +425,11 @@ impl SharedSum {
         // SAFETY: chunk r of the result is written only by rank r, here; the inputs are only
         // read until the next fence.
         let out = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.len + chunk.start), chunk.len()) };
-        for q in 0..self.ranks {
-            let input = unsafe { std::slice::from_raw_parts(self.base.add(q * self.len + chunk.start), chunk.len()) };
-            if q == 0 {
-                out.copy_from_slice(input);
-            } else {
-                crate::kernels::add_in_place(out, input);
-            }
+        let input = |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.len + chunk.start), chunk.len()) };
+        // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
+        crate::kernels::add_into(out, input(0), input(1));
+        for q in 2..self.ranks {
+            crate::kernels::add_in_place(out, input(q));
         }
         self.fence();
     }

@@ -17,3 +17,27 @@ pub fn write_stderr_line(line: &str) {
 macro_rules! errorln {
     ($($arg:tt)*) => { $crate::console::write_stderr_line(&format!($($arg)*)) };
 }
+
+/// Parses the command line into `T`. On `--help`/`--version` prints them and returns
+/// Err(0); on a bad flag prints one line (`PROGRAM: error: ... (see PROGRAM --help)`) and
+/// returns Err(2). Under mpirun every rank would print the same thing, so only the launch's
+/// first rank prints.
+pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, i32> {
+    match T::try_parse() {
+        Ok(args) => Ok(args),
+        Err(e) => {
+            let first = crate::comm::launch_rank() == 0;
+            if !e.use_stderr() {
+                if first {
+                    let _ = e.print();
+                }
+                Err(0)
+            } else {
+                if first {
+                    write_stderr_line(&format!("{program}: error: {} (see {program} --help)", crate::config::clap_one_line(&e)));
+                }
+                Err(2)
+            }
+        }
+    }
+}

@@ -79,6 +79,17 @@ multiversion! {
 }
 
 multiversion! {
+    /// out = a + b, element by element (one pass instead of a copy and an add).
+    pub fn add_into(out: &mut [f32], a: &[f32], b: &[f32]) {
+        let n = out.len();
+        let (a, b) = (&a[..n], &b[..n]);
+        for i in 0..n {
+            out[i] = a[i] + b[i];
+        }
+    }
+}
+
+multiversion! {
     /// a += b, element by element.
     pub fn add_in_place(a: &mut [f32], b: &[f32]) {
         for (a, &b) in a.iter_mut().zip(b) {

@@ -161,12 +161,9 @@ struct PlotArgs {
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match nn_train::console::parse_args("nn-data") {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            std::process::exit(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(code) => std::process::exit(code),
     };
     let result = match cli.command {
         Command::Gen(a) => gen(a),

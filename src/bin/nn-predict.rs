@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use clap::Parser;
-use nn_train::comm::{launch_rank, Comm};
+use nn_train::comm::Comm;
+use nn_train::console::parse_args;
 use nn_train::config::check_output_path;
 use nn_train::data::Source;
 use nn_train::predict::{has_targets, write_outputs, Predictor};
@@ -44,21 +45,9 @@ fn main() {
 }
 
 fn run() -> i32 {
-    let args = match Args::try_parse() {
+    let args: Args = match parse_args("nn-predict") {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version
-            if launch_rank() == 0 {
-                let _ = e.print();
-            }
-            return 0;
-        }
-        Err(e) => {
-            if launch_rank() == 0 {
-                nn_train::errorln!("nn-predict: error: {} (see nn-predict --help)", nn_train::config::clap_one_line(&e));
-            }
-            return 2;
-        }
+        Err(code) => return code,
     };
     let comm = match Comm::init() {
         Ok(c) => c,

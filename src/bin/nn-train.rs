@@ -1,9 +1,9 @@
 //! nn-train: train a dense network data-parallel under MPI. See `nn-train --help`.
 
 use anyhow::Result;
-use clap::Parser;
 use nn_train::comm::{launch_rank, Comm};
 use nn_train::config::TrainArgs;
+use nn_train::console::parse_args;
 use nn_train::signals::{self, EXIT_REQUEUE};
 use nn_train::train::{Outcome, Trainer};
 use nn_train::Error;
@@ -17,21 +17,9 @@ fn main() {
 fn run() -> i32 {
     // Flags are checked before MPI starts; under mpirun every rank would find the same
     // mistake, so only the first prints it.
-    let args = match TrainArgs::try_parse() {
+    let args: TrainArgs = match parse_args("nn-train") {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version
-            if launch_rank() == 0 {
-                let _ = e.print();
-            }
-            return 0;
-        }
-        Err(e) => {
-            if launch_rank() == 0 {
-                nn_train::errorln!("nn-train: error: {} (see nn-train --help)", nn_train::config::clap_one_line(&e));
-            }
-            return 2;
-        }
+        Err(code) => return code,
     };
     let cfg = match args.merged().and_then(|a| a.resolve()) {
         Ok(c) => c,
