@@ -14,11 +14,13 @@
 # and mount namespace, in which a per-node folder is bound over /tmp: every node has its own
 # /tmp, as real nodes do (Slurm's PMIx plugin makes the same /tmp/spmix_appdir_* folder on
 # every node of a step and fails on a shared /tmp). Jobs see /tmp of their node, so give them
-# files elsewhere (a shared file system: /work, the build folder).
+# files elsewhere (a shared file system: /work, the build folder). A repository that itself
+# lives under /tmp (a CI checkout) stays visible: it is bound into each node's /tmp first.
 
 set -euo pipefail
 
 CLUSTER=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/cluster.sh
+REPO=$(readlink -f "$(dirname "$CLUSTER")/../..")
 RUN_DIR=${NNT_CLUSTER_RUN:-/run/nn-train-cluster}
 
 die() {
@@ -36,8 +38,12 @@ state() {
 daemon() {
     local ns=$1 log=$2
     shift 2
+    local keep=""
+    [[ $REPO == /tmp/* ]] && keep=${REPO#/tmp/}
     setsid nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private \
-        sh -c 'hostname "$0" && mount --bind "$1" /tmp && shift && exec "$@"' "$ns" "$S/tmp-$ns" "$@" \
+        sh -c 'hostname "$0" &&
+               if [ -n "$2" ]; then mkdir -p "$1/$2" && mount --bind "/tmp/$2" "$1/$2"; fi &&
+               mount --rbind "$1" /tmp && shift 2 && exec "$@"' "$ns" "$S/tmp-$ns" "$keep" "$@" \
         >"$log" 2>&1 </dev/null &
 }
 
