@@ -133,24 +133,6 @@ impl Comm {
         }
     }
 
-    /// Copies rank 0's bytes (of any length) to every rank.
-    pub fn broadcast_bytes(&self, buf: &mut Vec<u8>) {
-        if self.size > 1 {
-            let mut len = buf.len() as u64;
-            let root = self.world.process_at_rank(0);
-            root.broadcast_into(&mut len);
-            buf.resize(len as usize, 0);
-            root.broadcast_into(&mut buf[..]);
-        }
-    }
-
-    /// Waits until every rank arrives.
-    pub fn barrier(&self) {
-        if self.size > 1 {
-            self.world.barrier();
-        }
-    }
-
     /// Number of ranks on this rank's node (an MPI shared-memory split).
     pub fn ranks_on_node(&self) -> usize {
         if self.size == 1 {
@@ -170,11 +152,6 @@ impl Comm {
         out
     }
 
-    /// Ends every rank of the job at once. For failures that happen where the other ranks
-    /// cannot be told in an orderly way (they would otherwise wait forever in a collective).
-    pub fn abort(&self, code: i32) -> ! {
-        self.world.abort(code)
-    }
 }
 
 /// An MPI communicator handle that may move to another thread. MPI handles are plain values;

@@ -24,6 +24,7 @@ pub mod gemm;
 pub mod info;
 pub mod kernels;
 pub mod loss;
+pub mod memory;
 pub mod lr_schedule;
 pub mod metrics;
 pub mod model;

@@ -72,7 +72,7 @@ impl EpochPlan {
         let global_counts: Vec<u32> = match shuffle {
             Shuffle::Global | Shuffle::None => (0..steps).map(|s| (batch.min(n - s * batch)) as u32).collect(),
             Shuffle::Local => (0..steps)
-                .map(|s| (0..ranks).map(|q| chunk(slice_range(n, ranks, q).len(), steps, s).len() as u32).sum())
+                .map(|s| (0..ranks).map(|q| slice_range(slice_range(n, ranks, q).len(), steps, s).len() as u32).sum())
                 .collect(),
         };
         let perm = match shuffle {
@@ -113,7 +113,7 @@ impl EpochPlan {
         let local = self.hi - self.lo;
         match self.shuffle {
             Shuffle::Global | Shuffle::None => local.min(self.batch),
-            Shuffle::Local => (0..self.steps()).map(|s| chunk(local, self.steps(), s).len()).max().unwrap_or(0),
+            Shuffle::Local => (0..self.steps()).map(|s| slice_range(local, self.steps(), s).len()).max().unwrap_or(0),
         }
     }
 
@@ -142,16 +142,11 @@ impl EpochPlan {
                 self.order.shuffle(&mut stream);
                 let steps = self.global_counts.len();
                 for s in 0..steps {
-                    self.ends.push(chunk(local, steps, s).end);
+                    self.ends.push(slice_range(local, steps, s).end);
                 }
             }
         }
     }
-}
-
-/// Chunk s of `steps` near-equal chunks of 0..len.
-fn chunk(len: usize, steps: usize, s: usize) -> std::ops::Range<usize> {
-    slice_range(len, steps, s)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::data::{self, slice_range, Shape, Slice, Source, TargetKind};
 use crate::evaluate::{evaluate, Evaluation};
 use crate::fpu;
 use crate::loss::{class_of, weighted_loss_and_delta};
+use crate::memory::{peak_rss_bytes, rss_bytes};
 use crate::metrics::{thousands, EpochRecord, MetricsFile, Profile};
 use crate::model::{DropoutKeys, Model, Workspace};
 use crate::optim::Optimizer;
@@ -168,7 +169,7 @@ impl<'c> Trainer<'c> {
         }
 
         let plan = EpochPlan::new(cfg.shuffle, n_train, cfg.batch_size, comm.size(), comm.rank());
-        if resumed && pos.step > 0 && pos.step > plan.steps() {
+        if resumed && pos.step > plan.steps() {
             comm.agree::<()>(Err(Error::flag("batch-size", format!(
                 "the checkpoint was taken at step {} of an epoch, which has only {} steps with this batch size; resume with the batch size it was taken with",
                 pos.step,
@@ -391,27 +392,18 @@ impl<'c> Trainer<'c> {
             grads[n..].copy_from_slice(&stats);
             self.model.backward(&self.params, &mut grads[..n], self.batch.x(), rows, &mut self.ws, self.fused);
             t3 = Instant::now();
-            let summed: &[f32] = match &self.shared {
-                Some(shared) => {
-                    shared.sum();
-                    shared.result()
-                }
+            match &self.shared {
+                Some(shared) => shared.sum(),
                 // One rank has nothing to add: the optimizer reads its own gradients.
-                None if self.comm.size() == 1 => &self.grads,
-                None => {
-                    self.comm.sum_into(&self.grads, &mut self.reduced);
-                    &self.reduced
-                }
-            };
+                None if self.comm.size() == 1 => {}
+                None => self.comm.sum_into(&self.grads, &mut self.reduced),
+            }
             t4 = Instant::now();
+            let summed = summed_buffer(&self.shared, &self.grads, &self.reduced);
             self.opt.step(&mut self.params, &summed[..n], scale, lr);
             t5 = Instant::now();
         }
-        let summed: &[f32] = match &self.shared {
-            Some(shared) => shared.result(),
-            None if self.comm.size() == 1 => &self.grads,
-            None => &self.reduced,
-        };
+        let summed = summed_buffer(&self.shared, &self.grads, &self.reduced);
         self.pos.partial_loss += summed[n + LOSS] as f64;
         self.pos.partial_correct += summed[n + CORRECT] as f64;
         let stop = summed[n + STOP] > 0.0;
@@ -658,14 +650,19 @@ impl<'c> Trainer<'c> {
         }
     }
 
-    /// Whether gradient sums run on the background thread (--overlap).
-    pub fn overlapping(&self) -> bool {
-        self.reducer.is_some()
-    }
-
     /// Peak resident memory of every rank, in bytes (VmHWM). Collective.
     pub fn peak_memory(&self) -> Vec<u64> {
         self.comm.all_gather_u64(peak_rss_bytes())
+    }
+}
+
+/// The buffer that holds the summed gradients (and STATS) after a step's reduction: the shared
+/// window's result, this rank's own gradients on one rank, else the MPI receive buffer.
+fn summed_buffer<'a>(shared: &'a Option<SharedSum>, grads: &'a [f32], reduced: &'a [f32]) -> &'a [f32] {
+    match shared {
+        Some(shared) => shared.result(),
+        None if reduced.is_empty() => grads,
+        None => reduced,
     }
 }
 
@@ -843,29 +840,6 @@ fn keep_numbered(path: &Path, epoch: usize, step: usize, keep: usize) -> Result<
     Ok(())
 }
 
-/// Peak resident set size of this process (VmHWM from /proc/self/status), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    proc_status_bytes("VmHWM:")
-}
-
-/// Resident set size of this process now (VmRSS from /proc/self/status), in bytes.
-pub fn rss_bytes() -> u64 {
-    proc_status_bytes("VmRSS:")
-}
-
 fn megabytes(bytes: &[u64]) -> Vec<f64> {
     bytes.iter().map(|&b| b as f64 / 1e6).collect()
-}
-
-/// A "Key:   123 kB" field of /proc/self/status, in bytes; 0 where there is none.
-fn proc_status_bytes(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

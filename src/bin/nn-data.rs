@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use nn_train::datagen::{self, GenSpec, Task};
 use nn_train::metrics::thousands;
-use nn_train::train::peak_rss_bytes;
+use nn_train::memory::peak_rss_bytes;
 use std::path::PathBuf;
 use std::time::Instant;
 
