@@ -6,7 +6,7 @@
 //!     target/release/examples/bench_report bench/results/STAMP/manifest.jsonl
 
 use clap::Parser;
-use nn_train::metrics::{thousands, EpochRecord, Profile};
+use nn_train::io::metrics::{thousands, EpochRecord, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -286,7 +286,7 @@ fn main() -> anyhow::Result<()> {
 
     // Header: when, where, on what.
     let (cpu, avx512) = cpu_model();
-    let cores = nn_train::threads::node_cores();
+    let cores = nn_train::dist::threads::node_cores();
     let mut openblas = None;
     let mut sgemm_lines: BTreeMap<(String, usize), (usize, Vec<SgemmLine>)> = BTreeMap::new();
     let mut sgemm_others: BTreeMap<(String, usize), f64> = BTreeMap::new();

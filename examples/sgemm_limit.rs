@@ -1,5 +1,5 @@
 //! The sgemm-bound limit of a training step: how fast OpenBLAS sgemm (through ndarray, the
-//! same path as `nn_train::gemm`) runs the matrix products of one step of a dense model, on
+//! same path as `nn_train::engine::gemm`) runs the matrix products of one step of a dense model, on
 //! this machine, now. `make bench` divides a workload's samples/s by this limit.
 //!
 //! One iteration runs, for every Dense layer (in, out) at `--batch` rows:
@@ -15,8 +15,8 @@
 //!     cargo run --release --example sgemm_limit -- --dims 784,1024,1024,10 --batch 256 --threads 2
 
 use clap::Parser;
-use nn_train::gemm::{gemm, Mat};
-use nn_train::threads;
+use nn_train::engine::gemm::{gemm, Mat};
+use nn_train::dist::threads;
 use std::os::raw::c_char;
 use std::time::Instant;
 

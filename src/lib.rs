@@ -1,6 +1,22 @@
 //! nn-train: data-parallel training of dense (Keras-style Sequential) networks under MPI.
 //!
-//! The library is plain math over flat `f32` buffers; only [`comm`] talks to MPI.
+//! The map, by concern:
+//!
+//! - [`engine`]: the math of one process. The Sequential model over one flat parameter
+//!   buffer, activations, losses, optimizers, learning-rate schedules, the GEMMs and the
+//!   runtime-dispatched element-wise kernels. Knows nothing of ranks or files.
+//! - [`dist`]: everything about running as many ranks. The only module that talks to MPI
+//!   ([`dist::comm`]), which rows each rank trains on at each step, BLAS threads per rank,
+//!   and signals that stop all ranks together.
+//! - [`data`]: a rank's slice of an HDF5 data file, the batches gathered from it, and the
+//!   feature standardization.
+//! - [`io`]: what the programs write and print: checkpoints, metrics, atomic output files,
+//!   console lines, memory readings.
+//! - [`train`]: the run itself: configuration, the trainer (set-up, step, epoch loop),
+//!   evaluation and prediction.
+//! - [`tools`]: what only `nn-data` uses: synthetic data, CSV import, splits, file info,
+//!   learning-curve plots.
+//!
 //! The binaries in `src/bin/` are thin: they parse flags, call into here and turn
 //! [`Error`] into a one-line message and an exit code.
 
@@ -8,36 +24,12 @@
 extern crate blas_src;
 extern crate openblas_src;
 
-pub mod activation;
-pub mod batch;
-pub mod checkpoint;
-pub mod comm;
-pub mod config;
-pub mod console;
-pub mod csv_import;
 pub mod data;
-pub mod datagen;
+pub mod dist;
+pub mod engine;
 pub mod error;
-pub mod evaluate;
-pub mod fpu;
-pub mod gemm;
-pub mod info;
-pub mod kernels;
-pub mod loss;
-pub mod memory;
-pub mod lr_schedule;
-pub mod metrics;
-pub mod model;
-pub mod optim;
-pub mod output_file;
-pub mod plot;
-pub mod predict;
-pub mod rng;
-pub mod scaling;
-pub mod schedule;
-pub mod signals;
-pub mod split;
-pub mod threads;
+pub mod io;
+pub mod tools;
 pub mod train;
 
 pub use error::{Error, Result};

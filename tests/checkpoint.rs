@@ -166,7 +166,7 @@ fn resume_with_another_network_or_data_width_fails_clearly() {
     let run = mpirun(2, "nn-train", &with(&flags, &["--optimizer", "sgd", "--checkpoint", &s(&ck), "--resume"]), 60);
     assert!(!run.ok() && run.stderr.contains("holds adam state"), "{}", run.stderr);
     // The checkpoint is untouched by the failed attempts.
-    assert_eq!(nn_train::checkpoint::load(&ck).unwrap().position.epoch, 1);
+    assert_eq!(nn_train::io::checkpoint::load(&ck).unwrap().position.epoch, 1);
 }
 
 /// --epochs 0 writes the initial weights (the same for the same seed); --init-from starts a
@@ -178,7 +178,7 @@ fn initial_weights_and_init_from() {
     let (a, b) = (dir.path().join("a.h5"), dir.path().join("b.h5"));
     mpirun(2, "nn-train", &with(&flags, &["--epochs", "0", "--checkpoint", &s(&a)]), 60).expect_ok();
     direct("nn-train", &with(&flags, &["--epochs", "0", "--checkpoint", &s(&b)]), 60).expect_ok();
-    let init = nn_train::checkpoint::load(&a).unwrap();
+    let init = nn_train::io::checkpoint::load(&a).unwrap();
     assert_eq!(bits(&init.params), bits(&checkpoint_params(&b)));
     assert_eq!((init.t, init.position.epoch), (0, 0));
 
@@ -190,7 +190,7 @@ fn initial_weights_and_init_from() {
     assert_eq!(bits(&checkpoint_params(&trained)), bits(&checkpoint_params(&copy)));
     let tuned = dir.path().join("tuned.h5");
     mpirun(2, "nn-train", &with(&flags, &["--epochs", "1", "--lr", "0.0001", "--init-from", &s(&trained), "--checkpoint", &s(&tuned)]), 60).expect_ok();
-    let t = nn_train::checkpoint::load(&tuned).unwrap();
+    let t = nn_train::io::checkpoint::load(&tuned).unwrap();
     assert_eq!(t.t, 16, "fine-tuning starts a fresh optimizer: one epoch of 16 steps");
     let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
     let trained_p = checkpoint_params(&trained);
@@ -294,7 +294,7 @@ fn kill_during_checkpoint_writes_never_corrupts() {
             killed_mid_write += 1;
         }
         if ck.exists() {
-            let snap = nn_train::checkpoint::load(&ck).unwrap_or_else(|e| panic!("kill {i} left a bad checkpoint: {e}"));
+            let snap = nn_train::io::checkpoint::load(&ck).unwrap_or_else(|e| panic!("kill {i} left a bad checkpoint: {e}"));
             assert!(snap.position.samples_seen >= last_samples, "progress went backwards");
             last_samples = snap.position.samples_seen;
             tool("h5dump", &["-H", &s(&ck)]);
@@ -332,7 +332,7 @@ fn failed_checkpoint_write_keeps_previous() {
     let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("nn-train: error:")).collect();
     assert_eq!(errors.len(), 1, "{}", run.all());
     assert!(errors[0].contains("checkpoint") && errors[0].contains("previous checkpoint, if any, is intact"), "{}", errors[0]);
-    let snap = nn_train::checkpoint::load(&ck).unwrap();
+    let snap = nn_train::io::checkpoint::load(&ck).unwrap();
     assert_eq!(snap.position.epoch, 1, "the old checkpoint was replaced");
     assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp-")), "temporary file left behind");
 }
@@ -381,7 +381,7 @@ fn signals_checkpoint_and_resume_exactly() {
         let out = std::fs::read_to_string(&log).unwrap();
         assert_eq!(status, Some(75), "{how}: {out}");
         assert!(out.contains("stopping:") && out.contains("checkpoint (signal)"), "{how}: {out}");
-        let snap = nn_train::checkpoint::load(&ck).unwrap();
+        let snap = nn_train::io::checkpoint::load(&ck).unwrap();
         assert!(snap.position.epoch < 20, "{how}: stopped too late to test anything");
         let run = mpirun(2, "nn-train", &args, 120).expect_ok();
         assert!(run.stdout.contains("resumed from"), "{}", run.stdout);

@@ -29,7 +29,7 @@ fn standardize_statistics_equal_on_1_and_2_ranks() {
     for ranks in [1, 2] {
         let ck = dir.path().join(format!("s{ranks}.h5"));
         mpirun(ranks, "nn-train", &["--data", &s(&data), "--layers", "2:softmax", "--standardize", "--epochs", "1", "--checkpoint", &s(&ck)], 60).expect_ok();
-        let snap = nn_train::checkpoint::load(&ck).unwrap();
+        let snap = nn_train::io::checkpoint::load(&ck).unwrap();
         stats.push(snap.scaling.expect("scaling stored"));
     }
     for j in 0..d {
@@ -110,9 +110,9 @@ fn early_stopping_restores_best_weights() {
     assert_eq!(lines.len(), best.0 + 1 + 3, "stopped {} epochs after the best, not 3: {losses:?}", lines.len() - best.0 - 1);
     assert!(run.stdout.contains(&format!("restored the weights of epoch {}", best.0 + 1)), "{}", run.stdout);
     let best_file = dir.path().join("ck.best.h5");
-    let best_snap = nn_train::checkpoint::load(&best_file).unwrap();
+    let best_snap = nn_train::io::checkpoint::load(&best_file).unwrap();
     assert_eq!(best_snap.position.epoch, best.0 + 1);
-    let last = nn_train::checkpoint::load(&ck).unwrap();
+    let last = nn_train::io::checkpoint::load(&ck).unwrap();
     assert_eq!(last.params, best_snap.params, "final checkpoint does not hold the best weights");
     // A requeue after early stopping has nothing to do.
     let again = mpirun(2, "nn-train", &["--data", &s(&train), "--val", &s(&val), "--layers", "64:relu,64:relu,2:softmax", "--lr", "0.01", "--batch-size", "8", "--epochs", "200", "--early-stopping", "3", "--checkpoint", &s(&ck), "--resume"], 60).expect_ok();

@@ -449,7 +449,7 @@ fn info_counts_what_the_file_holds() {
     let col0: Vec<f32> = x.iter().step_by(20).copied().collect();
     let min0 = col0.iter().copied().fold(f32::INFINITY, f32::min) as f64;
     let row0 = out.lines().find(|l| l.trim_start().starts_with("0 ") && l.contains('.')).unwrap();
-    assert_eq!(row0.split_whitespace().nth(1).unwrap(), nn_train::info::num(min0), "{row0}");
+    assert_eq!(row0.split_whitespace().nth(1).unwrap(), nn_train::tools::info::num(min0), "{row0}");
     let all = nn_data(&["info", p(&f), "--all"]).expect_ok();
     assert!(all.stdout.lines().any(|l| l.trim_start().starts_with("15 ")), "{}", all.stdout);
 
@@ -503,7 +503,7 @@ fn plot_draws_nn_train_metrics_as_a_png_of_the_requested_size() {
     assert!(run.stdout.contains("plotted 3 epochs"), "{}", run.stdout);
     let (w, h, rgb, samples) = decode_png(&png_path);
     assert_eq!((w, h), (640, 360));
-    assert!(has_colour(&rgb, samples, nn_train::plot::TRAIN_COLOUR) && has_colour(&rgb, samples, nn_train::plot::VAL_COLOUR));
+    assert!(has_colour(&rgb, samples, nn_train::tools::plot::TRAIN_COLOUR) && has_colour(&rgb, samples, nn_train::tools::plot::VAL_COLOUR));
 
     // Regression metrics (accuracy null), no validation, a gap (null loss), default size.
     let reg = dir.path().join("reg.jsonl");
@@ -517,8 +517,8 @@ fn plot_draws_nn_train_metrics_as_a_png_of_the_requested_size() {
     nn_data(&["plot", p(&reg), "--out", p(&reg_png)]).expect_ok();
     let (w, h, rgb, samples) = decode_png(&reg_png);
     assert_eq!((w, h), (1000, 450));
-    assert!(has_colour(&rgb, samples, nn_train::plot::TRAIN_COLOUR));
-    assert!(!has_colour(&rgb, samples, nn_train::plot::VAL_COLOUR), "no validation values, yet a validation line");
+    assert!(has_colour(&rgb, samples, nn_train::tools::plot::TRAIN_COLOUR));
+    assert!(!has_colour(&rgb, samples, nn_train::tools::plot::VAL_COLOUR), "no validation values, yet a validation line");
 }
 
 #[test]

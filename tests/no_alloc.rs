@@ -2,9 +2,9 @@
 //! steps (dropout, class weights, clipping, weight decay and a schedule all on).
 
 use clap::Parser;
-use nn_train::comm::Comm;
-use nn_train::config::TrainArgs;
-use nn_train::train::Trainer;
+use nn_train::dist::comm::Comm;
+use nn_train::train::config::TrainArgs;
+use nn_train::train::trainer::Trainer;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -256,7 +256,7 @@ fn single_node_job_runs_its_tasks_with_cpus_per_task_threads() {
     assert!(text.contains("2 ranks x 2 BLAS threads (SLURM_CPUS_PER_TASK)"), "threads do not follow --cpus-per-task:\n{text}");
     let m = metrics(&out.join("metrics.jsonl"));
     assert_eq!(m.iter().map(|r| (r["epoch"].as_u64().unwrap(), r["ranks"].as_u64().unwrap())).collect::<Vec<_>>(), [(1, 2), (2, 2)]);
-    let snap = nn_train::checkpoint::load(&out.join("model.h5")).unwrap();
+    let snap = nn_train::io::checkpoint::load(&out.join("model.h5")).unwrap();
     assert_eq!((snap.position.epoch, snap.world_size), (2, 2));
     assert!(m[1]["val_accuracy"].as_f64().unwrap() > 0.5, "did not learn: {:?}", m[1]);
 }
@@ -265,7 +265,7 @@ fn single_node_job_runs_its_tasks_with_cpus_per_task_threads() {
 fn threads_per_rank_follow_the_allocation() {
     let Some(c) = Cluster::start("threads", 1, 8) else { return };
     let train = format!("{} --data data/digits/train.h5 --layers 16:relu,10:softmax --epochs 1", bin("nn-train").display());
-    let cores = nn_train::threads::node_cores();
+    let cores = nn_train::dist::threads::node_cores();
     let share = (cores / 2).max(1);
     let split = format!("2 ranks x {share} BLAS thread{} ({cores} cores / 2 ranks on this node)", if share > 1 { "s" } else { "" });
     // (sbatch options, command, the summary's "R ranks x T BLAS threads (REASON)")
@@ -343,10 +343,10 @@ fn array_job_sweeps_learning_rate_and_width_with_a_checkpoint_and_metrics_each()
             let m = metrics(&out.join(format!("{name}.jsonl")));
             assert_eq!(m.iter().map(|r| r["epoch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2], "{name}");
             assert!(m.iter().all(|r| r["ranks"] == 2 && r["lr"].as_f64() == Some(lr)), "{name}: {m:?}");
-            let snap = nn_train::checkpoint::load(&out.join(format!("{name}.h5"))).unwrap();
+            let snap = nn_train::io::checkpoint::load(&out.join(format!("{name}.h5"))).unwrap();
             assert_eq!((snap.config.lr.base, snap.position.epoch, snap.world_size), (lr, 2, 2), "{name}");
             match snap.config.layers[0] {
-                nn_train::model::LayerSpec::Dense { units, .. } => assert_eq!(units, width, "{name}"),
+                nn_train::engine::model::LayerSpec::Dense { units, .. } => assert_eq!(units, width, "{name}"),
                 ref other => panic!("{name}: first layer {other:?}"),
             }
             losses.push(m[1]["loss"].as_f64().unwrap());
@@ -445,7 +445,7 @@ fn time_limit_signal_checkpoints_requeues_and_resumes_and_cancel_ends_it() {
     assert_eq!(log.matches("checkpointed after").count(), 2, "{log}");
     assert_eq!(log.matches("requeueing the job").count(), 1, "{log}");
     let last = position_after(&log, "checkpoint (signal)")[1];
-    let snap = nn_train::checkpoint::load(&out.join("model.h5")).unwrap();
+    let snap = nn_train::io::checkpoint::load(&out.join("model.h5")).unwrap();
     assert_eq!((snap.position.epoch, snap.position.step), last);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(c.job(&id)["JobState"], "CANCELLED", "the job came back after scancel");

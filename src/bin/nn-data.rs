@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use nn_train::datagen::{self, GenSpec, Task};
-use nn_train::metrics::thousands;
-use nn_train::memory::peak_rss_bytes;
+use nn_train::tools::datagen::{self, GenSpec, Task};
+use nn_train::io::metrics::thousands;
+use nn_train::io::memory::peak_rss_bytes;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -161,7 +161,7 @@ struct PlotArgs {
 }
 
 fn main() {
-    let cli: Cli = match nn_train::console::parse_args("nn-data") {
+    let cli: Cli = match nn_train::io::console::parse_args("nn-data") {
         Ok(c) => c,
         Err(code) => std::process::exit(code),
     };
@@ -235,13 +235,13 @@ fn gen(a: GenArgs) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    let report = nn_train::info::info(&a.file, &a.x, &a.y)?;
+    let report = nn_train::tools::info::info(&a.file, &a.x, &a.y)?;
     print!("{}", report.render(a.all));
     Ok(())
 }
 
 fn import(a: ImportArgs) -> Result<()> {
-    use nn_train::csv_import::{self, DatasetNames, ImportSpec, LabelTask, Labels, Outputs};
+    use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, LabelTask, Labels, Outputs};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
     let outputs = match a.split {
         None if a.out_train.is_some() || a.out_test.is_some() => return Err(flag("out-train", "and --out-test are only for --split")),
@@ -309,7 +309,7 @@ fn split_names(out: &std::path::Path) -> (PathBuf, PathBuf) {
 }
 
 fn plot(a: PlotArgs) -> Result<()> {
-    let epochs = nn_train::plot::plot(&a.metrics, &a.out, a.width, a.height)?;
+    let epochs = nn_train::tools::plot::plot(&a.metrics, &a.out, a.width, a.height)?;
     println!("nn-data: plotted {} epochs of {} -> {} ({}x{} PNG)", epochs.len(), a.metrics.display(), a.out.display(), a.width, a.height);
     Ok(())
 }

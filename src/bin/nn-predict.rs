@@ -2,11 +2,11 @@
 
 use anyhow::Result;
 use clap::Parser;
-use nn_train::comm::Comm;
-use nn_train::console::parse_args;
-use nn_train::config::check_output_path;
-use nn_train::data::Source;
-use nn_train::predict::{has_targets, write_outputs, Predictor};
+use nn_train::dist::comm::Comm;
+use nn_train::io::console::parse_args;
+use nn_train::train::config::check_output_path;
+use nn_train::data::slice::Source;
+use nn_train::train::predict::{has_targets, write_outputs, Predictor};
 use nn_train::Error;
 use std::path::PathBuf;
 
@@ -40,7 +40,7 @@ struct Args {
 const EXIT_BELOW_MIN_ACCURACY: i32 = 3;
 
 fn main() {
-    nn_train::threads::ensure_short_blas_spin();
+    nn_train::dist::threads::ensure_short_blas_spin();
     std::process::exit(run());
 }
 

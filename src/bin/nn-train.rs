@@ -1,15 +1,15 @@
 //! nn-train: train a dense network data-parallel under MPI. See `nn-train --help`.
 
 use anyhow::Result;
-use nn_train::comm::{launch_rank, Comm};
-use nn_train::config::TrainArgs;
-use nn_train::console::parse_args;
-use nn_train::signals::{self, EXIT_REQUEUE};
-use nn_train::train::{Outcome, Trainer};
+use nn_train::dist::comm::{launch_rank, Comm};
+use nn_train::train::config::TrainArgs;
+use nn_train::io::console::parse_args;
+use nn_train::dist::signals::{self, EXIT_REQUEUE};
+use nn_train::train::trainer::{Outcome, Trainer};
 use nn_train::Error;
 
 fn main() {
-    nn_train::threads::ensure_short_blas_spin();
+    nn_train::dist::threads::ensure_short_blas_spin();
     std::process::exit(run());
 }
 
@@ -50,7 +50,7 @@ fn run() -> i32 {
     code
 }
 
-fn train(comm: &Comm, cfg: nn_train::config::Config) -> Result<i32> {
+fn train(comm: &Comm, cfg: nn_train::train::config::Config) -> Result<i32> {
     let root = comm.is_root();
     let mut log = |line: &str| println!("{line}");
     let mut trainer = Trainer::new(comm, cfg)?;

@@ -145,7 +145,7 @@ pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
 /// Reads a checkpoint's flat parameters in layer order (kernel, bias, ...) with the
 /// project's own reader.
 pub fn checkpoint_params(path: &Path) -> Vec<f32> {
-    nn_train::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}")).params
+    nn_train::io::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}")).params
 }
 
 /// Largest relative difference |a - b| / max(|a|, |b|, floor) between two parameter vectors.

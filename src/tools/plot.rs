@@ -6,7 +6,7 @@
 //! a subset of DejaVu Sans compiled into the binary (assets/fonts/), so no system fonts are
 //! needed.
 
-use crate::output_file::PendingFile;
+use crate::io::output_file::PendingFile;
 use crate::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::Once;
 
-const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans-subset.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
 pub const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);
 pub const VAL_COLOUR: RGBColor = RGBColor(214, 39, 40);
 /// Smallest and largest image side accepted, in pixels.

@@ -5,10 +5,10 @@
 //! [`Span`]s of its kernel and bias in those buffers. Kernels are stored in Keras orientation,
 //! (in_dim, out_dim) row-major, so y = x W + b with x: (rows, in_dim).
 
-use crate::activation::Activation;
-use crate::gemm::{gemm, Mat};
-use crate::kernels;
-use crate::rng;
+use crate::engine::activation::Activation;
+use crate::engine::gemm::{gemm, Mat};
+use crate::engine::kernels;
+use crate::engine::rng;
 use crate::{Error, Result};
 use rand::Rng;
 
@@ -369,7 +369,7 @@ fn fill_dropout_mask(mask: &mut [f32], width: usize, rate: f32, layer: u64, keys
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loss::{loss_and_delta, Loss, Targets};
+    use crate::engine::loss::{loss_and_delta, Loss, Targets};
 
     /// Whole-network finite-difference check: every parameter's gradient from
     /// [`Model::backward`] against central differences of the summed loss, for a network that

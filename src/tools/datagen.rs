@@ -17,8 +17,8 @@
 //! The file is written chunk by chunk (hyperslab writes into datasets created at full
 //! size), so memory is bounded by one chunk whatever N is.
 
-use crate::output_file::PendingFile;
-use crate::rng::{self, hash, mix};
+use crate::io::output_file::PendingFile;
+use crate::engine::rng::{self, hash, mix};
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use ndarray::{s, ArrayView1, ArrayView2};

@@ -1,8 +1,8 @@
 //! A batch: the rows of a slice that one step trains on, copied into contiguous buffers that
 //! are allocated once for the largest batch.
 
-use crate::data::{Slice, TargetStore};
-use crate::loss::Targets;
+use crate::data::slice::{Slice, TargetStore};
+use crate::engine::loss::Targets;
 
 pub struct Batch {
     pub rows: usize,

@@ -8,8 +8,8 @@
 //! it into as many near-equal chunks as there are steps (balanced work per rank, as Horovod
 //! and DDP do; the batches then depend on the rank count).
 
-use crate::data::slice_range;
-use crate::rng;
+use crate::data::slice::slice_range;
+use crate::engine::rng;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 

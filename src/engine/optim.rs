@@ -4,7 +4,7 @@
 //! (1 / samples in the global batch) turns it into the mean inside the same loop, so no
 //! separate pass divides the gradient.
 
-use crate::kernels::{self, AdamStep, SgdStep};
+use crate::engine::kernels::{self, AdamStep, SgdStep};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

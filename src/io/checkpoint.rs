@@ -25,10 +25,10 @@
 //! temporary name in the same folder, flushed to disk, then renamed over the old file, so a
 //! crash at any moment leaves the previous checkpoint whole.
 
-use crate::config::Config;
-use crate::metrics::{EpochRecord, Profile};
-use crate::model::Model;
-use crate::optim::OptimizerKind;
+use crate::train::config::Config;
+use crate::io::metrics::{EpochRecord, Profile};
+use crate::engine::model::Model;
+use crate::engine::optim::OptimizerKind;
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
@@ -174,7 +174,7 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         for (i, (_, layer, _, _)) in model.dense_layers().enumerate() {
             let lg = g.group(&format!("layer_{i}")).map_err(h5err(path, "layer group"))?;
             attr!(lg, "units", u64, layer.out_dim as u64);
-            if let crate::model::LayerKind::Dense { activation, .. } = layer.kind {
+            if let crate::engine::model::LayerKind::Dense { activation, .. } = layer.kind {
                 attr_str(&lg, "activation", activation.name())?;
             }
         }
@@ -385,7 +385,7 @@ pub fn check_model(path: &Path, snap: &Snapshot, model: &Model) -> Result<()> {
     let same = stored.in_dim == model.in_dim
         && stored.n_params == model.n_params
         && stored.dense_layers().zip(model.dense_layers()).all(|(a, b)| {
-            a.1.in_dim == b.1.in_dim && a.1.out_dim == b.1.out_dim && matches!((&a.1.kind, &b.1.kind), (crate::model::LayerKind::Dense { activation: x, .. }, crate::model::LayerKind::Dense { activation: y, .. }) if x == y)
+            a.1.in_dim == b.1.in_dim && a.1.out_dim == b.1.out_dim && matches!((&a.1.kind, &b.1.kind), (crate::engine::model::LayerKind::Dense { activation: x, .. }, crate::engine::model::LayerKind::Dense { activation: y, .. }) if x == y)
         })
         && stored.dense_layers().count() == model.dense_layers().count();
     if same {

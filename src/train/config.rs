@@ -4,11 +4,11 @@
 //! 64`); the command line wins over the file, the file over the defaults. [`Config`] is what
 //! the trainer runs on and what the checkpoint records as JSON.
 
-use crate::loss::Loss;
-use crate::lr_schedule::{Decay, LrSchedule};
-use crate::model::LayerSpec;
-use crate::optim::{OptimizerKind, OptimizerSettings};
-use crate::schedule::Shuffle;
+use crate::engine::loss::Loss;
+use crate::engine::lr_schedule::{Decay, LrSchedule};
+use crate::engine::model::LayerSpec;
+use crate::engine::optim::{OptimizerKind, OptimizerSettings};
+use crate::dist::batch_plan::Shuffle;
 use crate::{Error, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -202,7 +202,7 @@ pub struct Config {
     pub class_weight_balanced: bool,
 }
 
-/// Whether gradient sums overlap the backward pass (see [`crate::comm::GradientReducer`]).
+/// Whether gradient sums overlap the backward pass (see [`crate::dist::comm::GradientReducer`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Overlap {
@@ -212,7 +212,7 @@ pub enum Overlap {
     Off,
 }
 
-/// How gradients are summed across ranks (see [`crate::comm::SharedSum`]).
+/// How gradients are summed across ranks (see [`crate::dist::comm::SharedSum`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AllreduceMode {
@@ -268,7 +268,7 @@ impl TrainArgs {
     }
 
     /// Turns the flags into a checked [`Config`]. Checks everything that does not need the
-    /// data files; [`crate::train`] checks the rest once the files' shapes are known.
+    /// data files; [`crate::train::trainer`] checks the rest once the files' shapes are known.
     pub fn resolve(self) -> Result<Config> {
         let data = self.data.ok_or_else(|| Error::flag("data", "is required: the HDF5 training file"))?;
         let layers = LayerSpec::parse_list(self.layers.as_deref().unwrap_or("64:relu,64:relu,10:softmax"))?;

@@ -3,8 +3,8 @@
 //! label names) or target statistics of y. x and y are read in chunks of rows, so a file of
 //! any size is summarised in bounded memory.
 
-use crate::data::open_file;
-use crate::metrics::thousands;
+use crate::data::slice::open_file;
+use crate::io::metrics::thousands;
 use crate::{Error, Result};
 use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
 use ndarray::s;

@@ -398,15 +398,15 @@ impl SharedSum {
     /// Adds every rank's input into the result (collective). Inputs must be complete.
     pub fn sum(&self) {
         self.fence();
-        let chunk = crate::data::slice_range(self.len, self.ranks, self.rank);
+        let chunk = crate::data::slice::slice_range(self.len, self.ranks, self.rank);
         // SAFETY: chunk r of the result is written only by rank r, here; the inputs are only
         // read until the next fence.
         let out = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.len + chunk.start), chunk.len()) };
         let input = |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.len + chunk.start), chunk.len()) };
         // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
-        crate::kernels::add_into(out, input(0), input(1));
+        crate::engine::kernels::add_into(out, input(0), input(1));
         for q in 2..self.ranks {
-            crate::kernels::add_in_place(out, input(q));
+            crate::engine::kernels::add_in_place(out, input(q));
         }
         self.fence();
     }

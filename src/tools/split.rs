@@ -3,7 +3,7 @@
 //! Each part comes out in a seeded random order, so that the contiguous row ranges that
 //! nn-train's ranks read hold a mix of classes even when the input was sorted by class.
 
-use crate::rng;
+use crate::engine::rng;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use std::collections::BTreeMap;

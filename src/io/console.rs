@@ -15,7 +15,7 @@ pub fn write_stderr_line(line: &str) {
 /// `eprintln!` that writes the whole line at once (see the module docs).
 #[macro_export]
 macro_rules! errorln {
-    ($($arg:tt)*) => { $crate::console::write_stderr_line(&format!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::io::console::write_stderr_line(&format!($($arg)*)) };
 }
 
 /// Parses the command line into `T`. On `--help`/`--version` prints them and returns
@@ -26,7 +26,7 @@ pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, i32> {
     match T::try_parse() {
         Ok(args) => Ok(args),
         Err(e) => {
-            let first = crate::comm::launch_rank() == 0;
+            let first = crate::dist::comm::launch_rank() == 0;
             if !e.use_stderr() {
                 if first {
                     let _ = e.print();
@@ -34,7 +34,7 @@ pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, i32> {
                 Err(0)
             } else {
                 if first {
-                    write_stderr_line(&format!("{program}: error: {} (see {program} --help)", crate::config::clap_one_line(&e)));
+                    write_stderr_line(&format!("{program}: error: {} (see {program} --help)", crate::train::config::clap_one_line(&e)));
                 }
                 Err(2)
             }

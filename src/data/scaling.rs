@@ -2,9 +2,9 @@
 //! computed from per-rank partial sums added with one allreduce (no rank reads more than
 //! its slice), then applied in place to every slice.
 
-use crate::checkpoint::Scaling;
-use crate::comm::Comm;
-use crate::data::Slice;
+use crate::io::checkpoint::Scaling;
+use crate::dist::comm::Comm;
+use crate::data::slice::Slice;
 
 /// Population statistics (as scikit-learn's StandardScaler) of all ranks' slices. The sums
 /// are accumulated in f64, which keeps E[x^2] - E[x]^2 accurate unless a feature's mean is

@@ -11,8 +11,8 @@
 //! memory, 4 bytes per value), and outputs appear by rename when complete: a bad row
 //! leaves no output behind.
 
-use crate::output_file::PendingFile;
-use crate::split::{self, Split};
+use crate::io::output_file::PendingFile;
+use crate::tools::split::{self, Split};
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

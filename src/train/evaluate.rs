@@ -1,10 +1,10 @@
 //! Loss and accuracy of a model over data spread across ranks (validation, nn-predict).
 
-use crate::batch::Batch;
-use crate::comm::Comm;
-use crate::data::Slice;
-use crate::loss::{loss_and_delta, Loss};
-use crate::model::{Model, Workspace};
+use crate::data::batch::Batch;
+use crate::dist::comm::Comm;
+use crate::data::slice::Slice;
+use crate::engine::loss::{loss_and_delta, Loss};
+use crate::engine::model::{Model, Workspace};
 
 /// Mean loss and accuracy over all ranks' slices.
 #[derive(Clone, Copy, Debug, PartialEq)]

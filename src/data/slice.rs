@@ -4,7 +4,7 @@
 //! targets; any integer or float element type is converted to f32 on read. Rank r of P reads
 //! rows [r*N/P, (r+1)*N/P) of its part with one hyperslab read per dataset, and nothing else.
 
-use crate::loss::{Loss, Targets};
+use crate::engine::loss::{Loss, Targets};
 use crate::{Error, Result};
 use hdf5::types::TypeDescriptor;
 use ndarray::s;

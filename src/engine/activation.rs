@@ -3,7 +3,7 @@
 //! Every backward pass is written in terms of the activation's OUTPUT `y`, so the forward
 //! pass only has to keep post-activation values.
 
-use crate::kernels;
+use crate::engine::kernels;
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

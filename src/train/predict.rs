@@ -2,14 +2,14 @@
 //! slice of the input rows, and the ranks write their rows of one output file in turn, so
 //! the file is complete, in input order, and no rank holds more than its slice.
 
-use crate::batch::Batch;
-use crate::checkpoint::{self, Snapshot};
-use crate::comm::Comm;
-use crate::data::{self, slice_range, Slice, Source};
-use crate::evaluate::{evaluate, Evaluation};
-use crate::loss::{argmax, Loss};
-use crate::model::Model;
-use crate::scaling;
+use crate::data::batch::Batch;
+use crate::io::checkpoint::{self, Snapshot};
+use crate::dist::comm::Comm;
+use crate::data::slice::{self as data, slice_range, Slice, Source};
+use crate::train::evaluate::{evaluate, Evaluation};
+use crate::engine::loss::{argmax, Loss};
+use crate::engine::model::Model;
+use crate::data::scaling;
 use crate::{Error, Result};
 use ndarray::s;
 use std::path::{Path, PathBuf};

@@ -5,22 +5,22 @@
 //! flat gradient buffer, ONE allreduce that also carries the loss and accuracy sums and a
 //! stop flag, then the same optimizer update on every rank. Nothing in a step allocates.
 
-use crate::batch::Batch;
-use crate::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
-use crate::comm::{Comm, GradientReducer, SharedSum};
-use crate::config::{check_output_path, AllreduceMode, Config, Overlap};
-use crate::data::{self, slice_range, Shape, Slice, Source, TargetKind};
-use crate::evaluate::{evaluate, Evaluation};
-use crate::fpu;
-use crate::loss::{class_of, weighted_loss_and_delta};
-use crate::memory::{peak_rss_bytes, rss_bytes};
-use crate::metrics::{thousands, EpochRecord, MetricsFile, Profile};
-use crate::model::{DropoutKeys, Model, Workspace};
-use crate::optim::Optimizer;
-use crate::scaling;
-use crate::schedule::EpochPlan;
-use crate::signals;
-use crate::threads::{self, ThreadChoice};
+use crate::data::batch::Batch;
+use crate::io::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
+use crate::dist::comm::{Comm, GradientReducer, SharedSum};
+use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
+use crate::data::slice::{self as data, slice_range, Shape, Slice, Source, TargetKind};
+use crate::train::evaluate::{evaluate, Evaluation};
+use crate::engine::fpu;
+use crate::engine::loss::{class_of, weighted_loss_and_delta};
+use crate::io::memory::{peak_rss_bytes, rss_bytes};
+use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
+use crate::engine::model::{DropoutKeys, Model, Workspace};
+use crate::engine::optim::Optimizer;
+use crate::data::scaling;
+use crate::dist::batch_plan::EpochPlan;
+use crate::dist::signals;
+use crate::dist::threads::{self, ThreadChoice};
 use crate::{Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -300,9 +300,9 @@ impl<'c> Trainer<'c> {
             o.kind.name(),
             cfg.lr.base,
             match cfg.lr.decay {
-                crate::lr_schedule::Decay::Constant => String::new(),
-                crate::lr_schedule::Decay::Step { every, factor } => format!(" x {factor} every {every} epochs"),
-                crate::lr_schedule::Decay::Cosine { min, .. } => format!(" cosine to {min}"),
+                crate::engine::lr_schedule::Decay::Constant => String::new(),
+                crate::engine::lr_schedule::Decay::Step { every, factor } => format!(" x {factor} every {every} epochs"),
+                crate::engine::lr_schedule::Decay::Cosine { min, .. } => format!(" cosine to {min}"),
             } + &if cfg.lr.warmup_epochs > 0.0 { format!(", warmup {} epochs", cfg.lr.warmup_epochs) } else { String::new() },
         );
         s += &format!(

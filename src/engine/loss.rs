@@ -4,7 +4,7 @@
 //! sums of all ranks (one allreduce) and divides by the number of samples in the GLOBAL batch,
 //! which makes uneven slices and a ragged last batch exact.
 
-use crate::activation::Activation;
+use crate::engine::activation::Activation;
 use crate::{Error, Result};
 
 /// Probabilities are clipped to [EPSILON, 1 - EPSILON] before the log, as Keras does
