@@ -56,10 +56,30 @@ const NAMES: [(&str, &str); 4] = [("W1", "seed"), ("W2", "digits"), ("W3", "wide
 #[derive(Deserialize, Serialize, Clone, Debug)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Entry {
-    Env { date: String, host: String, commit: String, reps: usize, quick: u8, extra_args: String, loadavg_start: String },
-    EnvEnd { loadavg_end: String, date_end: String },
-    Note { text: String },
-    Workload { name: String, data: String, features: usize, layers: String, batch: usize, epochs: usize },
+    Env {
+        date: String,
+        host: String,
+        commit: String,
+        reps: usize,
+        quick: u8,
+        extra_args: String,
+        loadavg_start: String,
+    },
+    EnvEnd {
+        loadavg_end: String,
+        date_end: String,
+    },
+    Note {
+        text: String,
+    },
+    Workload {
+        name: String,
+        data: String,
+        features: usize,
+        layers: String,
+        batch: usize,
+        epochs: usize,
+    },
     Sgemm {
         workload: String,
         ranks: usize,
@@ -205,9 +225,10 @@ fn read_run(e: &TrainEntry) -> RunResult {
         r.error = Some(format!("exit code {exit}; see {}", log.display()));
         return r;
     }
-    let records: Result<Vec<EpochRecord>, String> = std::fs::read_to_string(metrics)
-        .map_err(|e| format!("{}: {e}", metrics.display()))
-        .and_then(|text| text.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("{}: {e}", metrics.display()))).collect());
+    let records: Result<Vec<EpochRecord>, String> =
+        std::fs::read_to_string(metrics).map_err(|e| format!("{}: {e}", metrics.display())).and_then(|text| {
+            text.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("{}: {e}", metrics.display()))).collect()
+        });
     let records = match records {
         Ok(r) if !r.is_empty() => r,
         Ok(_) => {
@@ -260,7 +281,8 @@ fn pct(v: f64) -> String {
 
 fn cpu_model() -> (String, bool) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(|s| s.trim().to_string()));
+    let model =
+        info.lines().find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(|s| s.trim().to_string()));
     let avx512 = info.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "avx512f"));
     (model.unwrap_or_else(|| "unknown CPU".into()), avx512)
 }
@@ -268,17 +290,22 @@ fn cpu_model() -> (String, bool) {
 fn mem_total_gb() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().split_whitespace().next()?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().split_whitespace().next()?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1e6)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let text = std::fs::read_to_string(&args.manifest).map_err(|e| anyhow::anyhow!("{}: {e}", args.manifest.display()))?;
+    let text =
+        std::fs::read_to_string(&args.manifest).map_err(|e| anyhow::anyhow!("{}: {e}", args.manifest.display()))?;
     let entries: Vec<Entry> = text
         .lines()
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{} line {}: {e}", args.manifest.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{} line {}: {e}", args.manifest.display(), i + 1))
+        })
         .collect::<anyhow::Result<_>>()?;
 
     let mut out = String::new();
@@ -295,8 +322,11 @@ fn main() -> anyhow::Result<()> {
             sgemm_others.insert((workload.clone(), *ranks), share(*others_cpu_s, *wall_s, cores));
         }
         if let Entry::Sgemm { workload, ranks, threads, exit: 0, file, .. } = e {
-            let lines: Vec<SgemmLine> =
-                std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let lines: Vec<SgemmLine> = std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
             if lines.len() == *ranks {
                 openblas.get_or_insert_with(|| format!("{} (core {})", lines[0].openblas, lines[0].openblas_core));
                 sgemm_lines.insert((workload.clone(), *ranks), (*threads, lines));
@@ -307,8 +337,19 @@ fn main() -> anyhow::Result<()> {
     for e in &entries {
         match e {
             Entry::Env { date, host, commit, reps, quick, extra_args, loadavg_start } => {
-                writeln!(out, "nn-train benchmark, {date} on {host}: {cpu}, {cores} cores{}, {:.0} GB", if avx512 { " (AVX-512)" } else { "" }, mem_total_gb())?;
-                writeln!(out, "{}; commit {commit}; runs per workload and layout: {reps}{}{}", openblas.as_deref().unwrap_or("OpenBLAS ?"), if *quick == 1 { "; QUICK sizes" } else { "" }, if extra_args.is_empty() { String::new() } else { format!("; extra flags {extra_args}") })?;
+                writeln!(
+                    out,
+                    "nn-train benchmark, {date} on {host}: {cpu}, {cores} cores{}, {:.0} GB",
+                    if avx512 { " (AVX-512)" } else { "" },
+                    mem_total_gb()
+                )?;
+                writeln!(
+                    out,
+                    "{}; commit {commit}; runs per workload and layout: {reps}{}{}",
+                    openblas.as_deref().unwrap_or("OpenBLAS ?"),
+                    if *quick == 1 { "; QUICK sizes" } else { "" },
+                    if extra_args.is_empty() { String::new() } else { format!("; extra flags {extra_args}") }
+                )?;
                 write!(out, "load average (1, 5, 15 min) at start {loadavg_start}")?;
                 jsonl.push(serde_json::json!({"kind": "env", "date": date, "host": host, "cpu": cpu, "avx512": avx512, "cores": cores,
                     "mem_gb": mem_total_gb(), "openblas": openblas, "commit": commit, "reps": reps, "quick": quick, "extra_args": extra_args,
@@ -327,12 +368,15 @@ fn main() -> anyhow::Result<()> {
     writeln!(out)?;
 
     // Runs.
-    let runs: Vec<RunResult> = entries.iter().filter_map(|e| if let Entry::Train(t) = e { Some(read_run(t)) } else { None }).collect();
+    let runs: Vec<RunResult> =
+        entries.iter().filter_map(|e| if let Entry::Train(t) = e { Some(read_run(t)) } else { None }).collect();
     for r in &runs {
         jsonl.push(serde_json::to_value(r)?);
     }
     for ((w, ranks), (threads, lines)) in &sgemm_lines {
-        jsonl.push(serde_json::json!({"kind": "sgemm", "workload": w, "ranks": ranks, "threads": threads, "per_rank": lines}));
+        jsonl.push(
+            serde_json::json!({"kind": "sgemm", "workload": w, "ranks": ranks, "threads": threads, "per_rank": lines}),
+        );
     }
 
     writeln!(out, "| workload | ranks x threads | samples/s median | min - max | sgemm limit | % of limit | vs best peer | test acc | peak RSS/rank MB (bound) | RSS growth MB | ms/step | data/fwd/bwd/allreduce/opt % | others' CPU |")?;
@@ -343,13 +387,23 @@ fn main() -> anyhow::Result<()> {
         let dims = dims(*features, layers);
         let n_params: usize = dims.windows(2).map(|d| d[0] * d[1] + d[1]).sum();
         for ranks in [1usize, 2] {
-            let mine: Vec<&RunResult> = runs.iter().filter(|r| &r.run.workload == name && r.run.ranks == ranks).collect();
+            let mine: Vec<&RunResult> =
+                runs.iter().filter(|r| &r.run.workload == name && r.run.ranks == ranks).collect();
             if mine.is_empty() {
                 continue;
             }
-            let ok: Vec<&RunResult> = mine.iter().copied().filter(|r| r.error.is_none() && r.samples_per_s.is_some()).collect();
+            let ok: Vec<&RunResult> =
+                mine.iter().copied().filter(|r| r.error.is_none() && r.samples_per_s.is_some()).collect();
             let rates: Vec<f64> = ok.iter().filter_map(|r| r.samples_per_s).collect();
-            let mut s = Summary { kind: "summary", workload: name.clone(), ranks, threads: mine[0].run.threads, runs: mine.len(), failed: mine.len() - ok.len(), ..Summary::default() };
+            let mut s = Summary {
+                kind: "summary",
+                workload: name.clone(),
+                ranks,
+                threads: mine[0].run.threads,
+                runs: mine.len(),
+                failed: mine.len() - ok.len(),
+                ..Summary::default()
+            };
             s.median = median(&rates);
             s.min = rates.iter().copied().reduce(f64::min);
             s.max = rates.iter().copied().reduce(f64::max);
@@ -367,10 +421,8 @@ fn main() -> anyhow::Result<()> {
             }
             s.test_accuracy = median(&ok.iter().filter_map(|r| r.val_accuracy).collect::<Vec<_>>());
             s.peak_rss_mb = ok.iter().flat_map(|r| r.peak_rss_mb.iter().copied()).reduce(f64::max);
-            s.rss_growth_mb = ok
-                .iter()
-                .flat_map(|r| r.rss_first_mb.iter().zip(&r.rss_last_mb).map(|(a, b)| b - a))
-                .reduce(f64::max);
+            s.rss_growth_mb =
+                ok.iter().flat_map(|r| r.rss_first_mb.iter().zip(&r.rss_last_mb).map(|(a, b)| b - a)).reduce(f64::max);
             // The issue's memory budget: this rank's slice (x as f32 and one 4-byte label per
             // row) + 4 x the parameters (f32) + 100 MB.
             if let Some(rows) = ok.iter().find_map(|r| r.rows) {
@@ -389,7 +441,9 @@ fn main() -> anyhow::Result<()> {
             }
             let total = p.data_s + p.forward_s + p.backward_s + p.allreduce_s + p.optimizer_s;
             if total > 0.0 {
-                s.profile_pct = Some([p.data_s, p.forward_s, p.backward_s, p.allreduce_s, p.optimizer_s].map(|v| 100.0 * v / total));
+                s.profile_pct = Some(
+                    [p.data_s, p.forward_s, p.backward_s, p.allreduce_s, p.optimizer_s].map(|v| 100.0 * v / total),
+                );
                 s.comm_pct = Some(100.0 * p.comm_s / total);
             }
             let label = NAMES.iter().find(|(w, _)| w == name).map_or(name.clone(), |(w, n)| format!("{w} {n}"));
@@ -444,11 +498,20 @@ fn main() -> anyhow::Result<()> {
             parts.join("; ")
         }
     };
-    writeln!(out, "- W1 at least 1,000,000 samples/s: {}", layouts("W1", &|s| s.median.map(|m| (thousands(m), m >= 1e6))))?;
-    writeln!(out, "- W3 at least 85% of the sgemm limit: {}", layouts("W3", &|s| s.fraction_of_limit.map(|f| (pct(f), f >= 0.85))))?;
+    writeln!(
+        out,
+        "- W1 at least 1,000,000 samples/s: {}",
+        layouts("W1", &|s| s.median.map(|m| (thousands(m), m >= 1e6)))
+    )?;
+    writeln!(
+        out,
+        "- W3 at least 85% of the sgemm limit: {}",
+        layouts("W3", &|s| s.fraction_of_limit.map(|f| (pct(f), f >= 0.85)))
+    )?;
     match (get("W3", 1).and_then(|s| s.median), get("W3", 2).and_then(|s| s.median)) {
         (Some(one), Some(two)) => {
-            let split = |r: usize| match get("W3", r).and_then(|s| Some((s.profile_pct?, s.comm_pct?, s.step_ms?))) {
+            let split = |r: usize| {
+                match get("W3", r).and_then(|s| Some((s.profile_pct?, s.comm_pct?, s.step_ms?))) {
                 Some((p, comm, ms)) => format!(
                     "{ms:.1} ms per step, compute {:.0}%, waiting for the allreduce {:.0}% (allreduces took {:.1} ms per step in all)",
                     p[1] + p[2] + p[4],
@@ -456,15 +519,26 @@ fn main() -> anyhow::Result<()> {
                     comm * ms / 100.0
                 ),
                 None => "-".into(),
+            }
             };
-            writeln!(out, "- W3 two ranks within 10% of one rank: 2 ranks / 1 rank = {:.2} ({}); 1 rank: {}; 2 ranks: {}", two / one, verdict(two >= 0.9 * one), split(1), split(2))?;
+            writeln!(
+                out,
+                "- W3 two ranks within 10% of one rank: 2 ranks / 1 rank = {:.2} ({}); 1 rank: {}; 2 ranks: {}",
+                two / one,
+                verdict(two >= 0.9 * one),
+                split(1),
+                split(2)
+            )?;
         }
         _ => writeln!(out, "- W3 two ranks within 10% of one rank: not run")?,
     }
     writeln!(
         out,
         "- W4 peak RSS per rank at most slice + 4 x parameters + 100 MB: {}",
-        layouts("W4", &|s| s.peak_rss_mb.zip(s.rss_bound_mb).map(|(p, b)| (format!("{} of {} MB", thousands(p), thousands(b)), p <= b)))
+        layouts("W4", &|s| s
+            .peak_rss_mb
+            .zip(s.rss_bound_mb)
+            .map(|(p, b)| (format!("{} of {} MB", thousands(p), thousands(b)), p <= b)))
     )?;
     writeln!(
         out,
@@ -474,7 +548,15 @@ fn main() -> anyhow::Result<()> {
 
     writeln!(out, "\nsamples/s: training steps only (no start-up, no validation), of every epoch after the first (the warm-up); median, min and max over the runs.")?;
     writeln!(out, "sgemm limit: samples/s if a step cost only its GEMMs (forward x.W, backward x^T.dz and dz.W^T for every layer = 6 x weights FLOPs per sample) at the OpenBLAS sgemm speed examples/sgemm_limit measured just before (best of 5 trials), at the same per-rank shapes and threads, all ranks at once. nn-train skips dx of the first layer (a step needs 14% fewer FLOPs on W3, 4% on W1), so it can beat this limit slightly.")?;
-    writeln!(out, "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {}.", ["W1", "W2", "W3"].iter().filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f)))).collect::<Vec<_>>().join(", "))?;
+    writeln!(
+        out,
+        "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {}.",
+        ["W1", "W2", "W3"]
+            .iter()
+            .filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
     writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the issue's budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
     writeln!(out, "ms/step: global batch / samples/s. Profile: rank 0's time in data gathering, forward, loss + backward, waiting for the allreduce, optimizer.")?;
     writeln!(out, "others' CPU: the most CPU that other processes (and the hypervisor's steal) took during one run or the sgemm measurement of that row, as a share of all cores; above a few percent the row's numbers are disturbed.")?;
@@ -486,7 +568,11 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = &args.jsonl {
         let text: String = jsonl.iter().map(|v| v.to_string() + "\n").collect();
         std::fs::write(p, text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-        println!("\nresults: {}{}", p.display(), args.table.as_ref().map_or(String::new(), |t| format!(", table: {}", t.display())));
+        println!(
+            "\nresults: {}{}",
+            p.display(),
+            args.table.as_ref().map_or(String::new(), |t| format!(", table: {}", t.display()))
+        );
     }
     Ok(())
 }

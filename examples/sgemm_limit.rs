@@ -15,8 +15,8 @@
 //!     cargo run --release --example sgemm_limit -- --dims 784,1024,1024,10 --batch 256 --threads 2
 
 use clap::Parser;
-use nn_train::engine::gemm::{gemm, Mat};
 use nn_train::dist::threads;
+use nn_train::engine::gemm::{gemm, Mat};
 use std::os::raw::c_char;
 use std::time::Instant;
 
@@ -62,7 +62,9 @@ struct Layer {
 
 fn filled(n: usize, seed: u32) -> Vec<f32> {
     // Values in [-0.5, 0.5): no zeros, no denormals, nothing sgemm could shortcut.
-    (0..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+        .collect()
 }
 
 fn iteration(layers: &mut [Layer], batch: usize) {

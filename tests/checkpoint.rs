@@ -21,10 +21,21 @@ fn bits(p: &[f32]) -> Vec<u32> {
 fn setup(dir: &Path) -> (PathBuf, Vec<String>) {
     let data = dir.join("d.h5");
     write_classification(&data, 250, 6, 3, 11);
-    let flags = ["--data", &s(&data), "--layers", "16:relu,8:tanh,3:softmax", "--batch-size", "16", "--seed", "3", "--threads", "1"]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let flags = [
+        "--data",
+        &s(&data),
+        "--layers",
+        "16:relu,8:tanh,3:softmax",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
     (data, flags)
 }
 
@@ -93,16 +104,33 @@ fn resume_is_exact() {
     mpirun(2, "nn-train", &with(&flags, &["--epochs", "4", "--checkpoint", &s(&straight)]), 60).expect_ok();
     let ck = dir.path().join("ck.h5");
     let m = dir.path().join("m.jsonl");
-    let first = mpirun(2, "nn-train", &with(&flags, &["--epochs", "2", "--checkpoint", &s(&ck), "--resume", "--metrics", &s(&m)]), 60).expect_ok();
+    let first = mpirun(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "2", "--checkpoint", &s(&ck), "--resume", "--metrics", &s(&m)]),
+        60,
+    )
+    .expect_ok();
     assert!(first.stdout.contains("starting fresh"), "{}", first.stdout);
-    let second = mpirun(2, "nn-train", &with(&flags, &["--epochs", "4", "--checkpoint", &s(&ck), "--resume", "--metrics", &s(&m)]), 60).expect_ok();
+    let second = mpirun(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "4", "--checkpoint", &s(&ck), "--resume", "--metrics", &s(&m)]),
+        60,
+    )
+    .expect_ok();
     assert!(second.stdout.contains("resumed from") && second.stdout.contains("at epoch 2 step 0"), "{}", second.stdout);
     assert!(second.stdout.contains("epochs 2 -> 4"), "changed settings not logged: {}", second.stdout);
     assert_eq!(bits(&checkpoint_params(&straight)), bits(&checkpoint_params(&ck)));
-    let epochs: Vec<u64> = std::fs::read_to_string(&m).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap()).collect();
+    let epochs: Vec<u64> = std::fs::read_to_string(&m)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .collect();
     assert_eq!(epochs, [1, 2, 3, 4]);
     // A third run with nothing left to do changes nothing and succeeds (a late requeue).
-    let third = mpirun(2, "nn-train", &with(&flags, &["--epochs", "4", "--checkpoint", &s(&ck), "--resume"]), 60).expect_ok();
+    let third =
+        mpirun(2, "nn-train", &with(&flags, &["--epochs", "4", "--checkpoint", &s(&ck), "--resume"]), 60).expect_ok();
     assert!(third.stdout.contains("nothing to do"), "{}", third.stdout);
 }
 
@@ -113,12 +141,23 @@ fn resume_from_mid_epoch_step_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (_, flags) = setup(dir.path());
     let ck = dir.path().join("run.h5");
-    mpirun(2, "nn-train", &with(&flags, &["--epochs", "3", "--checkpoint", &s(&ck), "--checkpoint-steps", "5", "--keep", "100"]), 60).expect_ok();
+    mpirun(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "3", "--checkpoint", &s(&ck), "--checkpoint-steps", "5", "--keep", "100"]),
+        60,
+    )
+    .expect_ok();
     let snap = dir.path().join("run.epoch0001-step000010.h5");
-    assert!(snap.exists(), "numbered step snapshot missing: {:?}", std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>());
+    assert!(
+        snap.exists(),
+        "numbered step snapshot missing: {:?}",
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
+    );
     let resumed = dir.path().join("resumed.h5");
     std::fs::copy(&snap, &resumed).unwrap();
-    let run = mpirun(2, "nn-train", &with(&flags, &["--epochs", "3", "--checkpoint", &s(&resumed), "--resume"]), 60).expect_ok();
+    let run = mpirun(2, "nn-train", &with(&flags, &["--epochs", "3", "--checkpoint", &s(&resumed), "--resume"]), 60)
+        .expect_ok();
     assert!(run.stdout.contains("at epoch 1 step 10"), "{}", run.stdout);
     assert_eq!(bits(&checkpoint_params(&ck)), bits(&checkpoint_params(&resumed)));
     // --keep 2 keeps only the two newest numbered files.
@@ -143,7 +182,8 @@ fn resume_on_another_rank_count() {
     direct("nn-train", &with(&flags, &["--epochs", "4", "--checkpoint", &s(&straight)]), 60).expect_ok();
     let ck = dir.path().join("ck.h5");
     mpirun(2, "nn-train", &with(&flags, &["--epochs", "2", "--checkpoint", &s(&ck), "--resume"]), 60).expect_ok();
-    let run = mpirun(4, "nn-train", &with(&flags, &["--epochs", "4", "--checkpoint", &s(&ck), "--resume"]), 60).expect_ok();
+    let run =
+        mpirun(4, "nn-train", &with(&flags, &["--epochs", "4", "--checkpoint", &s(&ck), "--resume"]), 60).expect_ok();
     assert!(run.stdout.contains("taken on 2 ranks"), "{}", run.stdout);
     let d = max_rel_diff(&checkpoint_params(&straight), &checkpoint_params(&ck));
     assert!(d < 1e-4, "relative difference {d:e}");
@@ -161,7 +201,12 @@ fn resume_with_another_network_or_data_width_fails_clearly() {
     assert!(run.stderr.contains("was made for the network 6 -> 16 relu -> 8 tanh -> 3 softmax but this run builds 6 -> 32 relu -> 3 softmax"), "{}", run.stderr);
     let wide = dir.path().join("wide.h5");
     write_classification(&wide, 100, 9, 3, 1);
-    let run = mpirun(2, "nn-train", &["--data", &s(&wide), "--layers", "16:relu,8:tanh,3:softmax", "--checkpoint", &s(&ck), "--resume"], 60);
+    let run = mpirun(
+        2,
+        "nn-train",
+        &["--data", &s(&wide), "--layers", "16:relu,8:tanh,3:softmax", "--checkpoint", &s(&ck), "--resume"],
+        60,
+    );
     assert!(!run.ok() && run.stderr.contains("this run builds 9 -> 16 relu"), "{}", run.stderr);
     let run = mpirun(2, "nn-train", &with(&flags, &["--optimizer", "sgd", "--checkpoint", &s(&ck), "--resume"]), 60);
     assert!(!run.ok() && run.stderr.contains("holds adam state"), "{}", run.stderr);
@@ -185,17 +230,32 @@ fn initial_weights_and_init_from() {
     let trained = dir.path().join("trained.h5");
     mpirun(2, "nn-train", &with(&flags, &["--epochs", "2", "--checkpoint", &s(&trained)]), 60).expect_ok();
     let copy = dir.path().join("copy.h5");
-    let run = mpirun(2, "nn-train", &with(&flags, &["--epochs", "0", "--init-from", &s(&trained), "--checkpoint", &s(&copy)]), 60).expect_ok();
+    let run = mpirun(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "0", "--init-from", &s(&trained), "--checkpoint", &s(&copy)]),
+        60,
+    )
+    .expect_ok();
     assert!(run.stdout.contains("weights initialised from"), "{}", run.stdout);
     assert_eq!(bits(&checkpoint_params(&trained)), bits(&checkpoint_params(&copy)));
     let tuned = dir.path().join("tuned.h5");
-    mpirun(2, "nn-train", &with(&flags, &["--epochs", "1", "--lr", "0.0001", "--init-from", &s(&trained), "--checkpoint", &s(&tuned)]), 60).expect_ok();
+    mpirun(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "1", "--lr", "0.0001", "--init-from", &s(&trained), "--checkpoint", &s(&tuned)]),
+        60,
+    )
+    .expect_ok();
     let t = nn_train::io::checkpoint::load(&tuned).unwrap();
     assert_eq!(t.t, 16, "fine-tuning starts a fresh optimizer: one epoch of 16 steps");
     let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
     let trained_p = checkpoint_params(&trained);
     let (from_trained, from_init) = (dist(&t.params, &trained_p), dist(&t.params, &init.params));
-    assert!(from_trained > 0.0 && from_trained < from_init / 3.0, "did not start from the trained weights: {from_trained} vs {from_init}");
+    assert!(
+        from_trained > 0.0 && from_trained < from_init / 3.0,
+        "did not start from the trained weights: {from_trained} vs {from_init}"
+    );
 }
 
 /// nn-predict on 3 ranks writes the same outputs, in input order, as on one.
@@ -239,7 +299,11 @@ fn bad_checkpoint_files_fail_clearly() {
     let bytes = std::fs::read(&ck).unwrap();
     let truncated = dir.path().join("truncated.h5");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let cases: [(&Path, &str); 3] = [(&truncated, "cannot open as HDF5"), (&data, "not a complete nn-train checkpoint: no 'format' attribute"), (dir.path(), "is a directory")];
+    let cases: [(&Path, &str); 3] = [
+        (&truncated, "cannot open as HDF5"),
+        (&data, "not a complete nn-train checkpoint: no 'format' attribute"),
+        (dir.path(), "is a directory"),
+    ];
     for (file, needle) in cases {
         let f = s(file);
         for args in [
@@ -263,7 +327,10 @@ fn bad_checkpoint_files_fail_clearly() {
 fn unwritable_checkpoint_folder_fails_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let (_, flags) = setup(dir.path());
-    for (path, needle) in [(s(&dir.path().join("no/such/dir/c.h5")), "does not exist"), ("/proc/nn-train-c.h5".to_string(), "cannot write in folder /proc")] {
+    for (path, needle) in [
+        (s(&dir.path().join("no/such/dir/c.h5")), "does not exist"),
+        ("/proc/nn-train-c.h5".to_string(), "cannot write in folder /proc"),
+    ] {
         let run = mpirun(2, "nn-train", &with(&flags, &["--epochs", "50", "--checkpoint", &path]), 60);
         assert!(!run.ok() && run.stderr.contains("--checkpoint") && run.stderr.contains(needle), "{}", run.all());
         assert!(!run.stdout.contains("epoch 1/"), "{}", run.stdout);
@@ -279,7 +346,23 @@ fn kill_during_checkpoint_writes_never_corrupts() {
     let data = dir.path().join("d.h5");
     write_classification(&data, 64, 200, 4, 5);
     let ck = dir.path().join("ck.h5");
-    let args = ["--data", &s(&data), "--layers", "400:relu,400:relu,4:softmax", "--batch-size", "8", "--epochs", "1000", "--checkpoint", &s(&ck), "--checkpoint-steps", "1", "--resume", "--threads", "1"];
+    let args = [
+        "--data",
+        &s(&data),
+        "--layers",
+        "400:relu,400:relu,4:softmax",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1000",
+        "--checkpoint",
+        &s(&ck),
+        "--checkpoint-steps",
+        "1",
+        "--resume",
+        "--threads",
+        "1",
+    ];
     let mut killed_mid_write = 0;
     let mut last_samples = 0;
     for i in 0..12u64 {
@@ -289,12 +372,17 @@ fn kill_during_checkpoint_writes_never_corrupts() {
         std::thread::sleep(Duration::from_millis(300 + (i * 7919) % 400));
         child.kill().unwrap();
         child.wait().unwrap();
-        let temps: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+        let temps: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
         if !temps.is_empty() {
             killed_mid_write += 1;
         }
         if ck.exists() {
-            let snap = nn_train::io::checkpoint::load(&ck).unwrap_or_else(|e| panic!("kill {i} left a bad checkpoint: {e}"));
+            let snap =
+                nn_train::io::checkpoint::load(&ck).unwrap_or_else(|e| panic!("kill {i} left a bad checkpoint: {e}"));
             assert!(snap.position.samples_seen >= last_samples, "progress went backwards");
             last_samples = snap.position.samples_seen;
             tool("h5dump", &["-H", &s(&ck)]);
@@ -305,7 +393,10 @@ fn kill_during_checkpoint_writes_never_corrupts() {
     let args_short: Vec<&str> = args.iter().map(|a| if *a == "1000" { "1" } else { a }).collect();
     let run = direct("nn-train", &args_short, 60);
     assert!(run.stdout.contains("resumed from"), "{}", run.all());
-    let temps = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-")).count();
+    let temps = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"))
+        .count();
     assert_eq!(temps, 0, "stale temporary files of killed writers were not cleaned up");
 }
 
@@ -331,10 +422,17 @@ fn failed_checkpoint_write_keeps_previous() {
     assert!(!run.ok(), "{}", run.all());
     let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("nn-train: error:")).collect();
     assert_eq!(errors.len(), 1, "{}", run.all());
-    assert!(errors[0].contains("checkpoint") && errors[0].contains("previous checkpoint, if any, is intact"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("checkpoint") && errors[0].contains("previous checkpoint, if any, is intact"),
+        "{}",
+        errors[0]
+    );
     let snap = nn_train::io::checkpoint::load(&ck).unwrap();
     assert_eq!(snap.position.epoch, 1, "the old checkpoint was replaced");
-    assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp-")), "temporary file left behind");
+    assert!(
+        !std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp-")),
+        "temporary file left behind"
+    );
 }
 
 /// SIGUSR1 to mpirun (forwarded to every rank) or SIGTERM to ONE rank: all ranks stop at the
@@ -346,7 +444,20 @@ fn signals_checkpoint_and_resume_exactly() {
     let data = dir.path().join("d.h5");
     write_classification(&data, 4000, 20, 3, 8);
     // Long enough (about a second) that the signal lands mid-run.
-    let common_args = ["--data", &s(&data), "--layers", "256:relu,256:relu,3:softmax", "--batch-size", "8", "--epochs", "20", "--seed", "1", "--threads", "1"];
+    let common_args = [
+        "--data",
+        &s(&data),
+        "--layers",
+        "256:relu,256:relu,3:softmax",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "20",
+        "--seed",
+        "1",
+        "--threads",
+        "1",
+    ];
     let straight = dir.path().join("straight.h5");
     let straight_s = s(&straight);
     let args: Vec<&str> = common_args.iter().copied().chain(["--checkpoint", &straight_s]).collect();
@@ -373,7 +484,9 @@ fn signals_checkpoint_and_resume_exactly() {
         if how == "usr1-mpirun" {
             unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
         } else {
-            let pids = String::from_utf8(Command::new("pgrep").args(["-P", &child.id().to_string()]).output().unwrap().stdout).unwrap();
+            let pids =
+                String::from_utf8(Command::new("pgrep").args(["-P", &child.id().to_string()]).output().unwrap().stdout)
+                    .unwrap();
             let rank_pid: i32 = pids.lines().last().expect("rank processes").trim().parse().unwrap();
             unsafe { libc::kill(rank_pid, libc::SIGTERM) };
         }

@@ -30,7 +30,8 @@ impl Cluster {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         // Unique to this test run: other runs' and other users' namespaces are never touched.
         let id = format!("nnt{}x{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed));
-        let run = run_with_timeout(Command::new(script()).args(["up", &id, &nodes.to_string()]), Duration::from_secs(60));
+        let run =
+            run_with_timeout(Command::new(script()).args(["up", &id, &nodes.to_string()]), Duration::from_secs(60));
         // Built before the check, so a half-made cluster is removed too.
         let cluster = Cluster { id, _turn: turn };
         assert!(run.ok(), "cannot make a simulated cluster (needs root and iproute2):\n{}", run.all());
@@ -59,7 +60,10 @@ impl Cluster {
 
     /// PIDs of processes named `name` in node i.
     fn pids(&self, i: usize, name: &str) -> Vec<i32> {
-        self.script_output(&["pids", &self.id, &i.to_string(), name]).split_whitespace().map(|p| p.parse().unwrap()).collect()
+        self.script_output(&["pids", &self.id, &i.to_string(), name])
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
     }
 
     /// Bytes node i has sent on its link so far.
@@ -75,7 +79,11 @@ impl Drop for Cluster {
         if !run.ok() {
             eprintln!("cluster.sh down {} failed:\n{}", self.id, run.all());
         }
-        let left = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let left = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         let prefix = format!("{}-", self.id);
         if !std::thread::panicking() {
             assert!(!left.lines().any(|l| l.starts_with(&prefix)), "namespaces of {} left behind:\n{left}", self.id);
@@ -94,10 +102,23 @@ fn invariance_args(dir: &Path) -> Vec<String> {
     if !data.exists() {
         write_classification(&data, 2000, 20, 5, 11);
     }
-    ["--data", &s(&data), "--layers", "32:relu,5:softmax", "--epochs", "2", "--batch-size", "50", "--shuffle", "global", "--seed", "7"]
-        .iter()
-        .map(|a| a.to_string())
-        .collect()
+    [
+        "--data",
+        &s(&data),
+        "--layers",
+        "32:relu,5:softmax",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--shuffle",
+        "global",
+        "--seed",
+        "7",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
 }
 
 /// The reference: `args` trained by one process without mpirun. Returns its parameters.
@@ -132,7 +153,11 @@ fn check_cluster_matches_single_process(nodes: usize, per_node: usize, extra: &[
     let run = cluster.train(per_node, &multi, 120).expect_ok();
     let ranks = nodes * per_node;
     assert!(run.stdout.contains(&format!("nn-train 0.1.0: {ranks} ranks")), "{}", run.stdout);
-    assert!(run.stdout.contains(&format!("/ {per_node} ranks on this node")), "Open MPI did not see {per_node} rank(s) per node:\n{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("/ {per_node} ranks on this node")),
+        "Open MPI did not see {per_node} rank(s) per node:\n{}",
+        run.stdout
+    );
     if extra.contains(&"on") {
         assert!(run.stdout.contains("allreduce overlapped with backward"), "{}", run.stdout);
     }
@@ -168,7 +193,10 @@ fn two_nodes_two_ranks_each_train_the_single_process_model() {
 
 /// "peak memory per rank: A-B MB" -> B.
 fn peak_mb(stdout: &str) -> f64 {
-    let line = stdout.lines().find(|l| l.starts_with("peak memory per rank: ")).unwrap_or_else(|| panic!("no peak memory line:\n{stdout}"));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("peak memory per rank: "))
+        .unwrap_or_else(|| panic!("no peak memory line:\n{stdout}"));
     let range = line.trim_start_matches("peak memory per rank: ").trim_end_matches(" MB");
     range.split('-').nth(1).unwrap().parse().unwrap()
 }
@@ -198,11 +226,18 @@ fn each_node_reads_only_its_slice() {
     assert!(four.stdout.contains("16384-16384 rows per rank"), "{}", four.stdout);
     // Each slice: 16,384 rows x (256 f32 + a label), a quarter of the file.
     let each = slice_mb(&four.stdout);
-    assert!(each.0 == each.1 && each.1 >= x_mb / 4.0 && each.1 < x_mb / 4.0 * 1.01, "slices of {each:?} MB, expected a quarter of {x_mb} MB:\n{}", four.stdout);
+    assert!(
+        each.0 == each.1 && each.1 >= x_mb / 4.0 && each.1 < x_mb / 4.0 * 1.01,
+        "slices of {each:?} MB, expected a quarter of {x_mb} MB:\n{}",
+        four.stdout
+    );
     let (p1, p4) = (peak_mb(&one.stdout), peak_mb(&four.stdout));
     eprintln!("x: {x_mb:.0} MB; slices {each:?} MB; peak memory: one process {p1} MB, a rank on 4 nodes {p4} MB");
     assert!(p4 < x_mb, "a rank on 4 nodes peaked at {p4} MB, more than the whole x ({x_mb:.0} MB)");
-    assert!(p1 - p4 > 0.6 * x_mb * 3.0 / 4.0, "one process peaked at {p1} MB, a rank on 4 nodes at {p4} MB: expected about 3/4 of x ({x_mb:.0} MB) less");
+    assert!(
+        p1 - p4 > 0.6 * x_mb * 3.0 / 4.0,
+        "one process peaked at {p1} MB, a rank on 4 nodes at {p4} MB: expected about 3/4 of x ({x_mb:.0} MB) less"
+    );
 }
 
 #[test]
@@ -212,7 +247,8 @@ fn killing_one_nodes_rank_ends_the_whole_job_quickly() {
     let cluster = Cluster::up(2);
     let out = dir.path().join("out");
     let err = dir.path().join("err");
-    let mut cmd = cluster.mpirun_command(1, &["--data", &train, "--layers", "64:relu,10:softmax", "--epochs", "100000"]);
+    let mut cmd =
+        cluster.mpirun_command(1, &["--data", &train, "--layers", "64:relu,10:softmax", "--epochs", "100000"]);
     let mut child = {
         use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::null())
@@ -280,7 +316,20 @@ fn slurm_multi_node_job_spans_two_simulated_nodes() {
     let dir = tempfile::Builder::new().prefix("cluster-slurm-").tempdir_in(common::repo().join("target")).unwrap();
     let (train, val) = common::digits();
     // What jobs/multi-node.sh runs (its defaults, 2 epochs), in one process.
-    let flags = ["--data", &train, "--val", &val, "--layers", "128:relu,128:relu,10:softmax", "--epochs", "2", "--batch-size", "64", "--lr", "0.001"];
+    let flags = [
+        "--data",
+        &train,
+        "--val",
+        &val,
+        "--layers",
+        "128:relu,128:relu,10:softmax",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.001",
+    ];
     let one = train_one_process(&flags.map(String::from), &dir.path().join("one.h5"));
 
     let out = dir.path().join("job");
@@ -305,9 +354,15 @@ fn slurm_multi_node_job_spans_two_simulated_nodes() {
     for i in 1..=2 {
         let sent = cluster.sent_bytes(i) - before[i - 1];
         // 2 epochs x 23 steps of a 26,122-parameter gradient: at least half of it per step.
-        assert!(sent >= 46 * 26_122 * 4 / 2, "node {i}'s link carried only {sent} bytes: no gradients crossed it\n{text}");
+        assert!(
+            sent >= 46 * 26_122 * 4 / 2,
+            "node {i}'s link carried only {sent} bytes: no gradients crossed it\n{text}"
+        );
     }
     let diff = max_rel_diff(&one, &common::checkpoint_params(&out.join("model.h5")));
     assert!(diff < 1e-4, "jobs/multi-node.sh on 2 nodes: max relative difference {diff:e} to one process");
-    eprintln!("jobs/multi-node.sh on 2 simulated nodes: max relative difference {diff:e}; sbatch --wait took {:?}", job.elapsed);
+    eprintln!(
+        "jobs/multi-node.sh on 2 simulated nodes: max relative difference {diff:e}; sbatch --wait took {:?}",
+        job.elapsed
+    );
 }

@@ -18,13 +18,25 @@ fn fails(ranks: usize, args: &[&str], needles: &[&str]) -> String {
         // Let mpirun wait for every rank instead of killing the rest after the first exit, so
         // each rank's own exit status is seen.
         .args(["--mca", "orte_abort_on_non_zero_status", "0"])
-        .args(["--bind-to", "none", "-n", &ranks.to_string(), "sh", "-c", "\"$0\" \"$@\"; code=$?; echo \"rank $OMPI_COMM_WORLD_RANK exit $code\" >&2; exit $code"])
+        .args([
+            "--bind-to",
+            "none",
+            "-n",
+            &ranks.to_string(),
+            "sh",
+            "-c",
+            "\"$0\" \"$@\"; code=$?; echo \"rank $OMPI_COMM_WORLD_RANK exit $code\" >&2; exit $code",
+        ])
         .arg(bin("nn-train"))
         .args(args);
     // (With that setting mpirun itself exits 0; the ranks' own statuses are what count.)
     let run = run_with_timeout(&mut cmd, Duration::from_secs(60));
     for r in 0..ranks {
-        let line = run.stderr.lines().find(|l| l.starts_with(&format!("rank {r} exit "))).unwrap_or_else(|| panic!("rank {r} did not report\n{}", run.all()));
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("rank {r} exit ")))
+            .unwrap_or_else(|| panic!("rank {r} did not report\n{}", run.all()));
         assert!(!line.ends_with(" exit 0"), "rank {r} exited 0 for {args:?}\n{}", run.all());
     }
     let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("nn-train: error:")).collect();
@@ -54,9 +66,17 @@ fn missing_or_wrong_files() {
     let text = dir.path().join("text.h5");
     std::fs::write(&text, "not hdf5").unwrap();
     fails(2, &["--data", &s(&text), "--layers", "2:softmax"], &["text.h5", "cannot open as HDF5"]);
-    fails(2, &["--data", &s(&good), "--x", "features", "--layers", "2:softmax"], &["good.h5", "no dataset 'features'", "--x"]);
+    fails(
+        2,
+        &["--data", &s(&good), "--x", "features", "--layers", "2:softmax"],
+        &["good.h5", "no dataset 'features'", "--x"],
+    );
     fails(2, &["--data", &s(&good), "--val", &s(&missing), "--layers", "2:softmax"], &["missing.h5", "no such file"]);
-    fails(2, &["--data", &s(&good), "--layers", "2:softmax", "--metrics", &s(&dir.path().join("nope/m.jsonl"))], &["--metrics", "does not exist"]);
+    fails(
+        2,
+        &["--data", &s(&good), "--layers", "2:softmax", "--metrics", &s(&dir.path().join("nope/m.jsonl"))],
+        &["--metrics", "does not exist"],
+    );
 }
 
 #[test]
@@ -91,10 +111,18 @@ fn data_that_does_not_fit() {
     write_xy(&inf, &x, 40, 3, &[0; 40]);
     fails(2, &["--data", &s(&inf), "--layers", "2:softmax"], &["rank 0", "row 0 column 2 is inf"]);
 
-    fails(2, &["--data", &s(&good), "--layers", "4:softmax", "--batch-size", "41"], &["--batch-size", "41 is larger than the 40 training rows"]);
+    fails(
+        2,
+        &["--data", &s(&good), "--layers", "4:softmax", "--batch-size", "41"],
+        &["--batch-size", "41 is larger than the 40 training rows"],
+    );
     let tiny = dir.path().join("tiny.h5");
     write_classification(&tiny, 3, 3, 2, 4);
-    fails(4, &["--data", &s(&tiny), "--layers", "2:softmax", "--batch-size", "1"], &["4 ranks but only 3 training rows"]);
+    fails(
+        4,
+        &["--data", &s(&tiny), "--layers", "2:softmax", "--batch-size", "1"],
+        &["4 ranks but only 3 training rows"],
+    );
 }
 
 #[test]
@@ -126,7 +154,14 @@ fn config_file_and_flags_merge() {
     let good = dir.path().join("good.h5");
     write_classification(&good, 40, 3, 2, 1);
     let toml = dir.path().join("c.toml");
-    std::fs::write(&toml, format!("data = \"{}\"\nlayers = \"4:relu,2:softmax\"\nepochs = 3\nbatch-size = 8\nshuffle = \"none\"\n", s(&good))).unwrap();
+    std::fs::write(
+        &toml,
+        format!(
+            "data = \"{}\"\nlayers = \"4:relu,2:softmax\"\nepochs = 3\nbatch-size = 8\nshuffle = \"none\"\n",
+            s(&good)
+        ),
+    )
+    .unwrap();
     let run = direct("nn-train", &["--config", &s(&toml), "--epochs", "2"], 60).expect_ok();
     assert!(run.stdout.contains("training: 2 epochs x 5 steps, global batch 8"), "{}", run.stdout);
     assert!(run.stdout.contains("shuffle none"), "{}", run.stdout);

@@ -22,13 +22,27 @@ fn standardize_statistics_equal_on_1_and_2_ranks() {
     let data = dir.path().join("d.h5");
     let (rows, d) = (301, 3);
     let u = uniform(rows * d, 5);
-    let x: Vec<f32> = u.iter().enumerate().map(|(i, v)| match i % d { 0 => 1000.0 + 50.0 * v, 1 => 0.001 * v, _ => 7.0 }).collect();
+    let x: Vec<f32> = u
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match i % d {
+            0 => 1000.0 + 50.0 * v,
+            1 => 0.001 * v,
+            _ => 7.0,
+        })
+        .collect();
     let y: Vec<i64> = (0..rows).map(|r| (u[r * d] > 0.0) as i64).collect();
     write_xy(&data, &x, rows, d, &y);
     let mut stats = Vec::new();
     for ranks in [1, 2] {
         let ck = dir.path().join(format!("s{ranks}.h5"));
-        mpirun(ranks, "nn-train", &["--data", &s(&data), "--layers", "2:softmax", "--standardize", "--epochs", "1", "--checkpoint", &s(&ck)], 60).expect_ok();
+        mpirun(
+            ranks,
+            "nn-train",
+            &["--data", &s(&data), "--layers", "2:softmax", "--standardize", "--epochs", "1", "--checkpoint", &s(&ck)],
+            60,
+        )
+        .expect_ok();
         let snap = nn_train::io::checkpoint::load(&ck).unwrap();
         stats.push(snap.scaling.expect("scaling stored"));
     }
@@ -38,8 +52,16 @@ fn standardize_statistics_equal_on_1_and_2_ranks() {
         let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / rows as f64).sqrt();
         let expect_std = if std > 1e-12 { std } else { 1.0 };
         for st in &stats {
-            assert!((st.mean[j] as f64 - mean).abs() <= 1e-6 * mean.abs().max(1.0), "mean {j}: {} vs {mean}", st.mean[j]);
-            assert!((st.std[j] as f64 - expect_std).abs() <= 1e-4 * expect_std, "std {j}: {} vs {expect_std}", st.std[j]);
+            assert!(
+                (st.mean[j] as f64 - mean).abs() <= 1e-6 * mean.abs().max(1.0),
+                "mean {j}: {} vs {mean}",
+                st.mean[j]
+            );
+            assert!(
+                (st.std[j] as f64 - expect_std).abs() <= 1e-4 * expect_std,
+                "std {j}: {} vs {expect_std}",
+                st.std[j]
+            );
         }
     }
     assert_eq!(stats[0].mean, stats[1].mean);
@@ -47,7 +69,29 @@ fn standardize_statistics_equal_on_1_and_2_ranks() {
     // it), and nn-predict applies the stored scaling: its accuracy equals nn-train's
     // val_accuracy on the same file.
     let (ck, m) = (dir.path().join("learn.h5"), dir.path().join("m.jsonl"));
-    mpirun(2, "nn-train", &["--data", &s(&data), "--val", &s(&data), "--layers", "2:softmax", "--standardize", "--epochs", "20", "--lr", "0.05", "--checkpoint", &s(&ck), "--metrics", &s(&m)], 60).expect_ok();
+    mpirun(
+        2,
+        "nn-train",
+        &[
+            "--data",
+            &s(&data),
+            "--val",
+            &s(&data),
+            "--layers",
+            "2:softmax",
+            "--standardize",
+            "--epochs",
+            "20",
+            "--lr",
+            "0.05",
+            "--checkpoint",
+            &s(&ck),
+            "--metrics",
+            &s(&m),
+        ],
+        60,
+    )
+    .expect_ok();
     let val_acc = metrics(&m).last().unwrap()["val_accuracy"].as_f64().unwrap();
     assert!(val_acc > 0.9, "standardised model learned poorly: {val_acc}");
     let out = dir.path().join("p.h5");
@@ -64,7 +108,18 @@ fn learning_rate_schedules_show_in_metrics() {
     write_classification(&data, 64, 4, 2, 1);
     let run = |extra: &[&str]| -> Vec<f64> {
         let m = dir.path().join("m.jsonl");
-        let mut args = vec!["--data".to_string(), s(&data), "--layers".into(), "2:softmax".into(), "--batch-size".into(), "16".into(), "--metrics".into(), s(&m), "--lr".into(), "0.1".into()];
+        let mut args = vec![
+            "--data".to_string(),
+            s(&data),
+            "--layers".into(),
+            "2:softmax".into(),
+            "--batch-size".into(),
+            "16".into(),
+            "--metrics".into(),
+            s(&m),
+            "--lr".into(),
+            "0.1".into(),
+        ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         direct("nn-train", &args, 60).expect_ok();
@@ -99,15 +154,40 @@ fn early_stopping_restores_best_weights() {
     let run = mpirun(
         2,
         "nn-train",
-        &["--data", &s(&train), "--val", &s(&val), "--layers", "64:relu,64:relu,2:softmax", "--lr", "0.01", "--batch-size", "8", "--epochs", "200", "--early-stopping", "3", "--checkpoint", &s(&ck), "--metrics", &s(&m)],
+        &[
+            "--data",
+            &s(&train),
+            "--val",
+            &s(&val),
+            "--layers",
+            "64:relu,64:relu,2:softmax",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "200",
+            "--early-stopping",
+            "3",
+            "--checkpoint",
+            &s(&ck),
+            "--metrics",
+            &s(&m),
+        ],
         120,
     )
     .expect_ok();
     let lines = metrics(&m);
     assert!(lines.len() < 200, "never stopped");
     let losses: Vec<f64> = lines.iter().map(|r| r["val_loss"].as_f64().unwrap()).collect();
-    let best = losses.iter().cloned().enumerate().fold((0, f64::INFINITY), |b, (i, l)| if l < b.1 { (i, l) } else { b });
-    assert_eq!(lines.len(), best.0 + 1 + 3, "stopped {} epochs after the best, not 3: {losses:?}", lines.len() - best.0 - 1);
+    let best =
+        losses.iter().cloned().enumerate().fold((0, f64::INFINITY), |b, (i, l)| if l < b.1 { (i, l) } else { b });
+    assert_eq!(
+        lines.len(),
+        best.0 + 1 + 3,
+        "stopped {} epochs after the best, not 3: {losses:?}",
+        lines.len() - best.0 - 1
+    );
     assert!(run.stdout.contains(&format!("restored the weights of epoch {}", best.0 + 1)), "{}", run.stdout);
     let best_file = dir.path().join("ck.best.h5");
     let best_snap = nn_train::io::checkpoint::load(&best_file).unwrap();
@@ -115,7 +195,31 @@ fn early_stopping_restores_best_weights() {
     let last = nn_train::io::checkpoint::load(&ck).unwrap();
     assert_eq!(last.params, best_snap.params, "final checkpoint does not hold the best weights");
     // A requeue after early stopping has nothing to do.
-    let again = mpirun(2, "nn-train", &["--data", &s(&train), "--val", &s(&val), "--layers", "64:relu,64:relu,2:softmax", "--lr", "0.01", "--batch-size", "8", "--epochs", "200", "--early-stopping", "3", "--checkpoint", &s(&ck), "--resume"], 60).expect_ok();
+    let again = mpirun(
+        2,
+        "nn-train",
+        &[
+            "--data",
+            &s(&train),
+            "--val",
+            &s(&val),
+            "--layers",
+            "64:relu,64:relu,2:softmax",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "200",
+            "--early-stopping",
+            "3",
+            "--checkpoint",
+            &s(&ck),
+            "--resume",
+        ],
+        60,
+    )
+    .expect_ok();
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
 }
 
@@ -137,7 +241,23 @@ fn balanced_class_weights_help_the_minority_class() {
     let minority = y.iter().filter(|&&v| v == 1).count() as f64;
     let recall = |extra: &[&str]| -> (f64, String) {
         let ck = dir.path().join("ck.h5");
-        let mut args = vec!["--data", &s(&data), "--layers", "2:softmax", "--epochs", "5", "--batch-size", "50", "--lr", "0.05", "--checkpoint", &s(&ck)].iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let mut args = vec![
+            "--data",
+            &s(&data),
+            "--layers",
+            "2:softmax",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "50",
+            "--lr",
+            "0.05",
+            "--checkpoint",
+            &s(&ck),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>();
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = mpirun(2, "nn-train", &args, 60).expect_ok();
@@ -161,7 +281,9 @@ fn progress_bar_only_on_a_terminal() {
     let data = dir.path().join("d.h5");
     write_classification(&data, 2000, 8, 2, 1);
     let cmd = format!("{} --data {} --layers 2:softmax --epochs 2 --batch-size 1", bin("nn-train").display(), s(&data));
-    let piped = direct("nn-train", &["--data", &s(&data), "--layers", "2:softmax", "--epochs", "2", "--batch-size", "1"], 60).expect_ok();
+    let piped =
+        direct("nn-train", &["--data", &s(&data), "--layers", "2:softmax", "--epochs", "2", "--batch-size", "1"], 60)
+            .expect_ok();
     assert!(!piped.stdout.contains("steps, eta"), "progress bar in a pipe: {}", piped.stdout);
     // `script` runs the command on a pseudo-terminal.
     let mut tty = std::process::Command::new("script");

@@ -17,8 +17,18 @@ fn metrics_lines_carry_each_ranks_resident_memory() {
         2,
         "nn-train",
         &[
-            "--data", data.to_str().unwrap(), "--layers", "4:relu,3:softmax", "--epochs", "2",
-            "--batch-size", "500", "--threads", "1", "--metrics", metrics.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--layers",
+            "4:relu,3:softmax",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "500",
+            "--threads",
+            "1",
+            "--metrics",
+            metrics.to_str().unwrap(),
         ],
         120,
     )
@@ -27,7 +37,12 @@ fn metrics_lines_carry_each_ranks_resident_memory() {
         std::fs::read_to_string(&metrics).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     let per_rank = |line: &serde_json::Value, key: &str| -> Vec<f64> {
-        line[key].as_array().unwrap_or_else(|| panic!("no {key} in {line}")).iter().map(|v| v.as_f64().unwrap()).collect()
+        line[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
     };
     let mut last_peak = vec![0.0; 2];
     for line in &lines {

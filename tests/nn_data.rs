@@ -84,7 +84,8 @@ fn gen_is_the_same_for_any_chunk_size_and_differs_by_seed() {
     let base = ["gen", "--rows", "1001", "--features", "13", "--classes", "4", "--seed", "7"];
     nn_data(&[&base[..], &["--out", p(&whole)]].concat()).expect_ok();
     nn_data(&[&base[..], &["--chunk-rows", "64", "--out", p(&chunked)]].concat()).expect_ok();
-    nn_data(&["gen", "--rows", "1001", "--features", "13", "--classes", "4", "--seed", "8", "--out", p(&other)]).expect_ok();
+    nn_data(&["gen", "--rows", "1001", "--features", "13", "--classes", "4", "--seed", "8", "--out", p(&other)])
+        .expect_ok();
 
     let (xs, x1, ys, y1) = read_xy(&whole);
     let (_, x2, _, y2) = read_xy(&chunked);
@@ -99,7 +100,22 @@ fn gen_is_the_same_for_any_chunk_size_and_differs_by_seed() {
     assert_eq!(y1, y2);
     // --first-row: rows 600.. of the same sequence.
     let tail = dir.path().join("tail.h5");
-    nn_data(&["gen", "--rows", "401", "--first-row", "600", "--features", "13", "--classes", "4", "--seed", "7", "--out", p(&tail)]).expect_ok();
+    nn_data(&[
+        "gen",
+        "--rows",
+        "401",
+        "--first-row",
+        "600",
+        "--features",
+        "13",
+        "--classes",
+        "4",
+        "--seed",
+        "7",
+        "--out",
+        p(&tail),
+    ])
+    .expect_ok();
     let (ts, x4, _, y4) = read_xy(&tail);
     assert_eq!(ts, vec![401, 13]);
     assert_eq!(&x4[..], &x1[600 * 13..]);
@@ -125,8 +141,10 @@ fn gen_regress_targets_are_deterministic_and_shaped() {
     let wide = dir.path().join("wide.h5");
     let run = nn_data(&["gen", "--task", "regress", "--rows", "500", "--features", "6", "--out", p(&a)]).expect_ok();
     assert!(run.stdout.contains("variance of y"), "{}", run.stdout);
-    nn_data(&["gen", "--task", "regress", "--rows", "500", "--features", "6", "--chunk-rows", "33", "--out", p(&b)]).expect_ok();
-    nn_data(&["gen", "--task", "regress", "--targets", "3", "--rows", "500", "--features", "6", "--out", p(&wide)]).expect_ok();
+    nn_data(&["gen", "--task", "regress", "--rows", "500", "--features", "6", "--chunk-rows", "33", "--out", p(&b)])
+        .expect_ok();
+    nn_data(&["gen", "--task", "regress", "--targets", "3", "--rows", "500", "--features", "6", "--out", p(&wide)])
+        .expect_ok();
     let (_, xa, ysa, ya) = read_xy(&a);
     let (_, xb, _, yb) = read_xy(&b);
     assert_eq!(ysa, vec![500]);
@@ -155,7 +173,13 @@ fn gen_memory_is_bounded_by_the_chunk_not_the_file() {
     assert!(size > 160_000_000, "file is {size} bytes");
     // nn-data's own report (its VmHWM when it prints, in whole MB) and what we saw from
     // outside (which also covers the exit, when HDF5 shuts down).
-    let reported: u64 = run.stdout.split("peak memory ").nth(1).and_then(|r| r.split(" MB").next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no peak memory in: {}", run.stdout));
+    let reported: u64 = run
+        .stdout
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|r| r.split(" MB").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in: {}", run.stdout));
     let peak = watched.max(reported << 20);
     assert!(watched > 1 << 20, "watched {watched}");
     assert!(peak < size / 4, "peak RSS {} MB for a {} MB file", peak >> 20, size >> 20);
@@ -171,11 +195,24 @@ fn gen_memory_is_bounded_by_the_chunk_not_the_file() {
 fn gen_data_is_learnable_by_nn_train() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.h5");
-    let run = nn_data(&["gen", "--rows", "6000", "--features", "8", "--classes", "3", "--seed", "3", "--out", p(&data)]).expect_ok();
+    let run =
+        nn_data(&["gen", "--rows", "6000", "--features", "8", "--classes", "3", "--seed", "3", "--out", p(&data)])
+            .expect_ok();
     let metrics = dir.path().join("m.jsonl");
     direct(
         "nn-train",
-        &["--data", p(&data), "--val-split", "0.2", "--layers", "32:relu,3:softmax", "--epochs", "15", "--metrics", p(&metrics)],
+        &[
+            "--data",
+            p(&data),
+            "--val-split",
+            "0.2",
+            "--layers",
+            "32:relu,3:softmax",
+            "--epochs",
+            "15",
+            "--metrics",
+            p(&metrics),
+        ],
         120,
     )
     .expect_ok();
@@ -194,11 +231,25 @@ fn gen_regress_example_is_learned_far_below_the_variance_of_y() {
     let base = ["gen", "--task", "regress", "--features", "6", "--seed", "1"];
     nn_data(&[&base[..], &["--rows", "8000", "--out", p(&train)]].concat()).expect_ok();
     let run = nn_data(&[&base[..], &["--rows", "2000", "--first-row", "8000", "--out", p(&test)]].concat()).expect_ok();
-    let var: f64 = run.stdout.split("variance of y ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    let var: f64 =
+        run.stdout.split("variance of y ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
     let metrics = dir.path().join("m.jsonl");
     direct(
         "nn-train",
-        &["--data", p(&train), "--val", p(&test), "--loss", "mse", "--layers", "64:relu,1:linear", "--epochs", "15", "--metrics", p(&metrics)],
+        &[
+            "--data",
+            p(&train),
+            "--val",
+            p(&test),
+            "--loss",
+            "mse",
+            "--layers",
+            "64:relu,1:linear",
+            "--epochs",
+            "15",
+            "--metrics",
+            p(&metrics),
+        ],
         120,
     )
     .expect_ok();
@@ -217,10 +268,22 @@ fn gen_bad_flags_give_one_line_errors_and_no_file() {
         (vec!["gen", "--rows", "10", "--features", "0", "--classes", "2", "--out", o], vec!["--features"]),
         (vec!["gen", "--rows", "10", "--features", "3", "--classes", "1", "--out", o], vec!["--classes", "at least 2"]),
         (vec!["gen", "--rows", "10", "--features", "3", "--out", o], vec!["--classes", "required"]),
-        (vec!["gen", "--task", "regress", "--rows", "10", "--features", "3", "--classes", "2", "--out", o], vec!["--classes", "--targets"]),
-        (vec!["gen", "--rows", "10", "--features", "3", "--classes", "2", "--noise", "-1", "--out", o], vec!["--noise"]),
-        (vec!["gen", "--rows", "10", "--features", "3", "--classes", "2", "--chunk-rows", "0", "--out", o], vec!["--chunk-rows"]),
-        (vec!["gen", "--rows", "10", "--features", "3", "--classes", "2", "--out", "/nonexistent-dir/g.h5"], vec!["/nonexistent-dir", "does not exist"]),
+        (
+            vec!["gen", "--task", "regress", "--rows", "10", "--features", "3", "--classes", "2", "--out", o],
+            vec!["--classes", "--targets"],
+        ),
+        (
+            vec!["gen", "--rows", "10", "--features", "3", "--classes", "2", "--noise", "-1", "--out", o],
+            vec!["--noise"],
+        ),
+        (
+            vec!["gen", "--rows", "10", "--features", "3", "--classes", "2", "--chunk-rows", "0", "--out", o],
+            vec!["--chunk-rows"],
+        ),
+        (
+            vec!["gen", "--rows", "10", "--features", "3", "--classes", "2", "--out", "/nonexistent-dir/g.h5"],
+            vec!["/nonexistent-dir", "does not exist"],
+        ),
     ];
     for (args, needles) in cases {
         let run = nn_data(&args);
@@ -263,7 +326,8 @@ fn import_split_is_stratified_seeded_and_loses_no_row() {
     let csv = dir.path().join("iris-like.csv");
     write_classes_csv(&csv);
     let out = dir.path().join("d.h5");
-    let run = nn_data(&["import", p(&csv), "--label", "kind", "--split", "0.25", "--seed", "5", "--out", p(&out)]).expect_ok();
+    let run = nn_data(&["import", p(&csv), "--label", "kind", "--split", "0.25", "--seed", "5", "--out", p(&out)])
+        .expect_ok();
     let (train, test) = (dir.path().join("d-train.h5"), dir.path().join("d-test.h5"));
     assert!(run.stdout.contains("3 classes: setosa 50, versicolor 17, virginica 30"), "{}", run.stdout);
 
@@ -278,7 +342,15 @@ fn import_split_is_stratified_seeded_and_loses_no_row() {
     assert_eq!(xs_te[0], 24); // round(0.25 * 97)
 
     // Every row exactly once, with its own label and features.
-    let class_of = |id: usize| if id < 50 { 0.0 } else if id < 80 { 2.0 } else { 1.0 };
+    let class_of = |id: usize| {
+        if id < 50 {
+            0.0
+        } else if id < 80 {
+            2.0
+        } else {
+            1.0
+        }
+    };
     let mut ids = Vec::new();
     for (x, y) in [(&x_tr, &y_tr), (&x_te, &y_te)] {
         for (row, &label) in x.chunks_exact(3).zip(y.iter()) {
@@ -296,7 +368,10 @@ fn import_split_is_stratified_seeded_and_loses_no_row() {
     for (class, n) in [(0.0, 50.0), (1.0, 17.0), (2.0, 30.0)] {
         let te = y_te.iter().filter(|&&l| l == class).count() as f64;
         let tr = y_tr.iter().filter(|&&l| l == class).count() as f64;
-        assert!((te - 0.25 * n).abs() < 1.0 && (tr - 0.75 * n).abs() < 1.0, "class {class}: train {tr} test {te} of {n}");
+        assert!(
+            (te - 0.25 * n).abs() < 1.0 && (tr - 0.75 * n).abs() < 1.0,
+            "class {class}: train {tr} test {te} of {n}"
+        );
     }
     // Rows are shuffled: the sorted-by-class input does not stay sorted.
     assert!(y_tr.windows(2).any(|w| w[0] > w[1]));
@@ -307,7 +382,8 @@ fn import_split_is_stratified_seeded_and_loses_no_row() {
     assert_eq!(read_xy(&dir.path().join("again-test.h5")).1, x_te);
     let other = dir.path().join("other.h5");
     nn_data(&["import", p(&csv), "--label", "kind", "--split", "0.25", "--seed", "6", "--out", p(&other)]).expect_ok();
-    let mut ids_other: Vec<u32> = read_xy(&dir.path().join("other-test.h5")).1.chunks_exact(3).map(|r| r[0] as u32).collect();
+    let mut ids_other: Vec<u32> =
+        read_xy(&dir.path().join("other-test.h5")).1.chunks_exact(3).map(|r| r[0] as u32).collect();
     let mut ids_te: Vec<u32> = x_te.chunks_exact(3).map(|r| r[0] as u32).collect();
     ids_other.sort_unstable();
     ids_te.sort_unstable();
@@ -327,13 +403,35 @@ fn import_keeps_integer_labels_file_order_and_writes_targets_for_regress() {
     assert_eq!(y, vec![3.0, 0.0, 3.0]);
     assert_eq!(label_names(&out), None);
     let f = hdf5::File::open(&out).unwrap();
-    let feature_names: Vec<String> =
-        f.dataset("x").unwrap().attr("feature_names").unwrap().read_raw::<hdf5::types::VarLenUnicode>().unwrap().iter().map(|s| s.to_string()).collect();
+    let feature_names: Vec<String> = f
+        .dataset("x")
+        .unwrap()
+        .attr("feature_names")
+        .unwrap()
+        .read_raw::<hdf5::types::VarLenUnicode>()
+        .unwrap()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(feature_names, vec!["f1", "f2"]);
     drop(f);
 
     let reg = dir.path().join("r.h5");
-    nn_data(&["import", p(&csv), "--label", "f1", "--task", "regress", "--x", "train/x", "--y", "train/y", "--out", p(&reg)]).expect_ok();
+    nn_data(&[
+        "import",
+        p(&csv),
+        "--label",
+        "f1",
+        "--task",
+        "regress",
+        "--x",
+        "train/x",
+        "--y",
+        "train/y",
+        "--out",
+        p(&reg),
+    ])
+    .expect_ok();
     let f = hdf5::File::open(&reg).unwrap();
     let y = f.dataset("train/y").unwrap();
     assert!(y.dtype().unwrap().is::<f32>());
@@ -347,14 +445,38 @@ fn import_bad_input_names_file_line_and_column_and_writes_nothing() {
     let good_rows: String = (0..15).map(|i| format!("{i},1,2,a\n")).collect();
     let cases: Vec<(String, Vec<&str>, String)> = vec![
         // (csv text, extra flags, expected message after "nn-data: error: <file> ")
-        (format!("x1,x2,x3,label\n{good_rows}1,2,abc,b\n"), vec![], " line 17: column 'x3': 'abc' is not a number".into()),
-        (format!("x1,x2,x3,label\n{good_rows}1,2,b\n"), vec![], " line 17: 3 fields, expected 4 as in the header".into()),
+        (
+            format!("x1,x2,x3,label\n{good_rows}1,2,abc,b\n"),
+            vec![],
+            " line 17: column 'x3': 'abc' is not a number".into(),
+        ),
+        (
+            format!("x1,x2,x3,label\n{good_rows}1,2,b\n"),
+            vec![],
+            " line 17: 3 fields, expected 4 as in the header".into(),
+        ),
         (format!("x1,x2,x3,label\n{good_rows}1,,3,b\n"), vec![], " line 17: column 'x2': empty field".into()),
-        (format!("x1,x2,x3,label\n{good_rows}1,2,nan,b\n"), vec![], " line 17: column 'x3': 'nan' is not a finite number".into()),
+        (
+            format!("x1,x2,x3,label\n{good_rows}1,2,nan,b\n"),
+            vec![],
+            " line 17: column 'x3': 'nan' is not a finite number".into(),
+        ),
         (format!("x1,x2,x3,label\n{good_rows}1,2,3,\n"), vec![], " line 17: column 'label': empty label".into()),
-        ("x1,x2,x3,label\n1,2,3,0\n1,2,3,2.5\n".into(), vec![], " line 3: column 'label': label '2.5' is not a whole number".into()),
-        ("x1,x2,x3,label\n1,2,3,0.5\n1,2,3,x\n".into(), vec!["--task", "regress"], " line 3: column 'label': 'x' is not a number".into()),
-        ("x1,x2,x3,label\n1,2,3,a\n1,2,3,c\n".into(), vec!["--label-names", "a,b"], " line 3: column 'label': label 'c' is not one of --label-names".into()),
+        (
+            "x1,x2,x3,label\n1,2,3,0\n1,2,3,2.5\n".into(),
+            vec![],
+            " line 3: column 'label': label '2.5' is not a whole number".into(),
+        ),
+        (
+            "x1,x2,x3,label\n1,2,3,0.5\n1,2,3,x\n".into(),
+            vec!["--task", "regress"],
+            " line 3: column 'label': 'x' is not a number".into(),
+        ),
+        (
+            "x1,x2,x3,label\n1,2,3,a\n1,2,3,c\n".into(),
+            vec!["--label-names", "a,b"],
+            " line 3: column 'label': label 'c' is not one of --label-names".into(),
+        ),
         ("1,2,3,4\n1,2,3,4\n".into(), vec![], " line 1: looks like data, not a header".into()),
         ("x1,,x3,label\n1,2,3,4\n".into(), vec![], " line 1: column 2 has no name".into()),
         ("x1,x1,x3,label\n1,2,3,4\n".into(), vec![], " line 1: column name 'x1' appears twice".into()),
@@ -365,10 +487,15 @@ fn import_bad_input_names_file_line_and_column_and_writes_nothing() {
         let csv = dir.path().join(format!("bad{i}.csv"));
         std::fs::write(&csv, text).unwrap();
         let out = dir.path().join("out.h5");
-        let args = [&["import", p(&csv), "--label", "label", "--split", "0.2", "--out", p(&out)][..], &extra[..]].concat();
+        let args =
+            [&["import", p(&csv), "--label", "label", "--split", "0.2", "--out", p(&out)][..], &extra[..]].concat();
         let run = nn_data(&args);
         assert_one_line_error(&run, &[&format!("{}{expected}", p(&csv))]);
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| !n.to_string_lossy().ends_with(".csv")).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| !n.to_string_lossy().ends_with(".csv"))
+            .collect();
         assert!(left.is_empty(), "case {i} left {left:?}");
     }
 
@@ -390,7 +517,10 @@ fn import_bad_input_names_file_line_and_column_and_writes_nothing() {
         assert!(!out.exists());
     }
     let missing = dir.path().join("missing.csv");
-    assert_one_line_error(&nn_data(&["import", p(&missing), "--label", "y", "--out", p(&out)]), &[p(&missing), "no such file"]);
+    assert_one_line_error(
+        &nn_data(&["import", p(&missing), "--label", "y", "--out", p(&out)]),
+        &[p(&missing), "no such file"],
+    );
 }
 
 #[test]
@@ -400,7 +530,18 @@ fn import_info_train_round_trip_on_the_bundled_breast_cancer_csv() {
     let csv = repo.join("data/breast-cancer/breast-cancer.csv");
     let (train, test) = (dir.path().join("train.h5"), dir.path().join("test.h5"));
     let run = nn_data(&[
-        "import", p(&csv), "--label", "diagnosis", "--split", "0.2", "--seed", "42", "--out-train", p(&train), "--out-test", p(&test),
+        "import",
+        p(&csv),
+        "--label",
+        "diagnosis",
+        "--split",
+        "0.2",
+        "--seed",
+        "42",
+        "--out-train",
+        p(&train),
+        "--out-test",
+        p(&test),
     ])
     .expect_ok();
     assert!(run.stdout.contains("569 rows x 30 features"), "{}", run.stdout);
@@ -411,14 +552,33 @@ fn import_info_train_round_trip_on_the_bundled_breast_cancer_csv() {
     }
 
     let info = nn_data(&["info", p(&train)]).expect_ok();
-    for needle in ["/x  (455, 30)  float32", "/y  (455,)     int64", "0 mean radius", "0 benign            285", "1 malignant         170", "all values finite"] {
+    for needle in [
+        "/x  (455, 30)  float32",
+        "/y  (455,)     int64",
+        "0 mean radius",
+        "0 benign            285",
+        "1 malignant         170",
+        "all values finite",
+    ] {
         assert!(info.stdout.contains(needle), "'{needle}' not in:\n{}", info.stdout);
     }
 
     let metrics = dir.path().join("m.jsonl");
     direct(
         "nn-train",
-        &["--data", p(&train), "--val", p(&test), "--layers", "32:relu,2:softmax", "--standardize", "--epochs", "30", "--metrics", p(&metrics)],
+        &[
+            "--data",
+            p(&train),
+            "--val",
+            p(&test),
+            "--layers",
+            "32:relu,2:softmax",
+            "--standardize",
+            "--epochs",
+            "30",
+            "--metrics",
+            p(&metrics),
+        ],
         120,
     )
     .expect_ok();
@@ -433,16 +593,41 @@ fn import_info_train_round_trip_on_the_bundled_breast_cancer_csv() {
 fn info_counts_what_the_file_holds() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("g.h5");
-    nn_data(&["gen", "--rows", "3000", "--features", "20", "--classes", "3", "--seed", "9", "--chunk-rows", "100", "--out", p(&f)]).expect_ok();
+    nn_data(&[
+        "gen",
+        "--rows",
+        "3000",
+        "--features",
+        "20",
+        "--classes",
+        "3",
+        "--seed",
+        "9",
+        "--chunk-rows",
+        "100",
+        "--out",
+        p(&f),
+    ])
+    .expect_ok();
     let (_, x, _, y) = read_xy(&f);
     let run = nn_data(&["info", p(&f)]).expect_ok();
     let out = &run.stdout;
     assert!(out.contains("/x  (3000, 20)  float32") && out.contains("/y  (3000,)     int64"), "{out}");
-    assert!(out.contains("command: nn-data gen --rows 3000 --features 20 --task classify --classes 3 --seed 9"), "{out}");
+    assert!(
+        out.contains("command: nn-data gen --rows 3000 --features 20 --task classify --classes 3 --seed 9"),
+        "{out}"
+    );
     for c in 0..3 {
         let n = y.iter().filter(|&&l| l == c as f64).count();
-        let row = out.lines().skip_while(|l| !l.starts_with("y:")).find(|l| l.trim_start().starts_with(&format!("{c} "))).unwrap();
-        assert!(row.split_whitespace().nth(1) == Some(n.to_string().as_str()), "class {c} has {n} rows; info says '{row}'");
+        let row = out
+            .lines()
+            .skip_while(|l| !l.starts_with("y:"))
+            .find(|l| l.trim_start().starts_with(&format!("{c} ")))
+            .unwrap();
+        assert!(
+            row.split_whitespace().nth(1) == Some(n.to_string().as_str()),
+            "class {c} has {n} rows; info says '{row}'"
+        );
     }
     // 20 features: ten listed, "8 more", the last two; feature 0's min and max as in the data.
     assert!(out.contains("... (8 more; --all lists every feature)"), "{out}");
@@ -455,7 +640,8 @@ fn info_counts_what_the_file_holds() {
 
     // Regression targets: statistics, not classes.
     let r = dir.path().join("r.h5");
-    nn_data(&["gen", "--task", "regress", "--targets", "2", "--rows", "100", "--features", "3", "--out", p(&r)]).expect_ok();
+    nn_data(&["gen", "--task", "regress", "--targets", "2", "--rows", "100", "--features", "3", "--out", p(&r)])
+        .expect_ok();
     let run = nn_data(&["info", p(&r)]).expect_ok();
     assert!(run.stdout.contains("y: targets, 2 per row"), "{}", run.stdout);
 
@@ -496,14 +682,32 @@ fn plot_draws_nn_train_metrics_as_a_png_of_the_requested_size() {
     let dir = tempfile::tempdir().unwrap();
     let (train, test) = common::digits();
     let metrics = dir.path().join("digits.jsonl");
-    direct("nn-train", &["--data", &train, "--val", &test, "--layers", "16:relu,10:softmax", "--epochs", "3", "--metrics", p(&metrics)], 120)
-        .expect_ok();
+    direct(
+        "nn-train",
+        &[
+            "--data",
+            &train,
+            "--val",
+            &test,
+            "--layers",
+            "16:relu,10:softmax",
+            "--epochs",
+            "3",
+            "--metrics",
+            p(&metrics),
+        ],
+        120,
+    )
+    .expect_ok();
     let png_path = dir.path().join("curves.png");
     let run = nn_data(&["plot", p(&metrics), "--out", p(&png_path), "--width", "640", "--height", "360"]).expect_ok();
     assert!(run.stdout.contains("plotted 3 epochs"), "{}", run.stdout);
     let (w, h, rgb, samples) = decode_png(&png_path);
     assert_eq!((w, h), (640, 360));
-    assert!(has_colour(&rgb, samples, nn_train::tools::plot::TRAIN_COLOUR) && has_colour(&rgb, samples, nn_train::tools::plot::VAL_COLOUR));
+    assert!(
+        has_colour(&rgb, samples, nn_train::tools::plot::TRAIN_COLOUR)
+            && has_colour(&rgb, samples, nn_train::tools::plot::VAL_COLOUR)
+    );
 
     // Regression metrics (accuracy null), no validation, a gap (null loss), default size.
     let reg = dir.path().join("reg.jsonl");
@@ -518,7 +722,10 @@ fn plot_draws_nn_train_metrics_as_a_png_of_the_requested_size() {
     let (w, h, rgb, samples) = decode_png(&reg_png);
     assert_eq!((w, h), (1000, 450));
     assert!(has_colour(&rgb, samples, nn_train::tools::plot::TRAIN_COLOUR));
-    assert!(!has_colour(&rgb, samples, nn_train::tools::plot::VAL_COLOUR), "no validation values, yet a validation line");
+    assert!(
+        !has_colour(&rgb, samples, nn_train::tools::plot::VAL_COLOUR),
+        "no validation values, yet a validation line"
+    );
 }
 
 #[test]
@@ -531,7 +738,11 @@ fn plot_bad_input_gives_one_line_errors_and_no_png() {
         (format!("{good}[1,2]\n"), vec![], " line 2: not a JSON object"),
         (format!("{good}{{\"loss\":0.4}}\n"), vec![], " line 2: no field 'epoch'"),
         (format!("{good}{{\"epoch\":2}}\n"), vec![], " line 2: no field 'loss'"),
-        (format!("{good}{{\"epoch\":2,\"loss\":\"low\"}}\n"), vec![], " line 2: field 'loss' is \"low\", expected a number or null"),
+        (
+            format!("{good}{{\"epoch\":2,\"loss\":\"low\"}}\n"),
+            vec![],
+            " line 2: field 'loss' is \"low\", expected a number or null",
+        ),
         ("\n\n".to_string(), vec![], ": no epochs in the file"),
     ];
     for (i, (text, extra, expected)) in cases.iter().enumerate() {
@@ -545,9 +756,19 @@ fn plot_bad_input_gives_one_line_errors_and_no_png() {
     std::fs::write(&metrics, good).unwrap();
     let missing = dir.path().join("missing.jsonl");
     assert_one_line_error(&nn_data(&["plot", p(&missing), "--out", p(&out)]), &[p(&missing), "no such file"]);
-    assert_one_line_error(&nn_data(&["plot", p(&metrics), "--out", p(&out), "--width", "50"]), &["--width", "200..10000", "50"]);
-    assert_one_line_error(&nn_data(&["plot", p(&metrics), "--out", "/nonexistent-dir/c.png"]), &["/nonexistent-dir", "does not exist"]);
+    assert_one_line_error(
+        &nn_data(&["plot", p(&metrics), "--out", p(&out), "--width", "50"]),
+        &["--width", "200..10000", "50"],
+    );
+    assert_one_line_error(
+        &nn_data(&["plot", p(&metrics), "--out", "/nonexistent-dir/c.png"]),
+        &["/nonexistent-dir", "does not exist"],
+    );
     assert!(!out.exists());
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| !n.to_string_lossy().ends_with(".jsonl")).collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".jsonl"))
+        .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

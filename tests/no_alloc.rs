@@ -38,9 +38,25 @@ fn training_steps_do_not_allocate() {
     common::write_classification(&data, 500, 12, 3, 4);
     let d = data.display().to_string();
     let args = TrainArgs::parse_from([
-        "nn-train", "--data", &d, "--layers", "32:relu,dropout:0.2,16:tanh,3:softmax", "--batch-size", "24",
-        "--class-weight", "balanced", "--clip-norm", "1.0", "--weight-decay", "0.01", "--lr-schedule", "cosine",
-        "--warmup-epochs", "1", "--threads", "1",
+        "nn-train",
+        "--data",
+        &d,
+        "--layers",
+        "32:relu,dropout:0.2,16:tanh,3:softmax",
+        "--batch-size",
+        "24",
+        "--class-weight",
+        "balanced",
+        "--clip-norm",
+        "1.0",
+        "--weight-decay",
+        "0.01",
+        "--lr-schedule",
+        "cosine",
+        "--warmup-epochs",
+        "1",
+        "--threads",
+        "1",
     ]);
     let comm = Comm::init().unwrap();
     let mut trainer = Trainer::new(&comm, args.resolve().unwrap()).unwrap();

@@ -25,10 +25,8 @@ impl Cluster {
     /// Starts `nodes` nodes with `cpus` CPUs each, or returns None (printing why) where Slurm
     /// is not installed.
     fn start(test: &str, nodes: usize, cpus: usize) -> Option<Cluster> {
-        let missing: Vec<&str> = ["munged", "slurmctld", "slurmd", "sbatch", "scontrol", "ss"]
-            .into_iter()
-            .filter(|b| !on_path(b))
-            .collect();
+        let missing: Vec<&str> =
+            ["munged", "slurmctld", "slurmd", "sbatch", "scontrol", "ss"].into_iter().filter(|b| !on_path(b)).collect();
         if !missing.is_empty() {
             eprintln!("skipping {test}: {} not installed (Debian packages slurm-wlm munge iproute2; `make test` installs them)", missing.join(", "));
             return None;
@@ -115,8 +113,13 @@ impl Cluster {
             }
             if start.elapsed() > Duration::from_secs(timeout_s) {
                 let states: Vec<&str> = jobs.iter().map(|j| j["JobState"].as_str()).collect();
-                let processes: Vec<String> = job_processes(id).iter().map(|(pid, stat, _)| format!("{pid}: {stat}")).collect();
-                panic!("job {id} not done after {timeout_s} s (states {states:?}); its processes:\n{}\n{}", processes.join("\n"), self.logs());
+                let processes: Vec<String> =
+                    job_processes(id).iter().map(|(pid, stat, _)| format!("{pid}: {stat}")).collect();
+                panic!(
+                    "job {id} not done after {timeout_s} s (states {states:?}); its processes:\n{}\n{}",
+                    processes.join("\n"),
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -126,7 +129,8 @@ impl Cluster {
     /// The tails of the daemons' logs and of the jobs' output files (*.out), for failure
     /// messages.
     fn logs(&self) -> String {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.path("log")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(self.path("log")).into_iter().flatten().flatten().map(|e| e.path()).collect();
         let outputs = std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten().map(|e| e.path());
         files.extend(outputs.filter(|p| p.extension().is_some_and(|e| e == "out")));
         let mut s = String::new();
@@ -165,7 +169,10 @@ fn read(path: &Path) -> String {
 
 /// The epoch records of a metrics file.
 fn metrics(path: &Path) -> Vec<serde_json::Value> {
-    read(path).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display()))).collect()
+    read(path)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
 }
 
 /// Polls `what` every 100 ms until it returns Some, for at most `timeout_s` seconds.
@@ -175,7 +182,10 @@ fn wait_for<T>(timeout_s: u64, description: &str, mut what: impl FnMut() -> Opti
         if let Some(v) = what() {
             return v;
         }
-        assert!(start.elapsed() < Duration::from_secs(timeout_s), "timed out after {timeout_s} s waiting for {description}");
+        assert!(
+            start.elapsed() < Duration::from_secs(timeout_s),
+            "timed out after {timeout_s} s waiting for {description}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -201,12 +211,18 @@ fn summary_start() -> String {
 }
 
 fn assert_completed(job: &HashMap<String, String>, log: &str) {
-    assert_eq!((job["JobState"].as_str(), job["ExitCode"].as_str()), ("COMPLETED", "0:0"), "job {} did not complete\n{log}", job["JobId"]);
+    assert_eq!(
+        (job["JobState"].as_str(), job["ExitCode"].as_str()),
+        ("COMPLETED", "0:0"),
+        "job {} did not complete\n{log}",
+        job["JobId"]
+    );
 }
 
 /// The files in `dir` (no leftover temporary checkpoint may be among them).
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -230,7 +246,10 @@ fn job_processes(job: &str) -> Vec<(i32, String, Vec<String>)> {
 /// The PID of rank `rank` of a running job step.
 fn rank_pid(job: &str, rank: usize) -> Option<i32> {
     let procid = format!("SLURM_PROCID={rank}");
-    job_processes(job).into_iter().find(|(_, stat, vars)| stat.contains(" (nn-train) ") && vars.contains(&procid)).map(|(pid, ..)| pid)
+    job_processes(job)
+        .into_iter()
+        .find(|(_, stat, vars)| stat.contains(" (nn-train) ") && vars.contains(&procid))
+        .map(|(pid, ..)| pid)
 }
 
 /// Open MPI's shared-memory transport names its segments after the host and the rank on the
@@ -253,9 +272,15 @@ fn single_node_job_runs_its_tasks_with_cpus_per_task_threads() {
     let text = read(&log);
     assert_completed(&job, &text);
     assert_eq!((job["NumTasks"].as_str(), job["CPUs/Task"].as_str()), ("2", "2"));
-    assert!(text.contains("2 ranks x 2 BLAS threads (SLURM_CPUS_PER_TASK)"), "threads do not follow --cpus-per-task:\n{text}");
+    assert!(
+        text.contains("2 ranks x 2 BLAS threads (SLURM_CPUS_PER_TASK)"),
+        "threads do not follow --cpus-per-task:\n{text}"
+    );
     let m = metrics(&out.join("metrics.jsonl"));
-    assert_eq!(m.iter().map(|r| (r["epoch"].as_u64().unwrap(), r["ranks"].as_u64().unwrap())).collect::<Vec<_>>(), [(1, 2), (2, 2)]);
+    assert_eq!(
+        m.iter().map(|r| (r["epoch"].as_u64().unwrap(), r["ranks"].as_u64().unwrap())).collect::<Vec<_>>(),
+        [(1, 2), (2, 2)]
+    );
     let snap = nn_train::io::checkpoint::load(&out.join("model.h5")).unwrap();
     assert_eq!((snap.position.epoch, snap.world_size), (2, 2));
     assert!(m[1]["val_accuracy"].as_f64().unwrap() > 0.5, "did not learn: {:?}", m[1]);
@@ -264,15 +289,31 @@ fn single_node_job_runs_its_tasks_with_cpus_per_task_threads() {
 #[test]
 fn threads_per_rank_follow_the_allocation() {
     let Some(c) = Cluster::start("threads", 1, 8) else { return };
-    let train = format!("{} --data data/digits/train.h5 --layers 16:relu,10:softmax --epochs 1", bin("nn-train").display());
+    let train =
+        format!("{} --data data/digits/train.h5 --layers 16:relu,10:softmax --epochs 1", bin("nn-train").display());
     let cores = nn_train::dist::threads::node_cores();
     let share = (cores / 2).max(1);
-    let split = format!("2 ranks x {share} BLAS thread{} ({cores} cores / 2 ranks on this node)", if share > 1 { "s" } else { "" });
+    let split = format!(
+        "2 ranks x {share} BLAS thread{} ({cores} cores / 2 ranks on this node)",
+        if share > 1 { "s" } else { "" }
+    );
     // (sbatch options, command, the summary's "R ranks x T BLAS threads (REASON)")
     let cases = [
-        (vec!["--ntasks=2", "--cpus-per-task=3"], format!("srun --cpus-per-task=3 {train}"), "2 ranks x 3 BLAS threads (SLURM_CPUS_PER_TASK)"),
-        (vec!["--ntasks=2", "--cpus-per-task=3"], format!("srun --cpus-per-task=3 {train} --threads 1"), "2 ranks x 1 BLAS thread (--threads)"),
-        (vec!["--ntasks=2"], format!("OMP_NUM_THREADS=3 mpirun --bind-to none {train}"), "2 ranks x 3 BLAS threads (OMP_NUM_THREADS)"),
+        (
+            vec!["--ntasks=2", "--cpus-per-task=3"],
+            format!("srun --cpus-per-task=3 {train}"),
+            "2 ranks x 3 BLAS threads (SLURM_CPUS_PER_TASK)",
+        ),
+        (
+            vec!["--ntasks=2", "--cpus-per-task=3"],
+            format!("srun --cpus-per-task=3 {train} --threads 1"),
+            "2 ranks x 1 BLAS thread (--threads)",
+        ),
+        (
+            vec!["--ntasks=2"],
+            format!("OMP_NUM_THREADS=3 mpirun --bind-to none {train}"),
+            "2 ranks x 3 BLAS threads (OMP_NUM_THREADS)",
+        ),
         (vec!["--ntasks=2"], format!("mpirun --bind-to none {train}"), split.as_str()),
     ];
     let ids: Vec<String> = cases
@@ -311,7 +352,10 @@ fn multi_node_job_launches_with_srun_and_with_mpirun() {
         assert_eq!((job["NodeList"].as_str(), job["NumTasks"].as_str()), ("n[1-2]", "4"));
         assert!(text.contains(&format!("2 nodes (n[1-2]) with 2(x2) tasks per node, started by {launcher}")), "{text}");
         // One MPI world of 4 ranks, not 4 separate one-rank runs.
-        assert!(text.contains(&format!("{}: 4 ranks x 1 BLAS thread (SLURM_CPUS_PER_TASK)", summary_start())), "{text}");
+        assert!(
+            text.contains(&format!("{}: 4 ranks x 1 BLAS thread (SLURM_CPUS_PER_TASK)", summary_start())),
+            "{text}"
+        );
         assert_eq!(text.matches("done: 2 epochs").count(), 1, "{text}");
         let m = metrics(&c.path(launcher).join("metrics.jsonl"));
         assert_eq!(m.iter().map(|r| r["ranks"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 4]);
@@ -365,13 +409,19 @@ fn preempted_job_is_requeued_resumes_and_ends_with_the_uninterrupted_model() {
     let submit = |name: &str| {
         let out = c.path(name);
         let log = format!("--output={}", c.path(&format!("{name}.out")).display());
-        c.sbatch("preemptible.sh", &["--ntasks=2", "--cpus-per-task=1", &log], &[("NN_EPOCHS", &epochs.to_string()), ("NN_OUT", out.to_str().unwrap())])
+        c.sbatch(
+            "preemptible.sh",
+            &["--ntasks=2", "--cpus-per-task=1", &log],
+            &[("NN_EPOCHS", &epochs.to_string()), ("NN_OUT", out.to_str().unwrap())],
+        )
     };
     let reference = submit("reference");
     let id = submit("preempted");
     // Requeue once the first epoch is done: mid-run, and with a checkpoint on disk.
     let metrics_path = c.path("preempted/metrics.jsonl");
-    wait_for(120, "the first epoch of the job", || (std::fs::read_to_string(&metrics_path).ok()?.lines().count() >= 1).then_some(()));
+    wait_for(120, "the first epoch of the job", || {
+        (std::fs::read_to_string(&metrics_path).ok()?.lines().count() >= 1).then_some(())
+    });
     c.run("scontrol", &["requeue", &id]).expect_ok();
 
     let job = c.wait_done(&id, 180).remove(0);
@@ -395,7 +445,10 @@ fn preempted_job_is_requeued_resumes_and_ends_with_the_uninterrupted_model() {
     assert_eq!(job["Restarts"], "0");
     // Every epoch once, with the same losses and accuracies as the uninterrupted run.
     let fields = |path: &Path| -> Vec<Vec<serde_json::Value>> {
-        metrics(path).iter().map(|r| ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"].iter().map(|k| r[*k].clone()).collect()).collect()
+        metrics(path)
+            .iter()
+            .map(|r| ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"].iter().map(|k| r[*k].clone()).collect())
+            .collect()
     };
     let (got, want) = (fields(&metrics_path), fields(&c.path("reference/metrics.jsonl")));
     assert_eq!(got.len(), epochs);
@@ -413,7 +466,13 @@ fn time_limit_signal_checkpoints_requeues_and_resumes_and_cancel_ends_it() {
     // time-limit check after 5 s (it checks every 30 s). Training would never end on its own.
     let id = c.sbatch(
         "preemptible.sh",
-        &["--ntasks=2", "--cpus-per-task=1", "--time=1", "--signal=B:USR1@55", &format!("--output={}", log_path.display())],
+        &[
+            "--ntasks=2",
+            "--cpus-per-task=1",
+            "--time=1",
+            "--signal=B:USR1@55",
+            &format!("--output={}", log_path.display()),
+        ],
         &[("NN_EPOCHS", "1000000"), ("NN_OUT", out.to_str().unwrap()), ("NN_ARGS", "--checkpoint-every 20")],
     );
     let log = wait_for(150, "the rerun after the time-limit signal", || {
@@ -431,7 +490,9 @@ fn time_limit_signal_checkpoints_requeues_and_resumes_and_cancel_ends_it() {
     // its own time-limit signal (5 s after its start at the earliest).
     let resumed_epoch = position_after(&log, "resumed from")[0].0;
     let metrics_path = out.join("metrics.jsonl");
-    wait_for(60, "an epoch of the rerun", || (std::fs::read_to_string(&metrics_path).ok()?.lines().count() > resumed_epoch).then_some(()));
+    wait_for(60, "an epoch of the rerun", || {
+        (std::fs::read_to_string(&metrics_path).ok()?.lines().count() > resumed_epoch).then_some(())
+    });
     c.run("scancel", &[&id]).expect_ok();
     // The job is CANCELLED at once; its script has the last word in the log.
     let job = c.wait_done(&id, 60).remove(0);
@@ -440,7 +501,12 @@ fn time_limit_signal_checkpoints_requeues_and_resumes_and_cancel_ends_it() {
         log.contains(&format!("job {id} run 2: nn-train ")).then_some(log)
     });
     assert_eq!(job["JobState"], "CANCELLED", "{log}");
-    assert!(log.contains(&format!("job {id} run 2: nn-train checkpointed (exit 75); Slurm requeues, preempts or cancels the job")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "job {id} run 2: nn-train checkpointed (exit 75); Slurm requeues, preempts or cancels the job"
+        )),
+        "{log}"
+    );
     assert!(log.contains(&format!("job {id} run 2: SIGTERM received")), "{log}");
     assert_eq!(log.matches("checkpointed after").count(), 2, "{log}");
     assert_eq!(log.matches("requeueing the job").count(), 1, "{log}");
@@ -465,7 +531,9 @@ fn signal_to_one_rank_stops_all_ranks_and_the_job_requeues_itself() {
         &[("NN_EPOCHS", &epochs.to_string()), ("NN_OUT", out.to_str().unwrap())],
     );
     let metrics_path = out.join("metrics.jsonl");
-    wait_for(120, "the first epoch of the job", || (std::fs::read_to_string(&metrics_path).ok()?.lines().count() >= 1).then_some(()));
+    wait_for(120, "the first epoch of the job", || {
+        (std::fs::read_to_string(&metrics_path).ok()?.lines().count() >= 1).then_some(())
+    });
     // Rank 0, which writes the checkpoint, learns of the signal only through the stop flag in
     // the gradient allreduce.
     let pid = rank_pid(&id, 1).expect("rank 1 of the job is running");

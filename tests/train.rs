@@ -6,11 +6,7 @@ use common::*;
 use std::path::Path;
 
 fn metrics_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Trains the same run on `ranks` ranks (0 = a direct run without mpirun) and returns the
@@ -37,7 +33,8 @@ fn same_model_on_1_2_and_4_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.h5");
     write_classification(&data, 203, 7, 3, 1);
-    let extra = ["--layers", "16:relu,dropout:0.1,8:tanh,3:softmax", "--epochs", "3", "--batch-size", "16", "--seed", "5"];
+    let extra =
+        ["--layers", "16:relu,dropout:0.1,8:tanh,3:softmax", "--epochs", "3", "--batch-size", "16", "--seed", "5"];
     let one = train_params(dir.path(), &data, 0, &extra);
     for ranks in [2, 4] {
         let p = train_params(dir.path(), &data, ranks, &extra);
@@ -52,7 +49,22 @@ fn same_model_on_1_2_and_4_ranks() {
     let y: Vec<f32> = (0..150).map(|r| x[r * 4] - 0.5 * x[r * 4 + 2]).collect();
     file.new_dataset_builder().with_data(&y).create("y").unwrap();
     drop(file);
-    let extra = ["--layers", "8:tanh,1:linear", "--loss", "mse", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05", "--epochs", "4", "--batch-size", "20"];
+    let extra = [
+        "--layers",
+        "8:tanh,1:linear",
+        "--loss",
+        "mse",
+        "--optimizer",
+        "sgd",
+        "--momentum",
+        "0.9",
+        "--lr",
+        "0.05",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "20",
+    ];
     let one = train_params(dir.path(), &reg, 0, &extra);
     let three = train_params(dir.path(), &reg, 3, &extra);
     assert!(max_rel_diff(&one, &three) < 1e-4, "{:e}", max_rel_diff(&one, &three));
@@ -87,7 +99,22 @@ fn digits_reach_97_percent_under_mpirun() {
     let run = mpirun(
         4,
         "nn-train",
-        &["--data", &train, "--val", &test, "--layers", "128:relu,128:relu,10:softmax", "--epochs", "20", "--batch-size", "32", "--metrics", &m, "--checkpoint", &c],
+        &[
+            "--data",
+            &train,
+            "--val",
+            &test,
+            "--layers",
+            "128:relu,128:relu,10:softmax",
+            "--epochs",
+            "20",
+            "--batch-size",
+            "32",
+            "--metrics",
+            &m,
+            "--checkpoint",
+            &c,
+        ],
         300,
     )
     .expect_ok();
@@ -127,13 +154,21 @@ fn each_rank_holds_only_its_slice() {
     write_classification(&data, rows, features, 2, 3);
     let file_mb = (rows * features * 4) as f64 / 1e6;
     let d = data.display().to_string();
-    let run = mpirun(4, "nn-train", &["--data", &d, "--layers", "2:softmax", "--epochs", "1", "--batch-size", "6000", "--threads", "1"], 300)
-        .expect_ok();
+    let run = mpirun(
+        4,
+        "nn-train",
+        &["--data", &d, "--layers", "2:softmax", "--epochs", "1", "--batch-size", "6000", "--threads", "1"],
+        300,
+    )
+    .expect_ok();
     assert!(run.stdout.contains("15000-15000 rows per rank (30.06-30.06 MB each"), "{}", run.stdout);
     let peak = run.stdout.lines().find(|l| l.starts_with("peak memory per rank:")).expect("peak memory line");
     let max_mb: f64 = peak.split(['-', ' ']).filter_map(|t| t.parse().ok()).last().unwrap();
     let slice_mb = file_mb / 4.0;
-    assert!(max_mb < file_mb && max_mb < slice_mb + 50.0, "a rank peaked at {max_mb} MB for a {file_mb} MB file: {peak}");
+    assert!(
+        max_mb < file_mb && max_mb < slice_mb + 50.0,
+        "a rank peaked at {max_mb} MB for a {file_mb} MB file: {peak}"
+    );
 }
 
 /// --overlap on (buckets summed on a background thread while backward runs, each bucket
@@ -146,7 +181,8 @@ fn overlapped_allreduce_gives_the_same_model() {
     write_classification(&data, 120, 20, 3, 4);
     // 20 -> 600 -> 500 -> 3: two buckets (the last two layers, then the first).
     for clip in [None, Some("0.5")] {
-        let mut extra = vec!["--layers", "600:relu,500:relu,3:softmax", "--epochs", "2", "--batch-size", "24", "--seed", "2"];
+        let mut extra =
+            vec!["--layers", "600:relu,500:relu,3:softmax", "--epochs", "2", "--batch-size", "24", "--seed", "2"];
         if let Some(c) = clip {
             extra.extend(["--clip-norm", c]);
         }

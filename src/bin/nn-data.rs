@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use nn_train::tools::datagen::{self, GenSpec, Task};
-use nn_train::io::metrics::thousands;
 use nn_train::io::memory::peak_rss_bytes;
+use nn_train::io::metrics::thousands;
+use nn_train::tools::datagen::{self, GenSpec, Task};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -181,19 +181,34 @@ fn gen(a: GenArgs) -> Result<()> {
     let task = match a.task {
         TaskName::Classify => {
             if a.targets.is_some() {
-                return Err(nn_train::Error::flag("targets", "is for --task regress; classification uses --classes").into());
+                return Err(
+                    nn_train::Error::flag("targets", "is for --task regress; classification uses --classes").into()
+                );
             }
-            let classes = a.classes.ok_or_else(|| nn_train::Error::flag("classes", "is required for --task classify"))?;
+            let classes =
+                a.classes.ok_or_else(|| nn_train::Error::flag("classes", "is required for --task classify"))?;
             Task::Classify { classes }
         }
         TaskName::Regress => {
             if a.classes.is_some() {
-                return Err(nn_train::Error::flag("classes", "is for --task classify; regression uses --targets K (default 1)").into());
+                return Err(nn_train::Error::flag(
+                    "classes",
+                    "is for --task classify; regression uses --targets K (default 1)",
+                )
+                .into());
             }
             Task::Regress { targets: a.targets.unwrap_or(1) }
         }
     };
-    let spec = GenSpec { rows: a.rows, features: a.features, task, seed: a.seed, first_row: a.first_row, noise: a.noise, chunk_rows: a.chunk_rows };
+    let spec = GenSpec {
+        rows: a.rows,
+        features: a.features,
+        task,
+        seed: a.seed,
+        first_row: a.first_row,
+        noise: a.noise,
+        chunk_rows: a.chunk_rows,
+    };
     spec.validate()?;
     let start = Instant::now();
     let bar = indicatif::ProgressBar::new(spec.rows as u64);
@@ -244,13 +259,17 @@ fn import(a: ImportArgs) -> Result<()> {
     use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, LabelTask, Labels, Outputs};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
     let outputs = match a.split {
-        None if a.out_train.is_some() || a.out_test.is_some() => return Err(flag("out-train", "and --out-test are only for --split")),
+        None if a.out_train.is_some() || a.out_test.is_some() => {
+            return Err(flag("out-train", "and --out-test are only for --split"))
+        }
         None => Outputs::One(a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?),
         Some(fraction) => {
             let (train, test) = match (&a.out, &a.out_train, &a.out_test) {
                 (Some(out), None, None) => split_names(out),
                 (None, Some(train), Some(test)) => (train.clone(), test.clone()),
-                (Some(_), _, _) => return Err(flag("out", "give either --out or --out-train and --out-test, not both")),
+                (Some(_), _, _) => {
+                    return Err(flag("out", "give either --out or --out-train and --out-test, not both"))
+                }
                 _ => return Err(flag("out", "is required (or --out-train and --out-test)")),
             };
             Outputs::Split { train, test, fraction, seed: a.seed }
@@ -283,7 +302,8 @@ fn import(a: ImportArgs) -> Result<()> {
     };
     let what = match &table.y {
         Labels::Classes { .. } => {
-            let total: Vec<u64> = (0..written[0].class_counts.len()).map(|i| written.iter().map(|w| w.class_counts[i]).sum()).collect();
+            let total: Vec<u64> =
+                (0..written[0].class_counts.len()).map(|i| written.iter().map(|w| w.class_counts[i]).sum()).collect();
             format!("; {} classes: {}", total.len(), counts(&total))
         }
         Labels::Targets(_) => "; numeric targets".to_string(),
@@ -310,6 +330,13 @@ fn split_names(out: &std::path::Path) -> (PathBuf, PathBuf) {
 
 fn plot(a: PlotArgs) -> Result<()> {
     let epochs = nn_train::tools::plot::plot(&a.metrics, &a.out, a.width, a.height)?;
-    println!("nn-data: plotted {} epochs of {} -> {} ({}x{} PNG)", epochs.len(), a.metrics.display(), a.out.display(), a.width, a.height);
+    println!(
+        "nn-data: plotted {} epochs of {} -> {} ({}x{} PNG)",
+        epochs.len(),
+        a.metrics.display(),
+        a.out.display(),
+        a.width,
+        a.height
+    );
     Ok(())
 }

@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 use clap::Parser;
+use nn_train::data::slice::Source;
 use nn_train::dist::comm::Comm;
 use nn_train::io::console::parse_args;
 use nn_train::train::config::check_output_path;
-use nn_train::data::slice::Source;
 use nn_train::train::predict::{has_targets, write_outputs, Predictor};
 use nn_train::Error;
 use std::path::PathBuf;
@@ -113,7 +113,10 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
             }
             None => {
                 if comm.is_root() {
-                    nn_train::errorln!("nn-predict: --min-accuracy needs targets ('{}') and a classification model", args.y);
+                    nn_train::errorln!(
+                        "nn-predict: --min-accuracy needs targets ('{}') and a classification model",
+                        args.y
+                    );
                 }
                 return Ok(2);
             }

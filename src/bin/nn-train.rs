@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use nn_train::dist::comm::{launch_rank, Comm};
-use nn_train::train::config::TrainArgs;
-use nn_train::io::console::parse_args;
 use nn_train::dist::signals::{self, EXIT_REQUEUE};
+use nn_train::io::console::parse_args;
+use nn_train::train::config::TrainArgs;
 use nn_train::train::trainer::{Outcome, Trainer};
 use nn_train::Error;
 
@@ -83,7 +83,10 @@ fn train(comm: &Comm, cfg: nn_train::train::config::Config) -> Result<i32> {
         }
         Outcome::Interrupted { signal, saved: true, .. } => {
             if root {
-                println!("checkpointed after {}; exit code {EXIT_REQUEUE} (requeue and rerun with --resume to continue)", signals::name(signal));
+                println!(
+                    "checkpointed after {}; exit code {EXIT_REQUEUE} (requeue and rerun with --resume to continue)",
+                    signals::name(signal)
+                );
             }
             EXIT_REQUEUE
         }

@@ -2,9 +2,9 @@
 //! computed from per-rank partial sums added with one allreduce (no rank reads more than
 //! its slice), then applied in place to every slice.
 
-use crate::io::checkpoint::Scaling;
-use crate::dist::comm::Comm;
 use crate::data::slice::Slice;
+use crate::dist::comm::Comm;
+use crate::io::checkpoint::Scaling;
 
 /// Population statistics (as scikit-learn's StandardScaler) of all ranks' slices. The sums
 /// are accumulated in f64, which keeps E[x^2] - E[x]^2 accurate unless a feature's mean is
@@ -29,7 +29,11 @@ pub fn compute(comm: &Comm, slice: &Slice) -> Scaling {
             let var = (sums[d + j] / n - m * m).max(0.0);
             let s = var.sqrt();
             // A constant feature has no spread: leave it centred, unscaled (as scikit-learn).
-            if s > 1e-12 { s as f32 } else { 1.0 }
+            if s > 1e-12 {
+                s as f32
+            } else {
+                1.0
+            }
         })
         .collect();
     Scaling { mean, std }

@@ -109,7 +109,9 @@ fn check_numeric(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<()> {
     let dtype = ds.dtype().and_then(|t| t.to_descriptor());
     match dtype {
         Ok(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_)) => Ok(()),
-        Ok(other) => Err(Error::data(path, format!("dataset '{name}' has element type {other:?}; expected integers or floats"))),
+        Ok(other) => {
+            Err(Error::data(path, format!("dataset '{name}' has element type {other:?}; expected integers or floats")))
+        }
         Err(e) => Err(Error::data(path, format!("dataset '{name}': unreadable element type: {e}"))),
     }
 }
@@ -130,7 +132,12 @@ pub fn inspect(src: &Source) -> Result<Shape> {
     let y_width = match ys.len() {
         1 => None,
         2 => Some(ys[1]),
-        _ => return Err(Error::data(path, format!("dataset '{}' has shape {ys:?}; expected (rows,) or (rows, outputs)", src.y))),
+        _ => {
+            return Err(Error::data(
+                path,
+                format!("dataset '{}' has shape {ys:?}; expected (rows,) or (rows, outputs)", src.y),
+            ))
+        }
     };
     if xs[0] != ys[0] {
         return Err(Error::data(
@@ -177,7 +184,9 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
     let y_ds = open_dataset(&file, path, &src.y, "y")?;
     let (lo, hi) = (part_offset + range.start, part_offset + range.end);
     let features = x_ds.shape()[1];
-    let read_err = |name: &str, e: hdf5::Error| Error::data(path, format!("dataset '{name}': reading rows {lo}..{hi} failed: {e}"));
+    let read_err = |name: &str, e: hdf5::Error| {
+        Error::data(path, format!("dataset '{name}': reading rows {lo}..{hi} failed: {e}"))
+    };
 
     let x: Vec<f32> = x_ds
         .as_reader()
@@ -188,7 +197,13 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(Error::data(
             path,
-            format!("dataset '{}' row {} column {} is {} (features must be finite)", src.x, lo + i / features, i % features, x[i]),
+            format!(
+                "dataset '{}' row {} column {} is {} (features must be finite)",
+                src.x,
+                lo + i / features,
+                i % features,
+                x[i]
+            ),
         ));
     }
 
@@ -204,7 +219,14 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
             let mut labels = Vec::with_capacity(raw.len());
             for (i, &v) in raw.iter().enumerate() {
                 if !(v >= 0.0 && v.fract() == 0.0) {
-                    return Err(Error::data(path, format!("dataset '{}' row {}: label {v} is not a class index (a whole number >= 0)", src.y, lo + i)));
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "dataset '{}' row {}: label {v} is not a class index (a whole number >= 0)",
+                            src.y,
+                            lo + i
+                        ),
+                    ));
                 }
                 if v >= classes as f64 {
                     return Err(Error::data(
@@ -218,12 +240,23 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
         }
         TargetKind::Values { width } => {
             let values: Vec<f32> = if y_ds.ndim() == 1 {
-                y_ds.as_reader().read_slice_1d::<f32, _>(s![lo..hi]).map_err(|e| read_err(&src.y, e))?.into_raw_vec_and_offset().0
+                y_ds.as_reader()
+                    .read_slice_1d::<f32, _>(s![lo..hi])
+                    .map_err(|e| read_err(&src.y, e))?
+                    .into_raw_vec_and_offset()
+                    .0
             } else {
-                y_ds.as_reader().read_slice_2d::<f32, _>(s![lo..hi, ..]).map_err(|e| read_err(&src.y, e))?.into_raw_vec_and_offset().0
+                y_ds.as_reader()
+                    .read_slice_2d::<f32, _>(s![lo..hi, ..])
+                    .map_err(|e| read_err(&src.y, e))?
+                    .into_raw_vec_and_offset()
+                    .0
             };
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::data(path, format!("dataset '{}' row {} is {} (targets must be finite)", src.y, lo + i / width, values[i])));
+                return Err(Error::data(
+                    path,
+                    format!("dataset '{}' row {} is {} (targets must be finite)", src.y, lo + i / width, values[i]),
+                ));
             }
             (TargetStore::Values(values), width)
         }
@@ -240,13 +273,31 @@ pub fn read_x_rows(src: &Source, range: Range<usize>) -> Result<Slice> {
     let x: Vec<f32> = x_ds
         .as_reader()
         .read_slice_2d::<f32, _>(s![range.start..range.end, ..])
-        .map_err(|e| Error::data(path, format!("dataset '{}': reading rows {}..{} failed: {e}", src.x, range.start, range.end)))?
+        .map_err(|e| {
+            Error::data(path, format!("dataset '{}': reading rows {}..{} failed: {e}", src.x, range.start, range.end))
+        })?
         .into_raw_vec_and_offset()
         .0;
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::data(path, format!("dataset '{}' row {} column {} is {} (features must be finite)", src.x, range.start + i / features, i % features, x[i])));
+        return Err(Error::data(
+            path,
+            format!(
+                "dataset '{}' row {} column {} is {} (features must be finite)",
+                src.x,
+                range.start + i / features,
+                i % features,
+                x[i]
+            ),
+        ));
     }
-    Ok(Slice { first_row: range.start, rows: range.len(), features, x, targets: TargetStore::Values(Vec::new()), target_width: 0 })
+    Ok(Slice {
+        first_row: range.start,
+        rows: range.len(),
+        features,
+        x,
+        targets: TargetStore::Values(Vec::new()),
+        target_width: 0,
+    })
 }
 
 #[cfg(test)]

@@ -151,7 +151,6 @@ impl Comm {
         }
         out
     }
-
 }
 
 /// An MPI communicator handle that may move to another thread. MPI handles are plain values;
@@ -210,7 +209,12 @@ impl GradientReducer {
     /// `send` and `recv` must stay allocated, unmoved, for the reducer's whole life; between
     /// `ready(b)` and `wait(b)` the caller must not write `send[ranges[b]]` nor touch
     /// `recv[ranges[b]]`.
-    pub unsafe fn new(comm: &Comm, send: &[f32], recv: &mut [f32], ranges: Vec<Range<usize>>) -> Option<GradientReducer> {
+    pub unsafe fn new(
+        comm: &Comm,
+        send: &[f32],
+        recv: &mut [f32],
+        ranges: Vec<Range<usize>>,
+    ) -> Option<GradientReducer> {
         if !comm.threads_ok || ranges.iter().any(|r| r.end > send.len() || r.end > recv.len()) {
             return None;
         }
@@ -230,7 +234,8 @@ impl GradientReducer {
             owner: std::thread::current(),
         });
         let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new().name("nn-train-allreduce".into()).spawn(move || reduce_loop(&worker)).ok()?;
+        let thread =
+            std::thread::Builder::new().name("nn-train-allreduce".into()).spawn(move || reduce_loop(&worker)).ok()?;
         Some(GradientReducer { shared, thread: Some(thread), base: 0 })
     }
 
@@ -369,7 +374,8 @@ impl SharedSum {
         let mut size: ffi::MPI_Aint = 0;
         let mut unit: std::os::raw::c_int = 0;
         // SAFETY: asks where rank 0's part is mapped in this process.
-        let rc = unsafe { ffi::MPI_Win_shared_query(win, 0, &mut size, &mut unit, (&mut base as *mut *mut f32).cast()) };
+        let rc =
+            unsafe { ffi::MPI_Win_shared_query(win, 0, &mut size, &mut unit, (&mut base as *mut *mut f32).cast()) };
         if rc != 0 || (size as usize) < (ranks + 1) * len * 4 {
             return None;
         }
@@ -401,8 +407,10 @@ impl SharedSum {
         let chunk = crate::data::slice::slice_range(self.len, self.ranks, self.rank);
         // SAFETY: chunk r of the result is written only by rank r, here; the inputs are only
         // read until the next fence.
-        let out = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.len + chunk.start), chunk.len()) };
-        let input = |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.len + chunk.start), chunk.len()) };
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.len + chunk.start), chunk.len()) };
+        let input =
+            |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.len + chunk.start), chunk.len()) };
         // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
         crate::engine::kernels::add_into(out, input(0), input(1));
         for q in 2..self.ranks {

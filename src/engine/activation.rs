@@ -94,13 +94,8 @@ fn softmax_row(z: &mut [f32]) {
 mod tests {
     use super::*;
 
-    const ALL: [Activation; 5] = [
-        Activation::Relu,
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Softmax,
-        Activation::Linear,
-    ];
+    const ALL: [Activation; 5] =
+        [Activation::Relu, Activation::Tanh, Activation::Sigmoid, Activation::Softmax, Activation::Linear];
 
     /// Finite-difference check of every activation's backward pass: L = sum(w * f(z)) for
     /// fixed random weights w, so dL/dy = w and dL/dz must match central differences.

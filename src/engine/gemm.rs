@@ -18,8 +18,7 @@ impl<'a> Mat<'a> {
     }
 
     fn view(&self, transpose: bool) -> ArrayView2<'a, f32> {
-        let v = ArrayView2::from_shape((self.rows, self.cols), self.data)
-            .expect("Mat::new checked the length");
+        let v = ArrayView2::from_shape((self.rows, self.cols), self.data).expect("Mat::new checked the length");
         if transpose {
             v.reversed_axes()
         } else {

@@ -26,9 +26,7 @@ pub enum Loss {
 impl Loss {
     pub fn parse(name: &str) -> Result<Loss> {
         Ok(match name {
-            "crossentropy" | "categorical-crossentropy" | "sparse-categorical-crossentropy" => {
-                Loss::Crossentropy
-            }
+            "crossentropy" | "categorical-crossentropy" | "sparse-categorical-crossentropy" => Loss::Crossentropy,
             "binary-crossentropy" => Loss::BinaryCrossentropy,
             "mse" => Loss::Mse,
             _ => {

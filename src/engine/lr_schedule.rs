@@ -13,9 +13,15 @@ use crate::{Error, Result};
 pub enum Decay {
     Constant,
     /// Multiply by `factor` every `every` epochs.
-    Step { every: f64, factor: f64 },
+    Step {
+        every: f64,
+        factor: f64,
+    },
     /// Cosine from the base rate to `min` over `epochs` epochs.
-    Cosine { epochs: f64, min: f64 },
+    Cosine {
+        epochs: f64,
+        min: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -50,7 +56,10 @@ impl LrSchedule {
             "constant" => Ok("constant"),
             "step" => Ok("step"),
             "cosine" => Ok("cosine"),
-            _ => Err(Error::flag("lr-schedule", format!("unknown schedule '{name}' (expected constant, step or cosine)"))),
+            _ => Err(Error::flag(
+                "lr-schedule",
+                format!("unknown schedule '{name}' (expected constant, step or cosine)"),
+            )),
         }
     }
 }

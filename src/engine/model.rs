@@ -38,7 +38,12 @@ impl LayerSpec {
     /// Keras `Dense(32)`.
     pub fn parse_list(text: &str) -> Result<Vec<LayerSpec>> {
         let bad = |entry: &str, why: &str| {
-            Error::flag("layers", format!("'{entry}' in '{text}': {why} (expected UNITS:ACTIVATION or dropout:RATE, e.g. 64:relu,10:softmax)"))
+            Error::flag(
+                "layers",
+                format!(
+                    "'{entry}' in '{text}': {why} (expected UNITS:ACTIVATION or dropout:RATE, e.g. 64:relu,10:softmax)"
+                ),
+            )
         };
         let mut specs = Vec::new();
         for entry in text.split(',').map(str::trim) {
@@ -50,17 +55,14 @@ impl LayerSpec {
                 None => (entry, None),
             };
             if head == "dropout" {
-                let rate: f32 = tail
-                    .and_then(|t| t.parse().ok())
-                    .ok_or_else(|| bad(entry, "dropout needs a rate"))?;
+                let rate: f32 = tail.and_then(|t| t.parse().ok()).ok_or_else(|| bad(entry, "dropout needs a rate"))?;
                 if !(0.0..1.0).contains(&rate) {
                     return Err(bad(entry, "dropout rate must be in [0, 1)"));
                 }
                 specs.push(LayerSpec::Dropout { rate });
                 continue;
             }
-            let units: usize =
-                head.parse().map_err(|_| bad(entry, &format!("'{head}' is not a layer width")))?;
+            let units: usize = head.parse().map_err(|_| bad(entry, &format!("'{head}' is not a layer width")))?;
             if units == 0 {
                 return Err(bad(entry, "a layer needs at least one unit"));
             }
@@ -181,9 +183,7 @@ impl Model {
         let mut s = self.in_dim.to_string();
         for l in &self.layers {
             match l.kind {
-                LayerKind::Dense { activation, .. } => {
-                    s += &format!(" -> {} {}", l.out_dim, activation.name())
-                }
+                LayerKind::Dense { activation, .. } => s += &format!(" -> {} {}", l.out_dim, activation.name()),
                 LayerKind::Dropout { rate } => s += &format!(" -> dropout {rate}"),
             }
         }

@@ -113,9 +113,16 @@ impl Optimizer {
                 // Keras 3 Adam: alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
                 // m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); p -= alpha m / (sqrt(v) + eps).
                 let t = self.t as f64;
-                let alpha = (lr as f64 * (1.0 - (s.beta2 as f64).powf(t)).sqrt()
-                    / (1.0 - (s.beta1 as f64).powf(t))) as f32;
-                Update::Adam(AdamStep { scale, alpha, one_minus_b1: 1.0 - s.beta1, one_minus_b2: 1.0 - s.beta2, eps: s.epsilon, decay })
+                let alpha =
+                    (lr as f64 * (1.0 - (s.beta2 as f64).powf(t)).sqrt() / (1.0 - (s.beta1 as f64).powf(t))) as f32;
+                Update::Adam(AdamStep {
+                    scale,
+                    alpha,
+                    one_minus_b1: 1.0 - s.beta1,
+                    one_minus_b2: 1.0 - s.beta2,
+                    eps: s.epsilon,
+                    decay,
+                })
             }
             OptimizerKind::Sgd => Update::Sgd(SgdStep { scale, lr, momentum: s.momentum, nesterov: s.nesterov, decay }),
         };

@@ -25,10 +25,10 @@
 //! temporary name in the same folder, flushed to disk, then renamed over the old file, so a
 //! crash at any moment leaves the previous checkpoint whole.
 
-use crate::train::config::Config;
-use crate::io::metrics::{EpochRecord, Profile};
 use crate::engine::model::Model;
 use crate::engine::optim::OptimizerKind;
+use crate::io::metrics::{EpochRecord, Profile};
+use crate::train::config::Config;
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
@@ -145,7 +145,10 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
     let file = hdf5::File::create(tmp).map_err(h5err(path, "create"))?;
     {
         let attr_str = |loc: &hdf5::Location, name: &str, value: &str| -> Result<()> {
-            loc.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&string(value))).map_err(h5err(path, name))
+            loc.new_attr::<VarLenUnicode>()
+                .create(name)
+                .and_then(|a| a.write_scalar(&string(value)))
+                .map_err(h5err(path, name))
         };
         macro_rules! attr {
             ($loc:expr, $name:expr, $ty:ty, $v:expr) => {
@@ -163,7 +166,8 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         let write_layers = |group: &hdf5::Group, buf: &[f32]| -> Result<()> {
             for (i, (_, layer, kernel, bias)) in model.dense_layers().enumerate() {
                 let g = group.create_group(&format!("layer_{i}")).map_err(h5err(path, "layer group"))?;
-                let k = ndarray::ArrayView2::from_shape((layer.in_dim, layer.out_dim), &buf[kernel.range()]).expect("span shape");
+                let k = ndarray::ArrayView2::from_shape((layer.in_dim, layer.out_dim), &buf[kernel.range()])
+                    .expect("span shape");
                 g.new_dataset_builder().with_data(&k).create("kernel").map_err(h5err(path, "kernel"))?;
                 g.new_dataset_builder().with_data(&buf[bias.range()]).create("bias").map_err(h5err(path, "bias"))?;
             }
@@ -235,7 +239,10 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
             attr!(g, "best_epoch", u64, e.best_epoch as u64);
             attr!(g, "wait", u64, e.wait as u64);
             attr!(g, "stopped", u8, e.stopped as u8);
-            g.new_dataset_builder().with_data(e.best_params.as_slice()).create("params").map_err(h5err(path, "best params"))?;
+            g.new_dataset_builder()
+                .with_data(e.best_params.as_slice())
+                .create("params")
+                .map_err(h5err(path, "best params"))?;
         }
         file.flush().map_err(h5err(path, "flush"))?;
     }
@@ -275,16 +282,26 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let file = hdf5::File::open(path)
         .map_err(|e| Error::checkpoint(path, format!("cannot open as HDF5 (truncated or not an HDF5 file?): {e}")))?;
     let bad = |what: &str| Error::checkpoint(path, format!("not a complete nn-train checkpoint: {what}"));
-    let format = file.attr("format").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no 'format' attribute"))?;
+    let format =
+        file.attr("format").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no 'format' attribute"))?;
     if format.as_str() != FORMAT {
         return Err(bad(&format!("format is '{}', expected '{FORMAT}'", format.as_str())));
     }
-    let version: u32 = file.attr("format_version").and_then(|a| a.read_scalar()).map_err(|_| bad("no format_version"))?;
+    let version: u32 =
+        file.attr("format_version").and_then(|a| a.read_scalar()).map_err(|_| bad("no format_version"))?;
     if version != FORMAT_VERSION {
-        return Err(Error::checkpoint(path, format!("format_version {version} is not supported (this nn-train reads {FORMAT_VERSION})")));
+        return Err(Error::checkpoint(
+            path,
+            format!("format_version {version} is not supported (this nn-train reads {FORMAT_VERSION})"),
+        ));
     }
-    let config_json = file.dataset("config").and_then(|d| d.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no /config"))?.to_string();
-    let config: Config = serde_json::from_str(&config_json).map_err(|e| bad(&format!("/config is not a valid configuration: {e}")))?;
+    let config_json = file
+        .dataset("config")
+        .and_then(|d| d.read_scalar::<VarLenUnicode>())
+        .map_err(|_| bad("no /config"))?
+        .to_string();
+    let config: Config =
+        serde_json::from_str(&config_json).map_err(|e| bad(&format!("/config is not a valid configuration: {e}")))?;
 
     let u64_attr = |loc: &hdf5::Location, name: &str| -> Result<u64> {
         loc.attr(name).and_then(|a| a.read_scalar::<u64>()).map_err(|_| bad(&format!("missing attribute {name}")))
@@ -315,11 +332,16 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let read_layers = |group: &str| -> Result<Vec<f32>> {
         let mut buf = vec![0.0f32; model.n_params];
         for (i, (_, layer, kernel, bias)) in model.dense_layers().enumerate() {
-            for (name, span, want) in [("kernel", kernel, vec![layer.in_dim, layer.out_dim]), ("bias", bias, vec![layer.out_dim])] {
+            for (name, span, want) in
+                [("kernel", kernel, vec![layer.in_dim, layer.out_dim]), ("bias", bias, vec![layer.out_dim])]
+            {
                 let ds_path = format!("{group}/layer_{i}/{name}");
                 let ds = file.dataset(&ds_path).map_err(|_| bad(&format!("no /{ds_path}")))?;
                 if ds.shape() != want {
-                    return Err(bad(&format!("/{ds_path} has shape {:?}, the stored config implies {want:?}", ds.shape())));
+                    return Err(bad(&format!(
+                        "/{ds_path} has shape {:?}, the stored config implies {want:?}",
+                        ds.shape()
+                    )));
                 }
                 let values: Vec<f32> = ds.read_raw().map_err(|e| bad(&format!("/{ds_path}: {e}")))?;
                 buf[span.range()].copy_from_slice(&values);
@@ -329,18 +351,23 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     };
     let params = read_layers("model")?;
     let opt = file.group("optimizer").map_err(|_| bad("no /optimizer"))?;
-    let kind_name = opt.attr("kind").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no optimizer kind"))?;
+    let kind_name =
+        opt.attr("kind").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no optimizer kind"))?;
     let optimizer_kind = OptimizerKind::parse(kind_name.as_str()).map_err(|_| bad("unknown optimizer kind"))?;
     let t = u64_attr(&opt, "step")?;
     let m = read_layers("optimizer/m")?;
     let v = if optimizer_kind == OptimizerKind::Adam { read_layers("optimizer/v")? } else { Vec::new() };
 
     let hist = file.group("history").map_err(|_| bad("no /history"))?;
-    let col = |name: &str| -> Result<Vec<f64>> { hist.dataset(name).and_then(|d| d.read_raw()).map_err(|_| bad(&format!("no /history/{name}"))) };
+    let col = |name: &str| -> Result<Vec<f64>> {
+        hist.dataset(name).and_then(|d| d.read_raw()).map_err(|_| bad(&format!("no /history/{name}")))
+    };
     let some = |v: f64| if v.is_nan() { None } else { Some(v) };
-    let (epochs, loss, acc, vl, va) = (col("epoch")?, col("loss")?, col("accuracy")?, col("val_loss")?, col("val_accuracy")?);
+    let (epochs, loss, acc, vl, va) =
+        (col("epoch")?, col("loss")?, col("accuracy")?, col("val_loss")?, col("val_accuracy")?);
     let (sps, es, ranks, lr) = (col("samples_per_s")?, col("epoch_s")?, col("ranks")?, col("lr")?);
-    let (ds, fs, bs, ars, os) = (col("data_s")?, col("forward_s")?, col("backward_s")?, col("allreduce_s")?, col("optimizer_s")?);
+    let (ds, fs, bs, ars, os) =
+        (col("data_s")?, col("forward_s")?, col("backward_s")?, col("allreduce_s")?, col("optimizer_s")?);
     let cs = col("comm_s")?;
     let history = (0..epochs.len())
         .map(|i| EpochRecord {
@@ -353,7 +380,14 @@ pub fn load(path: &Path) -> Result<Snapshot> {
             epoch_s: es[i],
             ranks: ranks[i] as usize,
             lr: lr[i],
-            profile: Profile { data_s: ds[i], forward_s: fs[i], backward_s: bs[i], allreduce_s: ars[i], optimizer_s: os[i], comm_s: cs[i] },
+            profile: Profile {
+                data_s: ds[i],
+                forward_s: fs[i],
+                backward_s: bs[i],
+                allreduce_s: ars[i],
+                optimizer_s: os[i],
+                comm_s: cs[i],
+            },
             rss_mb: Vec::new(),
             peak_rss_mb: Vec::new(),
         })
@@ -371,12 +405,33 @@ pub fn load(path: &Path) -> Result<Snapshot> {
             best_val_loss: f64_attr(&g, "best_val_loss")?,
             best_epoch: u64_attr(&g, "best_epoch")? as usize,
             wait: u64_attr(&g, "wait")? as usize,
-            best_params: g.dataset("params").and_then(|d| d.read_raw()).map_err(|_| bad("no /early_stopping/params"))?,
-            stopped: g.attr("stopped").and_then(|a| a.read_scalar::<u8>()).map_err(|_| bad("missing attribute stopped"))? != 0,
+            best_params: g
+                .dataset("params")
+                .and_then(|d| d.read_raw())
+                .map_err(|_| bad("no /early_stopping/params"))?,
+            stopped: g
+                .attr("stopped")
+                .and_then(|a| a.read_scalar::<u8>())
+                .map_err(|_| bad("missing attribute stopped"))?
+                != 0,
         }),
         Err(_) => None,
     };
-    Ok(Snapshot { config, config_json, world_size, in_dim, params, optimizer_kind, m, v, t, position, history, scaling, early })
+    Ok(Snapshot {
+        config,
+        config_json,
+        world_size,
+        in_dim,
+        params,
+        optimizer_kind,
+        m,
+        v,
+        t,
+        position,
+        history,
+        scaling,
+        early,
+    })
 }
 
 /// Checks that a checkpoint's network is the one this run builds.

@@ -34,7 +34,10 @@ pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, i32> {
                 Err(0)
             } else {
                 if first {
-                    write_stderr_line(&format!("{program}: error: {} (see {program} --help)", crate::train::config::clap_one_line(&e)));
+                    write_stderr_line(&format!(
+                        "{program}: error: {} (see {program} --help)",
+                        crate::train::config::clap_one_line(&e)
+                    ));
                 }
                 Err(2)
             }

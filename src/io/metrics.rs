@@ -71,7 +71,15 @@ impl EpochRecord {
         let p = &self.profile;
         let total = p.data_s + p.forward_s + p.backward_s + p.allreduce_s + p.optimizer_s;
         let pct = |v: f64| if total > 0.0 { 100.0 * v / total } else { 0.0 };
-        let hidden = if p.comm_s > 0.0 { format!(", {:.0}% of {:.3} s allreduce hidden behind backward", 100.0 * (1.0 - p.allreduce_s / p.comm_s).max(0.0), p.comm_s) } else { String::new() };
+        let hidden = if p.comm_s > 0.0 {
+            format!(
+                ", {:.0}% of {:.3} s allreduce hidden behind backward",
+                100.0 * (1.0 - p.allreduce_s / p.comm_s).max(0.0),
+                p.comm_s
+            )
+        } else {
+            String::new()
+        };
         format!(
             "  profile: data {:.1}%  forward {:.1}%  backward {:.1}%  allreduce wait {:.1}%  optimizer {:.1}%  ({:.3} s in steps{hidden})",
             pct(p.data_s), pct(p.forward_s), pct(p.backward_s), pct(p.allreduce_s), pct(p.optimizer_s), total
@@ -102,7 +110,8 @@ impl MetricsFile {
     /// Creates (truncates) the file and writes `history` (the epochs of a resumed run), so the
     /// file always matches the checkpoint it continues from.
     pub fn create(path: &Path, history: &[EpochRecord]) -> Result<MetricsFile> {
-        let file = std::fs::File::create(path).map_err(|e| Error::output(path, format!("cannot create metrics file: {e}")))?;
+        let file =
+            std::fs::File::create(path).map_err(|e| Error::output(path, format!("cannot create metrics file: {e}")))?;
         let mut m = MetricsFile { path: path.to_path_buf(), file };
         for r in history {
             m.append(r)?;

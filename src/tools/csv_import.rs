@@ -116,20 +116,30 @@ pub fn read_csv(spec: &ImportSpec) -> Result<Table> {
         }
         let line = record.position().map_or(0, |p| p.line());
         if record.len() != header.len() {
-            return Err(Error::line(path, line, format!("{} fields, expected {} as in the header", record.len(), header.len())));
+            return Err(Error::line(
+                path,
+                line,
+                format!("{} fields, expected {} as in the header", record.len(), header.len()),
+            ));
         }
         for (j, field) in record.iter().enumerate() {
             match columns.role[j] {
-                Role::Feature => x.push(parse_number(field).map_err(|m| Error::line(path, line, format!("column '{}': {m}", header[j])))?),
+                Role::Feature => x.push(
+                    parse_number(field).map_err(|m| Error::line(path, line, format!("column '{}': {m}", header[j])))?,
+                ),
                 Role::Label => {
                     if field.is_empty() {
                         return Err(Error::line(path, line, format!("column '{}': empty label", header[j])));
                     }
                     match spec.task {
                         LabelTask::Classify => raw_labels.push(field.to_string()),
-                        LabelTask::Regress => targets.push(
-                            parse_number(field).map_err(|m| Error::line(path, line, format!("column '{}': {m} (--task regress needs numeric targets)", header[j])))?,
-                        ),
+                        LabelTask::Regress => targets.push(parse_number(field).map_err(|m| {
+                            Error::line(
+                                path,
+                                line,
+                                format!("column '{}': {m} (--task regress needs numeric targets)", header[j]),
+                            )
+                        })?),
                     }
                 }
                 Role::Dropped => {}
@@ -180,14 +190,24 @@ impl Columns {
         }
         let list = || {
             let names = header.iter().map(|h| format!("'{h}'")).collect::<Vec<_>>();
-            if names.len() > 12 { format!("{}, ... ({} columns)", names[..10].join(", "), names.len()) } else { names.join(", ") }
+            if names.len() > 12 {
+                format!("{}, ... ({} columns)", names[..10].join(", "), names.len())
+            } else {
+                names.join(", ")
+            }
         };
         if !seen.contains(spec.label.as_str()) {
-            return Err(Error::flag("label", format!("no column '{}' in {} (columns: {})", spec.label, path.display(), list())));
+            return Err(Error::flag(
+                "label",
+                format!("no column '{}' in {} (columns: {})", spec.label, path.display(), list()),
+            ));
         }
         for d in &spec.drop {
             if !seen.contains(d.as_str()) {
-                return Err(Error::flag("drop", format!("no column '{d}' in {} (columns: {})", path.display(), list())));
+                return Err(Error::flag(
+                    "drop",
+                    format!("no column '{d}' in {} (columns: {})", path.display(), list()),
+                ));
             }
             if *d == spec.label {
                 return Err(Error::flag("drop", format!("'{d}' is the --label column")));
@@ -205,9 +225,13 @@ impl Columns {
                 }
             })
             .collect();
-        let features: Vec<String> = header.iter().zip(&role).filter(|(_, r)| **r == Role::Feature).map(|(h, _)| h.clone()).collect();
+        let features: Vec<String> =
+            header.iter().zip(&role).filter(|(_, r)| **r == Role::Feature).map(|(h, _)| h.clone()).collect();
         if features.is_empty() {
-            return Err(Error::data(path, "no feature columns: every column but the label was dropped or is the label"));
+            return Err(Error::data(
+                path,
+                "no feature columns: every column but the label was dropped or is the label",
+            ));
         }
         Ok(Columns { role, features })
     }
@@ -236,7 +260,11 @@ fn classes(path: &Path, column: &str, raw: &[String], lines: &[u64], fixed: Opti
         let mut y = Vec::with_capacity(raw.len());
         for (l, &line) in raw.iter().zip(lines) {
             let i = index.get(l.as_str()).ok_or_else(|| {
-                Error::line(path, line, format!("column '{column}': label '{l}' is not one of --label-names ({})", names.join(",")))
+                Error::line(
+                    path,
+                    line,
+                    format!("column '{column}': label '{l}' is not one of --label-names ({})", names.join(",")),
+                )
             })?;
             y.push(*i);
         }
@@ -249,7 +277,10 @@ fn classes(path: &Path, column: &str, raw: &[String], lines: &[u64], fixed: Opti
                 return Err(Error::line(
                     path,
                     lines[i],
-                    format!("column '{column}': label '{}' is not a whole number (use --task regress for numeric targets)", raw[i]),
+                    format!(
+                        "column '{column}': label '{}' is not a whole number (use --task regress for numeric targets)",
+                        raw[i]
+                    ),
                 ));
             }
             if values.iter().all(|&v| v >= 0.0) {
@@ -291,7 +322,8 @@ fn csv_error(path: &Path, e: &csv::Error) -> Error {
 /// class for labels). Nothing is written unless every row is good.
 pub fn import(spec: &ImportSpec, outputs: &Outputs, names: &DatasetNames) -> Result<(Table, Vec<Written>)> {
     let table = read_csv(spec)?;
-    let source = spec.csv.file_name().map_or_else(|| spec.csv.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let source =
+        spec.csv.file_name().map_or_else(|| spec.csv.display().to_string(), |n| n.to_string_lossy().into_owned());
     let base = format!("nn-data import {source} --label {}", spec.label);
     let written = match outputs {
         Outputs::One(path) => {
@@ -308,8 +340,22 @@ pub fn import(spec: &ImportSpec, outputs: &Outputs, names: &DatasetNames) -> Res
             };
             let how = if matches!(table.y, Labels::Classes { .. }) { "stratified" } else { "random" };
             let (train_file, test_file) = (PendingFile::new(train)?, PendingFile::new(test)?);
-            let w_train = write(&table, &train_rows, &train_file, names, &base, &format!("train part of a {how} split, --split {fraction} --seed {seed}"))?;
-            let w_test = write(&table, &test_rows, &test_file, names, &base, &format!("test part of a {how} split, --split {fraction} --seed {seed}"))?;
+            let w_train = write(
+                &table,
+                &train_rows,
+                &train_file,
+                names,
+                &base,
+                &format!("train part of a {how} split, --split {fraction} --seed {seed}"),
+            )?;
+            let w_test = write(
+                &table,
+                &test_rows,
+                &test_file,
+                names,
+                &base,
+                &format!("test part of a {how} split, --split {fraction} --seed {seed}"),
+            )?;
             train_file.commit()?;
             test_file.commit()?;
             vec![w_train, w_test]
@@ -319,7 +365,14 @@ pub fn import(spec: &ImportSpec, outputs: &Outputs, names: &DatasetNames) -> Res
 }
 
 /// Writes `rows` of `table` (in that order) to `file`'s temporary path.
-fn write(table: &Table, rows: &[usize], file: &PendingFile, names: &DatasetNames, source: &str, split: &str) -> Result<Written> {
+fn write(
+    table: &Table,
+    rows: &[usize],
+    file: &PendingFile,
+    names: &DatasetNames,
+    source: &str,
+    split: &str,
+) -> Result<Written> {
     let err = |e: hdf5::Error| Error::output(&file.dest, format!("cannot write: {e}"));
     let d = table.features();
     let mut x = Vec::with_capacity(rows.len() * d);
@@ -383,7 +436,10 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let lines = [2, 3, 4, 5];
         // Whole numbers >= 0: kept.
-        assert_eq!(classes(p, "y", &s(&["3", "0", "3", "1.0"]), &lines, None).unwrap(), Labels::Classes { y: vec![3, 0, 3, 1], names: None });
+        assert_eq!(
+            classes(p, "y", &s(&["3", "0", "3", "1.0"]), &lines, None).unwrap(),
+            Labels::Classes { y: vec![3, 0, 3, 1], names: None }
+        );
         // Names: sorted.
         assert_eq!(
             classes(p, "y", &s(&["malignant", "benign", "benign", "malignant"]), &lines, None).unwrap(),
@@ -399,7 +455,13 @@ mod tests {
         assert!(e.starts_with("t.csv line 3: column 'y': label '2.5'"), "{e}");
         // Fixed names.
         let fixed = s(&["b", "a"]);
-        assert_eq!(classes(p, "y", &s(&["a", "b", "a", "a"]), &lines, Some(&fixed)).unwrap(), Labels::Classes { y: vec![1, 0, 1, 1], names: Some(fixed.clone()) });
-        assert!(classes(p, "y", &s(&["a", "c", "a", "a"]), &lines, Some(&fixed)).unwrap_err().to_string().contains("line 3"));
+        assert_eq!(
+            classes(p, "y", &s(&["a", "b", "a", "a"]), &lines, Some(&fixed)).unwrap(),
+            Labels::Classes { y: vec![1, 0, 1, 1], names: Some(fixed.clone()) }
+        );
+        assert!(classes(p, "y", &s(&["a", "c", "a", "a"]), &lines, Some(&fixed))
+            .unwrap_err()
+            .to_string()
+            .contains("line 3"));
     }
 }

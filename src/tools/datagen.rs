@@ -17,8 +17,8 @@
 //! The file is written chunk by chunk (hyperslab writes into datasets created at full
 //! size), so memory is bounded by one chunk whatever N is.
 
-use crate::io::output_file::PendingFile;
 use crate::engine::rng::{self, hash, mix};
+use crate::io::output_file::PendingFile;
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use ndarray::{s, ArrayView1, ArrayView2};
@@ -35,9 +35,13 @@ const CHUNK_BYTES: usize = 16 << 20;
 /// What the targets are.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Task {
-    Classify { classes: usize },
+    Classify {
+        classes: usize,
+    },
     /// `targets` outputs per row: y is (N,) for 1, (N, targets) otherwise.
-    Regress { targets: usize },
+    Regress {
+        targets: usize,
+    },
 }
 
 impl Task {
@@ -75,7 +79,9 @@ impl GenSpec {
             return Err(Error::flag("features", "must be at least 1"));
         }
         match self.task {
-            Task::Classify { classes } if classes < 2 => return Err(Error::flag("classes", format!("must be at least 2, got {classes}"))),
+            Task::Classify { classes } if classes < 2 => {
+                return Err(Error::flag("classes", format!("must be at least 2, got {classes}")))
+            }
             Task::Regress { targets: 0 } => return Err(Error::flag("targets", "must be at least 1")),
             _ => {}
         }
@@ -140,7 +146,8 @@ impl Teacher {
     fn new(spec: &GenSpec) -> Teacher {
         let (d, k, h) = (spec.features, spec.task.outputs(), TEACHER_HIDDEN);
         let mut r = rng::stream(spec.seed, &[rng::GEN_TEACHER]);
-        let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| (r.random::<f32>() * 2.0 - 1.0) * 3f32.sqrt()).collect() };
+        let mut uniform =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| (r.random::<f32>() * 2.0 - 1.0) * 3f32.sqrt()).collect() };
         let w1 = uniform(h * d);
         let w2 = uniform(k * h);
         let mut t = Teacher { features: d, w1, w2, mean: vec![0.0; k], scale: vec![1.0; k], bias: vec![0.0; k] };
@@ -277,7 +284,8 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
     let file = hdf5::File::create(tmp).map_err(err)?;
     // Contiguous layout (readers take row ranges) and no fill values: every byte is written
     // once, by the chunk loop below.
-    let x_ds = file.new_dataset::<f32>().shape((n, d)).fill_time(hdf5::dataset::FillTime::Never).create("x").map_err(err)?;
+    let x_ds =
+        file.new_dataset::<f32>().shape((n, d)).fill_time(hdf5::dataset::FillTime::Never).create("x").map_err(err)?;
     let y_ds = match spec.task {
         Task::Classify { .. } => file.new_dataset::<i64>().shape(n),
         Task::Regress { targets: 1 } => file.new_dataset::<f32>().shape(n),
@@ -331,7 +339,9 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
         x_ds.write_slice(&xv, s![start..start + rows, ..]).map_err(err)?;
         match spec.task {
             Task::Classify { .. } => y_ds.write_slice(ArrayView1::from(&labels[..rows]), s![start..start + rows]),
-            Task::Regress { targets: 1 } => y_ds.write_slice(ArrayView1::from(&targets[..rows]), s![start..start + rows]),
+            Task::Regress { targets: 1 } => {
+                y_ds.write_slice(ArrayView1::from(&targets[..rows]), s![start..start + rows])
+            }
             Task::Regress { .. } => {
                 let tv = ArrayView2::from_shape((rows, k), &targets[..rows * k]).expect("chunk shape");
                 y_ds.write_slice(&tv, s![start..start + rows, ..])
@@ -351,7 +361,11 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
         Task::Regress { .. } => {
             let count = (n * k) as f64;
             let mean = sum / count;
-            GenSummary { label_agreement: None, class_counts: Vec::new(), y_variance: Some((sum_sq / count - mean * mean).max(0.0)) }
+            GenSummary {
+                label_agreement: None,
+                class_counts: Vec::new(),
+                y_variance: Some((sum_sq / count - mean * mean).max(0.0)),
+            }
         }
     };
     file.close().map_err(err)?;

@@ -83,7 +83,12 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
         })
         .collect();
 
-    let numeric = |d: &hdf5::Dataset| matches!(descriptor(d), Some(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_)));
+    let numeric = |d: &hdf5::Dataset| {
+        matches!(
+            descriptor(d),
+            Some(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_))
+        )
+    };
     let mut x = None;
     let mut feature_names = None;
     if let Ok(ds) = file.dataset(x_name) {
@@ -100,7 +105,17 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
         }
     }
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    Ok(Report { path: path.to_path_buf(), bytes, attrs, datasets, x_name: x_name.to_string(), y_name: y_name.to_string(), x, feature_names, y })
+    Ok(Report {
+        path: path.to_path_buf(),
+        bytes,
+        attrs,
+        datasets,
+        x_name: x_name.to_string(),
+        y_name: y_name.to_string(),
+        x,
+        feature_names,
+        y,
+    })
 }
 
 fn walk(group: &hdf5::Group, out: &mut Vec<DatasetInfo>) -> hdf5::Result<()> {
@@ -126,7 +141,11 @@ fn chunk_rows(width: usize) -> usize {
 /// Reads rows [lo, hi) of a 1-D or 2-D dataset as f64, row-major.
 fn read_rows(ds: &hdf5::Dataset, lo: usize, hi: usize) -> hdf5::Result<Vec<f64>> {
     let r = ds.as_reader();
-    Ok(if ds.ndim() == 1 { r.read_slice_1d::<f64, _>(s![lo..hi])?.into_raw_vec_and_offset().0 } else { r.read_slice_2d::<f64, _>(s![lo..hi, ..])?.into_raw_vec_and_offset().0 })
+    Ok(if ds.ndim() == 1 {
+        r.read_slice_1d::<f64, _>(s![lo..hi])?.into_raw_vec_and_offset().0
+    } else {
+        r.read_slice_2d::<f64, _>(s![lo..hi, ..])?.into_raw_vec_and_offset().0
+    })
 }
 
 fn column_stats(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<ColumnStats> {
@@ -145,7 +164,8 @@ fn column_stats(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<ColumnSta
     let mut lo = 0;
     while lo < n {
         let hi = (lo + step).min(n);
-        let values = read_rows(ds, lo, hi).map_err(|e| Error::data(path, format!("dataset '{name}': reading rows {lo}..{hi} failed: {e}")))?;
+        let values = read_rows(ds, lo, hi)
+            .map_err(|e| Error::data(path, format!("dataset '{name}': reading rows {lo}..{hi} failed: {e}")))?;
         for row in values.chunks_exact(width) {
             for (j, &v) in row.iter().enumerate() {
                 if v.is_finite() {
@@ -215,18 +235,30 @@ fn class_counts(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<Option<Ve
 /// An attribute's value as text: strings as they are, numbers plainly, arrays in brackets.
 fn attr_text(a: &hdf5::Attribute) -> String {
     let text = match a.dtype().and_then(|t| t.to_descriptor()) {
-        Ok(TypeDescriptor::VarLenUnicode | TypeDescriptor::VarLenAscii) if a.ndim() == 0 => {
-            a.read_scalar::<VarLenUnicode>().map(|s| s.to_string()).or_else(|_| a.read_scalar::<VarLenAscii>().map(|s| s.to_string())).unwrap_or_default()
+        Ok(TypeDescriptor::VarLenUnicode | TypeDescriptor::VarLenAscii) if a.ndim() == 0 => a
+            .read_scalar::<VarLenUnicode>()
+            .map(|s| s.to_string())
+            .or_else(|_| a.read_scalar::<VarLenAscii>().map(|s| s.to_string()))
+            .unwrap_or_default(),
+        Ok(TypeDescriptor::VarLenUnicode | TypeDescriptor::VarLenAscii) => {
+            string_array(a).map(|v| format!("[{}]", v.join(", "))).unwrap_or_default()
         }
-        Ok(TypeDescriptor::VarLenUnicode | TypeDescriptor::VarLenAscii) => string_array(a).map(|v| format!("[{}]", v.join(", "))).unwrap_or_default(),
-        Ok(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)) if a.ndim() == 0 => a.read_scalar::<i64>().map(|v| v.to_string()).unwrap_or_default(),
-        Ok(TypeDescriptor::Float(_)) if a.ndim() == 0 => a.read_scalar::<f64>().map(|v| v.to_string()).unwrap_or_default(),
+        Ok(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)) if a.ndim() == 0 => {
+            a.read_scalar::<i64>().map(|v| v.to_string()).unwrap_or_default()
+        }
+        Ok(TypeDescriptor::Float(_)) if a.ndim() == 0 => {
+            a.read_scalar::<f64>().map(|v| v.to_string()).unwrap_or_default()
+        }
         Ok(t) => format!("<{t}, shape {:?}>", a.shape()),
         Err(e) => format!("<unreadable: {e}>"),
     };
     // One line per attribute, whatever it holds.
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().count() > 120 { format!("{}...", text.chars().take(117).collect::<String>()) } else { text }
+    if text.chars().count() > 120 {
+        format!("{}...", text.chars().take(117).collect::<String>())
+    } else {
+        text
+    }
 }
 
 fn string_array(a: &hdf5::Attribute) -> Option<Vec<String>> {
@@ -254,7 +286,11 @@ pub fn num(v: f64) -> String {
 
 /// "x" for the default name, "x ('train/x')" for another.
 fn dataset_label(role: &str, name: &str) -> String {
-    if role == name { role.to_string() } else { format!("{role} ('{name}')") }
+    if role == name {
+        role.to_string()
+    } else {
+        format!("{role} ('{name}')")
+    }
 }
 
 fn shape_text(shape: &[usize]) -> String {
@@ -306,8 +342,11 @@ impl Report {
         };
         let _ = writeln!(out, "{}: {rows} rows, {d} features; {finite}", dataset_label("x", &self.x_name));
         let name = |j: usize| self.feature_names.as_ref().and_then(|n| n.get(j)).map_or(String::new(), |s| s.clone());
-        let shown: Vec<usize> =
-            if all || d <= FEATURES_SHOWN { (0..d).collect() } else { (0..FEATURES_SHOWN - 2).chain(d - 2..d).collect() };
+        let shown: Vec<usize> = if all || d <= FEATURES_SHOWN {
+            (0..d).collect()
+        } else {
+            (0..FEATURES_SHOWN - 2).chain(d - 2..d).collect()
+        };
         let wn = shown.iter().map(|&j| format!("{j} {}", name(j)).trim_end().len()).max().unwrap_or(0).max(7);
         let _ = writeln!(out, "  {:<wn$}  {:>12}  {:>12}  {:>12}  {:>12}", "feature", "min", "mean", "std", "max");
         for (i, &j) in shown.iter().enumerate() {
@@ -347,13 +386,30 @@ impl Report {
             Targets::Classes { counts, names } => {
                 let total: u64 = counts.iter().map(|c| c.1).sum();
                 let source = if names.is_some() { " (names from the import's label_names)" } else { "" };
-                let _ = writeln!(out, "{}: {total} labels, {} classes{source}", dataset_label("y", &self.y_name), counts.len());
-                let name = |l: i64| names.as_ref().and_then(|n| usize::try_from(l).ok().and_then(|i| n.get(i))).cloned().unwrap_or_default();
-                let wn = counts.iter().map(|&(l, _)| format!("{l} {}", name(l)).trim_end().len()).max().unwrap_or(0).max(5);
+                let _ = writeln!(
+                    out,
+                    "{}: {total} labels, {} classes{source}",
+                    dataset_label("y", &self.y_name),
+                    counts.len()
+                );
+                let name = |l: i64| {
+                    names
+                        .as_ref()
+                        .and_then(|n| usize::try_from(l).ok().and_then(|i| n.get(i)))
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                let wn =
+                    counts.iter().map(|&(l, _)| format!("{l} {}", name(l)).trim_end().len()).max().unwrap_or(0).max(5);
                 let _ = writeln!(out, "  {:<wn$}  {:>10}  {:>6}", "class", "rows", "share");
                 for &(l, c) in counts {
                     let label = format!("{l} {}", name(l));
-                    let _ = writeln!(out, "  {:<wn$}  {c:>10}  {:>5.1}%", label.trim_end(), 100.0 * c as f64 / total.max(1) as f64);
+                    let _ = writeln!(
+                        out,
+                        "  {:<wn$}  {c:>10}  {:>5.1}%",
+                        label.trim_end(),
+                        100.0 * c as f64 / total.max(1) as f64
+                    );
                 }
                 if counts.first().is_some_and(|&(l, _)| l < 0) {
                     let _ = writeln!(out, "  negative labels: nn-train needs class indices >= 0");

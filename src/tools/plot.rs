@@ -39,7 +39,14 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Epoch>> {
         return Err(Error::data(path, "is a directory, not a metrics file"));
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::data(path, if e.kind() == std::io::ErrorKind::NotFound { "no such file".to_string() } else { format!("cannot read: {e}") })
+        Error::data(
+            path,
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "no such file".to_string()
+            } else {
+                format!("cannot read: {e}")
+            },
+        )
     })?;
     let mut epochs = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -47,14 +54,19 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Epoch>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(line).map_err(|e| Error::line(path, n, format!("not valid JSON ({e})")))?;
-        let obj = value.as_object().ok_or_else(|| Error::line(path, n, "not a JSON object (nn-train --metrics writes one object per line)"))?;
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| Error::line(path, n, format!("not valid JSON ({e})")))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| Error::line(path, n, "not a JSON object (nn-train --metrics writes one object per line)"))?;
         let field = |name: &str, required: bool| -> Result<Option<f64>> {
             match obj.get(name) {
                 None if required => Err(Error::line(path, n, format!("no field '{name}'"))),
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::Number(v)) => Ok(v.as_f64()),
-                Some(other) => Err(Error::line(path, n, format!("field '{name}' is {other}, expected a number or null"))),
+                Some(other) => {
+                    Err(Error::line(path, n, format!("field '{name}' is {other}, expected a number or null")))
+                }
             }
         };
         let epoch = field("epoch", true)?.ok_or_else(|| Error::line(path, n, "field 'epoch' is null"))?;
@@ -109,7 +121,9 @@ fn render(epochs: &[Epoch], title: &str, width: u32, height: u32) -> std::result
         let body = root.titled(&caption, ("sans-serif", 20)).map_err(|e| e.to_string())?;
         let has_accuracy = epochs.iter().any(|e| e.accuracy.is_some() || e.val_accuracy.is_some());
         let panels = if has_accuracy { body.split_evenly((1, 2)) } else { vec![body] };
-        let pick = |f: fn(&Epoch) -> Option<f64>| -> Vec<(f64, Option<f64>)> { epochs.iter().map(|e| (e.epoch, f(e))).collect() };
+        let pick = |f: fn(&Epoch) -> Option<f64>| -> Vec<(f64, Option<f64>)> {
+            epochs.iter().map(|e| (e.epoch, f(e))).collect()
+        };
         panel(&panels[0], "loss", &pick(|e| e.loss), &pick(|e| e.val_loss), false)?;
         if has_accuracy {
             panel(&panels[1], "accuracy", &pick(|e| e.accuracy), &pick(|e| e.val_accuracy), true)?;
@@ -221,7 +235,14 @@ mod tests {
 
     #[test]
     fn segments_break_at_missing_values() {
-        let pts = [(1.0, Some(1.0)), (2.0, None), (3.0, Some(3.0)), (4.0, Some(f64::NAN)), (5.0, Some(5.0)), (6.0, Some(6.0))];
+        let pts = [
+            (1.0, Some(1.0)),
+            (2.0, None),
+            (3.0, Some(3.0)),
+            (4.0, Some(f64::NAN)),
+            (5.0, Some(5.0)),
+            (6.0, Some(6.0)),
+        ];
         assert_eq!(segments(&pts), vec![vec![(1.0, 1.0)], vec![(3.0, 3.0)], vec![(5.0, 5.0), (6.0, 6.0)]]);
         assert!(segments(&[(1.0, None)]).is_empty());
     }

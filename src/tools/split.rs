@@ -18,7 +18,10 @@ pub struct Split {
 /// Rows in the test part: round(fraction * n), which must leave at least one row in each part.
 fn test_rows(n: usize, fraction: f64) -> Result<usize> {
     if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(Error::flag("split", format!("must be a fraction between 0 and 1 (the test part), got {fraction}")));
+        return Err(Error::flag(
+            "split",
+            format!("must be a fraction between 0 and 1 (the test part), got {fraction}"),
+        ));
     }
     let t = (fraction * n as f64).round() as usize;
     if t == 0 || t == n {

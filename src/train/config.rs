@@ -4,11 +4,11 @@
 //! 64`); the command line wins over the file, the file over the defaults. [`Config`] is what
 //! the trainer runs on and what the checkpoint records as JSON.
 
+use crate::dist::batch_plan::Shuffle;
 use crate::engine::loss::Loss;
 use crate::engine::lr_schedule::{Decay, LrSchedule};
 use crate::engine::model::LayerSpec;
 use crate::engine::optim::{OptimizerKind, OptimizerSettings};
-use crate::dist::batch_plan::Shuffle;
 use crate::{Error, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -242,8 +242,8 @@ impl TrainArgs {
     /// Reads the `--config` file, if any, and lets the command line override it.
     pub fn merged(self) -> Result<TrainArgs> {
         let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::flag("config", format!("{}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::flag("config", format!("{}: {e}", path.display())))?;
         let file: TrainArgs = toml::from_str(&text)
             .map_err(|e| Error::flag("config", format!("{}: {}", path.display(), one_line(&e.to_string()))))?;
         Ok(self.over(file))
@@ -261,10 +261,43 @@ impl TrainArgs {
                 $($f: self.$f.or(base.$f)),*
             } };
         }
-        pick!(data, val, val_split, x, y, layers, loss, optimizer, lr, momentum, beta1, beta2, epsilon,
-              weight_decay, clip_norm, lr_schedule, lr_decay_epochs, lr_decay_factor, lr_min, warmup_epochs,
-              epochs, batch_size, shuffle, seed, metrics, threads, overlap, allreduce, checkpoint, checkpoint_every,
-              checkpoint_steps, keep, init_from, early_stopping, class_weight)
+        pick!(
+            data,
+            val,
+            val_split,
+            x,
+            y,
+            layers,
+            loss,
+            optimizer,
+            lr,
+            momentum,
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            clip_norm,
+            lr_schedule,
+            lr_decay_epochs,
+            lr_decay_factor,
+            lr_min,
+            warmup_epochs,
+            epochs,
+            batch_size,
+            shuffle,
+            seed,
+            metrics,
+            threads,
+            overlap,
+            allreduce,
+            checkpoint,
+            checkpoint_every,
+            checkpoint_steps,
+            keep,
+            init_from,
+            early_stopping,
+            class_weight
+        )
     }
 
     /// Turns the flags into a checked [`Config`]. Checks everything that does not need the
@@ -291,7 +324,9 @@ impl TrainArgs {
         });
         let epochs = self.epochs.unwrap_or(10);
         let decay = match LrSchedule::parse_kind(self.lr_schedule.as_deref().unwrap_or("constant"))? {
-            "step" => Decay::Step { every: self.lr_decay_epochs.unwrap_or(10.0), factor: self.lr_decay_factor.unwrap_or(0.1) },
+            "step" => {
+                Decay::Step { every: self.lr_decay_epochs.unwrap_or(10.0), factor: self.lr_decay_factor.unwrap_or(0.1) }
+            }
             "cosine" => Decay::Cosine { epochs: epochs.max(1) as f64, min: self.lr_min.unwrap_or(0.0) },
             _ => Decay::Constant,
         };
@@ -317,7 +352,9 @@ impl TrainArgs {
             allreduce: match self.allreduce.as_deref().unwrap_or("auto") {
                 "auto" => AllreduceMode::Auto,
                 "mpi" => AllreduceMode::Mpi,
-                other => return Err(Error::flag("allreduce", format!("unknown mode '{other}' (expected auto or mpi)"))),
+                other => {
+                    return Err(Error::flag("allreduce", format!("unknown mode '{other}' (expected auto or mpi)")))
+                }
             },
             checkpoint: self.checkpoint,
             checkpoint_every: self.checkpoint_every.unwrap_or(1),
@@ -330,7 +367,12 @@ impl TrainArgs {
             class_weight_balanced: match self.class_weight.as_deref() {
                 None | Some("none") => false,
                 Some("balanced") => true,
-                Some(other) => return Err(Error::flag("class-weight", format!("unknown mode '{other}' (expected balanced or none)"))),
+                Some(other) => {
+                    return Err(Error::flag(
+                        "class-weight",
+                        format!("unknown mode '{other}' (expected balanced or none)"),
+                    ))
+                }
             },
         };
         config.check()?;
@@ -394,7 +436,11 @@ impl Config {
             return Err(Error::flag("checkpoint-steps", "must be at least 1"));
         }
         if self.checkpoint.is_none() {
-            for (flag, set) in [("resume", self.resume), ("keep", self.keep > 0), ("checkpoint-steps", self.checkpoint_steps.is_some())] {
+            for (flag, set) in [
+                ("resume", self.resume),
+                ("keep", self.keep > 0),
+                ("checkpoint-steps", self.checkpoint_steps.is_some()),
+            ] {
                 if set {
                     return Err(Error::flag(flag, "needs --checkpoint FILE"));
                 }
@@ -452,8 +498,9 @@ pub fn check_output_path(flag: &'static str, path: &Path) -> Result<()> {
         return Err(Error::flag(flag, format!("{} is a directory; give a file name", path.display())));
     }
     let probe = folder.join(format!(".nn-train-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .map_err(|e| Error::flag(flag, format!("{}: cannot write in folder {}: {e}", path.display(), folder.display())))?;
+    std::fs::write(&probe, b"").map_err(|e| {
+        Error::flag(flag, format!("{}: cannot write in folder {}: {e}", path.display(), folder.display()))
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Loss and accuracy of a model over data spread across ranks (validation, nn-predict).
 
 use crate::data::batch::Batch;
-use crate::dist::comm::Comm;
 use crate::data::slice::Slice;
+use crate::dist::comm::Comm;
 use crate::engine::loss::{loss_and_delta, Loss};
 use crate::engine::model::{Model, Workspace};
 
@@ -18,7 +18,15 @@ pub struct Evaluation {
 /// Runs the model over this rank's `slice` in chunks of the workspace size (no dropout),
 /// then sums loss, correct count and sample count across ranks. Collective: every rank
 /// calls it, even with an empty slice.
-pub fn evaluate(comm: &Comm, model: &Model, params: &[f32], loss: Loss, slice: &Slice, ws: &mut Workspace, batch: &mut Batch) -> Evaluation {
+pub fn evaluate(
+    comm: &Comm,
+    model: &Model,
+    params: &[f32],
+    loss: Loss,
+    slice: &Slice,
+    ws: &mut Workspace,
+    batch: &mut Batch,
+) -> Evaluation {
     let k = model.out_dim();
     let chunk = ws.max_rows.max(1);
     let mut sums = [0.0f64; 3];
@@ -35,9 +43,5 @@ pub fn evaluate(comm: &Comm, model: &Model, params: &[f32], loss: Loss, slice: &
     }
     comm.sum_f64(&mut sums);
     let n = sums[2].max(1.0);
-    Evaluation {
-        loss: sums[0] / n,
-        accuracy: loss.is_classification().then(|| sums[1] / n),
-        samples: sums[2] as u64,
-    }
+    Evaluation { loss: sums[0] / n, accuracy: loss.is_classification().then(|| sums[1] / n), samples: sums[2] as u64 }
 }

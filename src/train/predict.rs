@@ -3,13 +3,13 @@
 //! the file is complete, in input order, and no rank holds more than its slice.
 
 use crate::data::batch::Batch;
-use crate::io::checkpoint::{self, Snapshot};
-use crate::dist::comm::Comm;
+use crate::data::scaling;
 use crate::data::slice::{self as data, slice_range, Slice, Source};
-use crate::train::evaluate::{evaluate, Evaluation};
+use crate::dist::comm::Comm;
 use crate::engine::loss::{argmax, Loss};
 use crate::engine::model::Model;
-use crate::data::scaling;
+use crate::io::checkpoint::{self, Snapshot};
+use crate::train::evaluate::{evaluate, Evaluation};
 use crate::{Error, Result};
 use ndarray::s;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,10 @@ impl Predictor {
         if shape.features != self.model.in_dim {
             return Err(Error::data(
                 &src.path,
-                format!("dataset '{}' has {} features but the model expects {}", src.x, shape.features, self.model.in_dim),
+                format!(
+                    "dataset '{}' has {} features but the model expects {}",
+                    src.x, shape.features, self.model.in_dim
+                ),
             ));
         }
         let kind = if with_targets {
@@ -47,7 +50,8 @@ impl Predictor {
             data::TargetKind::Values { width: 0 }
         };
         let range = slice_range(shape.rows, comm.size(), comm.rank());
-        let mut slice = if with_targets { data::read_rows(src, kind, range, 0)? } else { data::read_x_rows(src, range)? };
+        let mut slice =
+            if with_targets { data::read_rows(src, kind, range, 0)? } else { data::read_x_rows(src, range)? };
         if let Some(s) = &self.snapshot.scaling {
             scaling::apply(s, &mut slice);
         }
@@ -83,20 +87,22 @@ impl Predictor {
     /// Class index per output row: argmax, or p > 0.5 for a single sigmoid output.
     pub fn labels(&self, outputs: &[f32]) -> Vec<i64> {
         let k = self.model.out_dim();
-        outputs
-            .chunks_exact(k)
-            .map(|row| if k == 1 { (row[0] > 0.5) as i64 } else { argmax(row) as i64 })
-            .collect()
+        outputs.chunks_exact(k).map(|row| if k == 1 { (row[0] > 0.5) as i64 } else { argmax(row) as i64 }).collect()
     }
 }
 
 /// x's shape when the file has no targets.
 fn inspect_x_only(src: &Source) -> Result<data::Shape> {
     let file = data::open_file(&src.path)?;
-    let x = file.dataset(&src.x).map_err(|_| Error::data(&src.path, format!("no dataset '{}' (choose another with --x)", src.x)))?;
+    let x = file
+        .dataset(&src.x)
+        .map_err(|_| Error::data(&src.path, format!("no dataset '{}' (choose another with --x)", src.x)))?;
     let shape = x.shape();
     if shape.len() != 2 {
-        return Err(Error::data(&src.path, format!("dataset '{}' has shape {shape:?}; expected (rows, features)", src.x)));
+        return Err(Error::data(
+            &src.path,
+            format!("dataset '{}' has shape {shape:?}; expected (rows, features)", src.x),
+        ));
     }
     Ok(data::Shape { rows: shape[0], features: shape[1], y_width: None })
 }
@@ -145,9 +151,13 @@ pub fn write_outputs(
             (|| -> Result<()> {
                 let file = hdf5::File::open_rw(&tmp).map_err(err)?;
                 let view = ndarray::ArrayView2::from_shape((rows, k), outputs).expect("rows * k outputs");
-                file.dataset("probabilities").and_then(|d| d.write_slice(&view, s![first_row..first_row + rows, ..])).map_err(err)?;
+                file.dataset("probabilities")
+                    .and_then(|d| d.write_slice(&view, s![first_row..first_row + rows, ..]))
+                    .map_err(err)?;
                 if let Some(l) = labels {
-                    file.dataset("labels").and_then(|d| d.write_slice(l, s![first_row..first_row + rows])).map_err(err)?;
+                    file.dataset("labels")
+                        .and_then(|d| d.write_slice(l, s![first_row..first_row + rows]))
+                        .map_err(err)?;
                 }
                 file.close().map_err(err)
             })()

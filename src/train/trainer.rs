@@ -6,21 +6,21 @@
 //! stop flag, then the same optimizer update on every rank. Nothing in a step allocates.
 
 use crate::data::batch::Batch;
-use crate::io::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
-use crate::dist::comm::{Comm, GradientReducer, SharedSum};
-use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
-use crate::data::slice::{self as data, slice_range, Shape, Slice, Source, TargetKind};
-use crate::train::evaluate::{evaluate, Evaluation};
-use crate::engine::fpu;
-use crate::engine::loss::{class_of, weighted_loss_and_delta};
-use crate::io::memory::{peak_rss_bytes, rss_bytes};
-use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
-use crate::engine::model::{DropoutKeys, Model, Workspace};
-use crate::engine::optim::Optimizer;
 use crate::data::scaling;
+use crate::data::slice::{self as data, slice_range, Shape, Slice, Source, TargetKind};
 use crate::dist::batch_plan::EpochPlan;
+use crate::dist::comm::{Comm, GradientReducer, SharedSum};
 use crate::dist::signals;
 use crate::dist::threads::{self, ThreadChoice};
+use crate::engine::fpu;
+use crate::engine::loss::{class_of, weighted_loss_and_delta};
+use crate::engine::model::{DropoutKeys, Model, Workspace};
+use crate::engine::optim::Optimizer;
+use crate::io::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
+use crate::io::memory::{peak_rss_bytes, rss_bytes};
+use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
+use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
+use crate::train::evaluate::{evaluate, Evaluation};
 use crate::{Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -116,7 +116,9 @@ impl<'c> Trainer<'c> {
         let snapshot = comm.agree(load_start(&cfg, &model, &mut start_notes))?;
         let resumed = snapshot.as_ref().is_some_and(|(_, resume)| *resume);
 
-        let read = |part: &Part| data::read_rows(&part.src, part.kind, slice_range(part.rows, comm.size(), comm.rank()), part.offset);
+        let read = |part: &Part| {
+            data::read_rows(&part.src, part.kind, slice_range(part.rows, comm.size(), comm.rank()), part.offset)
+        };
         let mut train = comm.agree(read(&train_part))?;
         let mut val = match &val_part {
             Some(p) => Some(comm.agree(read(p))?),
@@ -132,7 +134,10 @@ impl<'c> Trainer<'c> {
             comm.agree(if s.mean.len() == shape.features {
                 Ok(())
             } else {
-                Err(Error::checkpoint(cfg.init_from.as_deref().or(cfg.checkpoint.as_deref()).unwrap_or(Path::new("?")), "its feature scaling has a different width than the data"))
+                Err(Error::checkpoint(
+                    cfg.init_from.as_deref().or(cfg.checkpoint.as_deref()).unwrap_or(Path::new("?")),
+                    "its feature scaling has a different width than the data",
+                ))
             })?;
             scaling::apply(s, &mut train);
             if let Some(v) = val.as_mut() {
@@ -165,7 +170,13 @@ impl<'c> Trainer<'c> {
         // makes it so even if ranks read different copies of a checkpoint.
         comm.broadcast_f32(&mut params);
         if cfg.early_stopping.is_some() && early.is_none() {
-            early = Some(EarlyStopping { best_val_loss: f64::INFINITY, best_epoch: 0, wait: 0, best_params: params.clone(), stopped: false });
+            early = Some(EarlyStopping {
+                best_val_loss: f64::INFINITY,
+                best_epoch: 0,
+                wait: 0,
+                best_params: params.clone(),
+                stopped: false,
+            });
         }
 
         let plan = EpochPlan::new(cfg.shuffle, n_train, cfg.batch_size, comm.size(), comm.rank());
@@ -197,9 +208,12 @@ impl<'c> Trainer<'c> {
             Overlap::Off => false,
             // Within one node the allreduce is a memory copy that needs the same cores as
             // the backward pass, so there is nothing to hide it behind (measured: slower).
-            Overlap::Auto => comm.max_u64(ranks_on_node as u64) < comm.size() as u64 && n * 4 >= Overlap::AUTO_MIN_BYTES,
+            Overlap::Auto => {
+                comm.max_u64(ranks_on_node as u64) < comm.size() as u64 && n * 4 >= Overlap::AUTO_MIN_BYTES
+            }
         };
-        let shared = if !overlap && cfg.allreduce == AllreduceMode::Auto { SharedSum::new(comm, n + STATS) } else { None };
+        let shared =
+            if !overlap && cfg.allreduce == AllreduceMode::Auto { SharedSum::new(comm, n + STATS) } else { None };
         let grads = vec![0.0; if shared.is_some() { 0 } else { n + STATS }];
         // One rank sums nothing: its own gradients are the sum.
         let mut reduced = vec![0.0; if comm.size() > 1 && shared.is_none() { n + STATS } else { 0 }];
@@ -282,10 +296,18 @@ impl<'c> Trainer<'c> {
         if let Some(val) = &cfg.val {
             s += &format!("validation: {val_rows} rows from {}\n", val.display());
         } else if cfg.val_split > 0.0 {
-            s += &format!("validation: the last {val_rows} rows of {} (--val-split {})\n", cfg.data.display(), cfg.val_split);
+            s += &format!(
+                "validation: the last {val_rows} rows of {} (--val-split {})\n",
+                cfg.data.display(),
+                cfg.val_split
+            );
         }
         if let Some(sc) = &self.scaling {
-            s += &format!("features standardised (mean/std of {} features{})\n", sc.mean.len(), if cfg.standardize { "" } else { ", from the checkpoint" });
+            s += &format!(
+                "features standardised (mean/std of {} features{})\n",
+                sc.mean.len(),
+                if cfg.standardize { "" } else { ", from the checkpoint" }
+            );
         }
         if let Some(w) = &self.class_weights {
             let ws: Vec<String> = w.iter().map(|v| format!("{v:.3}")).collect();
@@ -301,9 +323,14 @@ impl<'c> Trainer<'c> {
             cfg.lr.base,
             match cfg.lr.decay {
                 crate::engine::lr_schedule::Decay::Constant => String::new(),
-                crate::engine::lr_schedule::Decay::Step { every, factor } => format!(" x {factor} every {every} epochs"),
+                crate::engine::lr_schedule::Decay::Step { every, factor } =>
+                    format!(" x {factor} every {every} epochs"),
                 crate::engine::lr_schedule::Decay::Cosine { min, .. } => format!(" cosine to {min}"),
-            } + &if cfg.lr.warmup_epochs > 0.0 { format!(", warmup {} epochs", cfg.lr.warmup_epochs) } else { String::new() },
+            } + &if cfg.lr.warmup_epochs > 0.0 {
+                format!(", warmup {} epochs", cfg.lr.warmup_epochs)
+            } else {
+                String::new()
+            },
         );
         s += &format!(
             "training: {} epochs x {} steps, global batch {} (~{} per rank), shuffle {}, seed {}",
@@ -341,7 +368,14 @@ impl<'c> Trainer<'c> {
         self.model.forward(&self.params, self.batch.x(), rows, &mut self.ws, Some(&keys));
         let t2 = Instant::now();
         let (out, delta) = self.model.output_and_delta(&mut self.ws, rows);
-        let sums = weighted_loss_and_delta(self.cfg.loss, out, k, self.batch.targets(), self.class_weights.as_deref(), Some(delta));
+        let sums = weighted_loss_and_delta(
+            self.cfg.loss,
+            out,
+            k,
+            self.batch.targets(),
+            self.class_weights.as_deref(),
+            Some(delta),
+        );
         let mut stats = [0.0f32; STATS];
         stats[LOSS] = sums.loss as f32;
         stats[CORRECT] = sums.correct as f32;
@@ -359,11 +393,19 @@ impl<'c> Trainer<'c> {
             let reducer = &*reducer;
             self.grads[n..].copy_from_slice(&stats);
             let done_by = &self.bucket_done_by_layer;
-            self.model.backward_with(&self.params, &mut self.grads[..n], self.batch.x(), rows, &mut self.ws, self.fused, &mut |d| {
-                if let Some(b) = done_by[d] {
-                    reducer.ready(b);
-                }
-            });
+            self.model.backward_with(
+                &self.params,
+                &mut self.grads[..n],
+                self.batch.x(),
+                rows,
+                &mut self.ws,
+                self.fused,
+                &mut |d| {
+                    if let Some(b) = done_by[d] {
+                        reducer.ready(b);
+                    }
+                },
+            );
             t3 = Instant::now();
             let mut waited = 0.0;
             if self.cfg.optimizer.clip_norm.is_some() {
@@ -480,8 +522,11 @@ impl<'c> Trainer<'c> {
         let (epoch, step) = (self.pos.epoch, self.pos.step);
         let saved = self.cfg.checkpoint.is_some();
         if self.comm.is_root() {
-            let who = if signal != 0 { signals::name(signal).to_string() } else { "a signal on another rank".to_string() };
-            log(&format!("stopping: {who} received; at epoch {epoch} step {step} ({epoch} epochs and {step} steps done)"));
+            let who =
+                if signal != 0 { signals::name(signal).to_string() } else { "a signal on another rank".to_string() };
+            log(&format!(
+                "stopping: {who} received; at epoch {epoch} step {step} ({epoch} epochs and {step} steps done)"
+            ));
         }
         if saved {
             self.save_checkpoint(log, "signal")?;
@@ -493,7 +538,9 @@ impl<'c> Trainer<'c> {
     fn end_epoch(&mut self, epoch_start: Instant, resumed_s: f64, log: &mut dyn FnMut(&str)) -> Result<()> {
         let root = self.comm.is_root();
         let eval = match (&self.val, &mut self.val_batch) {
-            (Some(v), Some(b)) => Some(evaluate(self.comm, &self.model, &self.params, self.cfg.loss, v, &mut self.ws, b)),
+            (Some(v), Some(b)) => {
+                Some(evaluate(self.comm, &self.model, &self.params, self.cfg.loss, v, &mut self.ws, b))
+            }
             _ => None,
         };
         let samples = self.pos.partial_samples.max(1.0);
@@ -515,11 +562,14 @@ impl<'c> Trainer<'c> {
         };
         self.check_in_sync()?;
         self.history.push(record.clone());
-        self.pos = Position { epoch: self.pos.epoch + 1, step: 0, samples_seen: self.pos.samples_seen, ..Position::default() };
+        self.pos =
+            Position { epoch: self.pos.epoch + 1, step: 0, samples_seen: self.pos.samples_seen, ..Position::default() };
         self.profile = Profile::default();
 
         let mut improved = false;
-        if let (Some(patience), Some(early), Some(val_loss)) = (self.cfg.early_stopping, self.early.as_mut(), record.val_loss) {
+        if let (Some(patience), Some(early), Some(val_loss)) =
+            (self.cfg.early_stopping, self.early.as_mut(), record.val_loss)
+        {
             if val_loss < early.best_val_loss {
                 early.best_val_loss = val_loss;
                 early.best_epoch = record.epoch;
@@ -625,7 +675,10 @@ impl<'c> Trainer<'c> {
     /// Every rank must hold bit-identical parameters; a hash compared across ranks once per
     /// epoch proves it (and would catch a bug that let them drift).
     fn check_in_sync(&self) -> Result<()> {
-        let h = self.params.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, p| (h ^ p.to_bits() as u64).wrapping_mul(0x100_0000_01b3));
+        let h = self
+            .params
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, p| (h ^ p.to_bits() as u64).wrapping_mul(0x100_0000_01b3));
         let (lo, hi) = (self.comm.min_u64(h), self.comm.max_u64(h));
         if lo != hi {
             return Err(Error::Consistency(format!(
@@ -717,7 +770,10 @@ fn plan_parts(cfg: &Config, src: &Source, shape: &Shape, model: &Model, ranks: u
     let (train_rows, val) = if cfg.val_split > 0.0 {
         let split_at = (shape.rows as f64 * (1.0 - cfg.val_split)) as usize;
         if split_at == shape.rows {
-            return Err(Error::flag("val-split", format!("{} of {} rows leaves no validation rows", cfg.val_split, shape.rows)));
+            return Err(Error::flag(
+                "val-split",
+                format!("{} of {} rows leaves no validation rows", cfg.val_split, shape.rows),
+            ));
         }
         (split_at, Some(Part { src: src.clone(), offset: split_at, rows: shape.rows - split_at, kind }))
     } else if let Some(path) = &cfg.val {
@@ -726,7 +782,12 @@ fn plan_parts(cfg: &Config, src: &Source, shape: &Shape, model: &Model, ranks: u
         if vshape.features != shape.features {
             return Err(Error::data(
                 path,
-                format!("validation data has {} features but the training data {} has {}", vshape.features, cfg.data.display(), shape.features),
+                format!(
+                    "validation data has {} features but the training data {} has {}",
+                    vshape.features,
+                    cfg.data.display(),
+                    shape.features
+                ),
             ));
         }
         let vkind = data::target_kind(&vsrc, &vshape, cfg.loss, model.out_dim())?;
@@ -738,7 +799,10 @@ fn plan_parts(cfg: &Config, src: &Source, shape: &Shape, model: &Model, ranks: u
         return Err(Error::data(&cfg.data, "has no training rows"));
     }
     if cfg.batch_size > train_rows {
-        return Err(Error::flag("batch-size", format!("{} is larger than the {train_rows} training rows", cfg.batch_size)));
+        return Err(Error::flag(
+            "batch-size",
+            format!("{} is larger than the {train_rows} training rows", cfg.batch_size),
+        ));
     }
     if ranks > train_rows {
         return Err(Error::data(
@@ -760,7 +824,12 @@ fn load_start(cfg: &Config, model: &Model, notes: &mut Vec<String>) -> Result<Op
             if snap.optimizer_kind != cfg.optimizer.kind {
                 return Err(Error::flag(
                     "optimizer",
-                    format!("the checkpoint {} holds {} state; resume with --optimizer {}", path.display(), snap.optimizer_kind.name(), snap.optimizer_kind.name()),
+                    format!(
+                        "the checkpoint {} holds {} state; resume with --optimizer {}",
+                        path.display(),
+                        snap.optimizer_kind.name(),
+                        snap.optimizer_kind.name()
+                    ),
                 ));
             }
             notes.push(format!(
@@ -783,7 +852,11 @@ fn load_start(cfg: &Config, model: &Model, notes: &mut Vec<String>) -> Result<Op
     if let Some(path) = &cfg.init_from {
         let snap = checkpoint::load(path)?;
         checkpoint::check_model(path, &snap, model)?;
-        notes.push(format!("weights initialised from {} (trained {} epochs); optimizer state fresh", path.display(), snap.position.epoch));
+        notes.push(format!(
+            "weights initialised from {} (trained {} epochs); optimizer state fresh",
+            path.display(),
+            snap.position.epoch
+        ));
         return Ok(Some((snap, false)));
     }
     Ok(None)

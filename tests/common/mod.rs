@@ -36,7 +36,13 @@ impl Run {
 
     /// Panics with both streams when the command failed.
     pub fn expect_ok(self) -> Run {
-        assert!(self.ok(), "command failed ({:?})\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr);
+        assert!(
+            self.ok(),
+            "command failed ({:?})\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
@@ -62,10 +68,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Run {
     let start = Instant::now();
     let out_path = tempfile::NamedTempFile::new().unwrap();
     let err_path = tempfile::NamedTempFile::new().unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(out_path.reopen().unwrap())
-        .stderr(err_path.reopen().unwrap())
-        .process_group(0);
+    cmd.stdin(Stdio::null()).stdout(out_path.reopen().unwrap()).stderr(err_path.reopen().unwrap()).process_group(0);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let pgid = child.id() as i32;
     loop {
@@ -151,10 +154,7 @@ pub fn checkpoint_params(path: &Path) -> Vec<f32> {
 /// Largest relative difference |a - b| / max(|a|, |b|, floor) between two parameter vectors.
 pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(&a, &b)| ((a - b).abs() as f64) / (a.abs().max(b.abs()) as f64).max(1e-3))
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(&a, &b)| ((a - b).abs() as f64) / (a.abs().max(b.abs()) as f64).max(1e-3)).fold(0.0, f64::max)
 }
 
 pub fn digits() -> (String, String) {
