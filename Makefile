@@ -1,7 +1,7 @@
 # nn-train: two commands on a fresh Debian machine.
 #   make run    installs what is missing, builds, trains the digits model under mpirun
 #   make test   installs what is missing, builds, runs every test (real mpirun ranks)
-# Also: make deps | build | bench | bench-cluster | clean
+# Also: make deps | build | lint | bench | bench-cluster | clean
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -23,7 +23,7 @@ export OMPI_MCA_mpi_yield_when_idle := 1
 MPIRUN := mpirun --oversubscribe --bind-to none -n $(RANKS)
 BIN := target/release
 
-.PHONY: all deps test-deps build run test bench bench-cluster clean
+.PHONY: all deps test-deps build lint run test bench bench-cluster clean
 
 all: build
 
@@ -44,6 +44,11 @@ run: build
 	$(MPIRUN) $(BIN)/nn-predict --model out/digits.h5 --data data/digits/test.h5 \
 	    --out out/digits-predictions.h5 --min-accuracy 0.97
 	$(BIN)/nn-data plot out/digits.jsonl --out out/digits-curves.png
+
+# The gate CI runs before the tests: formatting and clippy with warnings as errors.
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
 
 test: test-deps
 	$(CARGO) build --release

@@ -291,7 +291,7 @@ fn mem_total_gb() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().split_whitespace().next()?.parse::<f64>().ok())
+            s.lines().find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1e6)
 }

@@ -96,6 +96,7 @@ fn c_str(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
     }
+    // SAFETY: p is a non-null NUL-terminated string owned by OpenBLAS for the program's life.
     unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().trim().to_string()
 }
 
@@ -135,6 +136,8 @@ fn main() {
     gflops.sort_by(f64::total_cmp);
     let median = gflops[gflops.len() / 2];
     let best = gflops[gflops.len() - 1];
+    // SAFETY: both take no arguments and return static strings of the loaded OpenBLAS.
+    let (config, core) = unsafe { (openblas_get_config(), openblas_get_corename()) };
     let record = serde_json::json!({
         "dims": args.dims,
         "batch": b,
@@ -143,8 +146,8 @@ fn main() {
         "gflops_median": median,
         "gflops_best": best,
         "gflops_trials": trials,
-        "openblas": c_str(unsafe { openblas_get_config() }),
-        "openblas_core": c_str(unsafe { openblas_get_corename() }),
+        "openblas": c_str(config),
+        "openblas_core": c_str(core),
     });
     println!("{record}");
 }

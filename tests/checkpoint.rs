@@ -482,12 +482,14 @@ fn signals_checkpoint_and_resume_exactly() {
             std::thread::sleep(Duration::from_millis(10));
         }
         if how == "usr1-mpirun" {
+            // SAFETY: kill(2) takes plain integers; no memory is shared.
             unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
         } else {
             let pids =
                 String::from_utf8(Command::new("pgrep").args(["-P", &child.id().to_string()]).output().unwrap().stdout)
                     .unwrap();
             let rank_pid: i32 = pids.lines().last().expect("rank processes").trim().parse().unwrap();
+            // SAFETY: kill(2) takes plain integers; no memory is shared.
             unsafe { libc::kill(rank_pid, libc::SIGTERM) };
         }
         let status = wait_timeout(&mut child, Duration::from_secs(60));

@@ -261,6 +261,8 @@ fn killing_one_nodes_rank_ends_the_whole_job_quickly() {
     let pgid = child.id() as i32;
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let fail = |child: &mut std::process::Child, why: &str| -> ! {
+        // SAFETY: kill(2) takes plain integers; no memory is shared.
+        // SAFETY: kill(2) takes plain integers; no memory is shared.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = child.wait();
         panic!("{why}\n--- stdout\n{}\n--- stderr\n{}", read(&out), read(&err));
@@ -277,6 +279,8 @@ fn killing_one_nodes_rank_ends_the_whole_job_quickly() {
     if victims.len() != 1 {
         fail(&mut child, &format!("expected one nn-train on {}, found {victims:?}", cluster.node(2)));
     }
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
     unsafe { libc::kill(victims[0], libc::SIGKILL) };
     let killed = Instant::now();
     let status = loop {
@@ -289,6 +293,8 @@ fn killing_one_nodes_rank_ends_the_whole_job_quickly() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = killed.elapsed();
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
     let all = format!("{}\n{}", read(&out), read(&err));
     assert!(!status.success(), "mpirun exited 0 after a rank was killed:\n{all}");

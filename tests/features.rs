@@ -241,7 +241,7 @@ fn balanced_class_weights_help_the_minority_class() {
     let minority = y.iter().filter(|&&v| v == 1).count() as f64;
     let recall = |extra: &[&str]| -> (f64, String) {
         let ck = dir.path().join("ck.h5");
-        let mut args = vec![
+        let mut args = [
             "--data",
             &s(&data),
             "--layers",

@@ -65,6 +65,7 @@ fn watch_peak_rss(args: &[&str], timeout: Duration) -> (Run, u64) {
             return (run, peak);
         }
         if start.elapsed() > timeout {
+            // SAFETY: kill(2) takes plain integers; no memory is shared.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             panic!("nn-data {args:?} timed out after {timeout:?}");

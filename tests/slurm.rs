@@ -537,6 +537,7 @@ fn signal_to_one_rank_stops_all_ranks_and_the_job_requeues_itself() {
     // Rank 0, which writes the checkpoint, learns of the signal only through the stop flag in
     // the gradient allreduce.
     let pid = rank_pid(&id, 1).expect("rank 1 of the job is running");
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
 
     let job = c.wait_done(&id, 180).remove(0);

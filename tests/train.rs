@@ -163,7 +163,7 @@ fn each_rank_holds_only_its_slice() {
     .expect_ok();
     assert!(run.stdout.contains("15000-15000 rows per rank (30.06-30.06 MB each"), "{}", run.stdout);
     let peak = run.stdout.lines().find(|l| l.starts_with("peak memory per rank:")).expect("peak memory line");
-    let max_mb: f64 = peak.split(['-', ' ']).filter_map(|t| t.parse().ok()).last().unwrap();
+    let max_mb: f64 = peak.split(['-', ' ']).filter_map(|t| t.parse().ok()).next_back().unwrap();
     let slice_mb = file_mb / 4.0;
     assert!(
         max_mb < file_mb && max_mb < slice_mb + 50.0,

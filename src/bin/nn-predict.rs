@@ -6,7 +6,7 @@ use nn_train::data::slice::Source;
 use nn_train::dist::comm::Comm;
 use nn_train::io::console::parse_args;
 use nn_train::train::config::check_output_path;
-use nn_train::train::predict::{has_targets, write_outputs, Predictor};
+use nn_train::train::predict::{has_targets, write_outputs, Predictor, RankOutputs};
 use nn_train::Error;
 use std::path::PathBuf;
 
@@ -80,7 +80,9 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
     let classification = predictor.loss().is_classification();
     let labels = classification.then(|| predictor.labels(&outputs));
     let k = predictor.model.out_dim();
-    write_outputs(comm, &args.out, total, k, slice.first_row, &outputs, labels.as_deref(), evaluation)?;
+    let part =
+        RankOutputs { total_rows: total, k, first_row: slice.first_row, outputs: &outputs, labels: labels.as_deref() };
+    write_outputs(comm, &args.out, &part, evaluation)?;
     if comm.is_root() {
         let mut line = format!(
             "nn-predict: {total} rows of {} on {} rank{} -> {}",

@@ -204,8 +204,8 @@ mod tests {
             let mut seen: Vec<u32> = (0..steps).flat_map(|s| plan.batch(s).to_vec()).collect();
             seen.sort();
             assert_eq!(seen, (0..slice_range(n, ranks, rank).len() as u32).collect::<Vec<_>>());
-            for s in 0..steps {
-                totals[s] += plan.batch(s).len() as u32;
+            for (s, total) in totals.iter_mut().enumerate() {
+                *total += plan.batch(s).len() as u32;
                 assert_eq!(plan.global_count(s), EpochPlan::new(Shuffle::Local, n, batch, ranks, 0).global_count(s));
             }
         }

@@ -158,6 +158,7 @@ impl Comm {
 struct RawComm(ffi::MPI_Comm);
 // SAFETY: see above; the handle is only used by one thread at a time.
 unsafe impl Send for RawComm {}
+// SAFETY: shared only with the reducer thread, which alone calls MPI on this duplicate.
 unsafe impl Sync for RawComm {}
 
 /// The gradient buffers a reducer reads and writes, as raw pointers, because the background
@@ -168,6 +169,7 @@ struct Buffers {
 }
 // SAFETY: access is coordinated by the ready/done counters (see GradientReducer).
 unsafe impl Send for Buffers {}
+// SAFETY: as for Send: a range is touched by one side only between its handover and wait.
 unsafe impl Sync for Buffers {}
 
 struct ReducerShared {
@@ -218,6 +220,8 @@ impl GradientReducer {
         if !comm.threads_ok || ranges.iter().any(|r| r.end > send.len() || r.end > recv.len()) {
             return None;
         }
+        // SAFETY: MPI_Comm is a plain handle (a pointer in Open MPI); all-zero is a valid
+        // placeholder that MPI_Comm_dup overwrites.
         let mut dup: ffi::MPI_Comm = unsafe { std::mem::zeroed() };
         // SAFETY: a valid communicator and an out-pointer to a handle.
         if unsafe { ffi::MPI_Comm_dup(comm.world.as_raw(), &mut dup) } != 0 {
@@ -356,6 +360,7 @@ impl SharedSum {
         let (rank, ranks) = (node.rank() as usize, node.size() as usize);
         let floats = if rank == 0 { (ranks + 1) * len } else { 0 };
         let mut base: *mut f32 = std::ptr::null_mut();
+        // SAFETY: MPI_Win is a plain handle; MPI_Win_allocate_shared overwrites it.
         let mut win: ffi::MPI_Win = unsafe { std::mem::zeroed() };
         // SAFETY: out-pointers to a base address and a window handle; sizes in bytes.
         let rc = unsafe {
@@ -409,6 +414,8 @@ impl SharedSum {
         // read until the next fence.
         let out =
             unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.len + chunk.start), chunk.len()) };
+        // SAFETY: input q lies inside the window (q < ranks), and no rank writes the inputs
+        // between the two fences.
         let input =
             |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.len + chunk.start), chunk.len()) };
         // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
@@ -426,6 +433,7 @@ impl SharedSum {
             ffi::MPI_Win_sync(self.win);
         }
         self.node.barrier();
+        // SAFETY: as above.
         unsafe {
             ffi::MPI_Win_sync(self.win);
         }

@@ -18,6 +18,7 @@ extern "C" fn record(signal: libc::c_int) {
 /// the file size limit fails with an error we can report (the default action kills).
 pub fn install() {
     let handler = record as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: `record` is async-signal-safe (it only stores to an atomic).
     unsafe {
         libc::signal(libc::SIGUSR1, handler);
         libc::signal(libc::SIGTERM, handler);

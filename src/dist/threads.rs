@@ -21,6 +21,7 @@ pub struct ThreadChoice {
 
 /// Cores online on this node.
 pub fn node_cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     if n > 0 {
         n as usize
@@ -83,9 +84,11 @@ pub fn ensure_short_blas_spin() {
 }
 
 pub fn set_blas_threads(n: usize) {
+    // SAFETY: OpenBLAS is linked and initialised at load; the call takes a plain int.
     unsafe { openblas_set_num_threads(n.max(1) as c_int) }
 }
 
 pub fn blas_threads() -> usize {
+    // SAFETY: as above; no arguments.
     unsafe { openblas_get_num_threads() as usize }
 }

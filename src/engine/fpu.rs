@@ -9,6 +9,8 @@
 /// Sets FTZ and DAZ in this thread's MXCSR. Threads created afterwards inherit it.
 pub fn flush_denormals_to_zero() {
     #[cfg(target_arch = "x86_64")]
+    // SAFETY: stmxcsr/ldmxcsr read and write this thread's MXCSR through a local; setting
+    // FTZ and DAZ changes only how subnormal floats are treated.
     unsafe {
         const FTZ: u32 = 1 << 15;
         const DAZ: u32 = 1 << 6;
@@ -22,6 +24,7 @@ pub fn flush_denormals_to_zero() {
 /// True when FTZ and DAZ are both set in this thread (always false off x86-64).
 pub fn denormals_flushed() -> bool {
     #[cfg(target_arch = "x86_64")]
+    // SAFETY: stmxcsr only stores this thread's MXCSR into a local.
     unsafe {
         let mut csr: u32 = 0;
         std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));

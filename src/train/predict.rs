@@ -112,19 +112,25 @@ pub fn has_targets(src: &Source) -> bool {
     hdf5::File::open(&src.path).is_ok_and(|f| f.link_exists(&src.y))
 }
 
+/// This rank's part of the predictions over all ranks' rows.
+pub struct RankOutputs<'a> {
+    /// Rows over all ranks.
+    pub total_rows: usize,
+    /// Outputs per row.
+    pub k: usize,
+    /// This rank's first row in the whole.
+    pub first_row: usize,
+    /// This rank's outputs, (rows, k) row-major.
+    pub outputs: &'a [f32],
+    /// This rank's predicted classes, (rows,), for classification.
+    pub labels: Option<&'a [i64]>,
+}
+
 /// Writes `probabilities` (N, K) and, for classification, `labels` (N,) into `out`: rank 0
 /// creates the file under a temporary name, each rank then writes its rows in rank order,
-/// and rank 0 renames the file into place. `first_row` is this rank's first row. Collective.
-pub fn write_outputs(
-    comm: &Comm,
-    out: &Path,
-    total_rows: usize,
-    k: usize,
-    first_row: usize,
-    outputs: &[f32],
-    labels: Option<&[i64]>,
-    evaluation: Option<Evaluation>,
-) -> Result<()> {
+/// and rank 0 renames the file into place. Collective.
+pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Option<Evaluation>) -> Result<()> {
+    let RankOutputs { total_rows, k, first_row, outputs, labels } = *part;
     let tmp = temp_name(out);
     let err = |e: hdf5::Error| Error::output(out, format!("cannot write predictions: {e}"));
     comm.agree(if comm.is_root() {

@@ -501,7 +501,7 @@ impl<'c> Trainer<'c> {
                     return self.interrupted(log);
                 }
                 if let Some(every) = self.cfg.checkpoint_steps {
-                    if self.pos.step % every == 0 && self.pos.step < steps {
+                    if self.pos.step.is_multiple_of(every) && self.pos.step < steps {
                         self.save_checkpoint(log, "step")?;
                     }
                 }
@@ -588,7 +588,7 @@ impl<'c> Trainer<'c> {
 
         let mut line = record.line(self.cfg.epochs);
         let last = self.pos.epoch == self.cfg.epochs || self.stopped_early;
-        let due = last || self.pos.epoch % self.cfg.checkpoint_every == 0;
+        let due = last || self.pos.epoch.is_multiple_of(self.cfg.checkpoint_every);
         let metrics_result = match self.metrics.as_mut() {
             Some(m) => m.append(&record),
             None => Ok(()),

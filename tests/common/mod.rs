@@ -74,6 +74,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Run {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             // Reap stragglers of the group (there should be none).
+            // SAFETY: kill(2) takes plain integers; no memory is shared.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
             return Run {
                 code: status.code(),
@@ -83,6 +84,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Run {
             };
         }
         if start.elapsed() > timeout {
+            // SAFETY: kill(2) takes plain integers; no memory is shared.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let _ = child.wait();
             panic!(
