@@ -163,3 +163,60 @@ pub fn digits() -> (String, String) {
     let d = repo().join("data/digits");
     (d.join("train.h5").display().to_string(), d.join("test.h5").display().to_string())
 }
+
+/// The Python interpreter of the tests' own virtual environment, with the packages of
+/// tests/python/requirements.txt, made with pip on first use and cached under
+/// target/pyenv-<hash of that file>. None, with a note on stderr, when the machine has no
+/// Python 3 (the caller then skips the part that needs it, saying so). Safe to call from
+/// parallel tests and test binaries: creation holds a file lock.
+pub fn python() -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let requirements = repo().join("tests/python/requirements.txt");
+    let text = std::fs::read_to_string(&requirements).expect("tests/python/requirements.txt");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    let target = repo().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let env = target.join(format!("pyenv-{:016x}", h.finish()));
+    let py = env.join("bin/python");
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("SKIP (no python3 on this machine): the part of this test that needs Python");
+        return None;
+    }
+    let lock = std::fs::File::create(target.join("pyenv.lock")).unwrap();
+    // SAFETY: flock(2) on a file descriptor we own; released when `lock` is dropped.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    if !env.join("ready").exists() {
+        let _ = std::fs::remove_dir_all(&env);
+        let status = Command::new("python3").args(["-m", "venv"]).arg(&env).status().unwrap();
+        assert!(status.success(), "python3 -m venv {} failed", env.display());
+        let out = Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip install -r {} failed:\n{}\n{}",
+            requirements.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(env.join("ready"), "").unwrap();
+    }
+    Some(py)
+}
+
+/// Runs a Python script in the tests' environment (see [`python`]); panics with its output
+/// when it fails. None when there is no Python 3.
+pub fn run_python(script: &str, args: &[&str]) -> Option<String> {
+    let py = python()?;
+    let out = Command::new(py).arg("-c").arg(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "python script failed:\n{script}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
