@@ -225,7 +225,7 @@ fn initial_weights_and_init_from() {
     direct("nn-train", &with(&flags, &["--epochs", "0", "--checkpoint", &s(&b)]), 60).expect_ok();
     let init = nn_train::io::checkpoint::load(&a).unwrap();
     assert_eq!(bits(&init.params), bits(&checkpoint_params(&b)));
-    assert_eq!((init.t, init.position.epoch), (0, 0));
+    assert_eq!((init.optimizer.step, init.position.epoch), (0, 0));
 
     let trained = dir.path().join("trained.h5");
     mpirun(2, "nn-train", &with(&flags, &["--epochs", "2", "--checkpoint", &s(&trained)]), 60).expect_ok();
@@ -248,7 +248,7 @@ fn initial_weights_and_init_from() {
     )
     .expect_ok();
     let t = nn_train::io::checkpoint::load(&tuned).unwrap();
-    assert_eq!(t.t, 16, "fine-tuning starts a fresh optimizer: one epoch of 16 steps");
+    assert_eq!(t.optimizer.step, 16, "fine-tuning starts a fresh optimizer: one epoch of 16 steps");
     let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
     let trained_p = checkpoint_params(&trained);
     let (from_trained, from_init) = (dist(&t.params, &trained_p), dist(&t.params, &init.params));

@@ -9,8 +9,9 @@
 //! /model/layer_<i>/kernel   (in, out) f32, Keras orientation; attrs units, activation
 //! /model/layer_<i>/bias     (out,) f32
 //! /optimizer                attrs: kind ("adam" | "sgd"), step (updates taken so far)
-//! /optimizer/m/layer_<i>/{kernel,bias}   Adam first moment (SGD: velocity), same shapes
-//! /optimizer/v/layer_<i>/{kernel,bias}   Adam second moment (absent for SGD)
+//! /optimizer/<slot>/layer_<i>/{kernel,bias}   one group per state buffer of the optimizer
+//!                           (OptimizerKind::slots), same shapes as the model: adam m (first
+//!                           moment) and v (second moment), sgd m (velocity)
 //! /state                    attrs: epoch (completed epochs), step (steps done in the next
 //!                           epoch), samples_seen, world_size, rng_seed, rng (how streams
 //!                           derive from the seed), partial_loss, partial_correct,
@@ -26,7 +27,7 @@
 //! crash at any moment leaves the previous checkpoint whole.
 
 use crate::engine::model::Model;
-use crate::engine::optim::OptimizerKind;
+use crate::engine::optim::{OptimizerKind, OptimizerState};
 use crate::io::metrics::{EpochRecord, Profile};
 use crate::train::config::Config;
 use crate::{Error, Result};
@@ -83,12 +84,8 @@ pub struct Snapshot {
     pub in_dim: usize,
     /// (n_params,)
     pub params: Vec<f32>,
-    pub optimizer_kind: OptimizerKind,
-    /// (n_params,)
-    pub m: Vec<f32>,
-    /// (n_params,) for Adam, empty for SGD
-    pub v: Vec<f32>,
-    pub t: u64,
+    /// The optimizer's step count and state buffers (each (n_params,)).
+    pub optimizer: OptimizerState,
     pub position: Position,
     pub history: Vec<EpochRecord>,
     pub scaling: Option<Scaling>,
@@ -184,11 +181,10 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         }
 
         let g = file.create_group("optimizer").map_err(h5err(path, "optimizer"))?;
-        attr_str(&g, "kind", snap.optimizer_kind.name())?;
-        attr!(g, "step", u64, snap.t);
-        write_layers(&g.create_group("m").map_err(h5err(path, "m"))?, &snap.m)?;
-        if !snap.v.is_empty() {
-            write_layers(&g.create_group("v").map_err(h5err(path, "v"))?, &snap.v)?;
+        attr_str(&g, "kind", snap.optimizer.kind.name())?;
+        attr!(g, "step", u64, snap.optimizer.step);
+        for (name, buf) in &snap.optimizer.slots {
+            write_layers(&g.create_group(name).map_err(h5err(path, name))?, buf)?;
         }
 
         let g = file.create_group("state").map_err(h5err(path, "state"))?;
@@ -353,10 +349,13 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let opt = file.group("optimizer").map_err(|_| bad("no /optimizer"))?;
     let kind_name =
         opt.attr("kind").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no optimizer kind"))?;
-    let optimizer_kind = OptimizerKind::parse(kind_name.as_str()).map_err(|_| bad("unknown optimizer kind"))?;
-    let t = u64_attr(&opt, "step")?;
-    let m = read_layers("optimizer/m")?;
-    let v = if optimizer_kind == OptimizerKind::Adam { read_layers("optimizer/v")? } else { Vec::new() };
+    let kind = OptimizerKind::parse(kind_name.as_str()).map_err(|_| bad("unknown optimizer kind"))?;
+    let slots = kind
+        .slots()
+        .iter()
+        .map(|&name| Ok((name, read_layers(&format!("optimizer/{name}"))?)))
+        .collect::<Result<_>>()?;
+    let optimizer = OptimizerState { kind, step: u64_attr(&opt, "step")?, slots };
 
     let hist = file.group("history").map_err(|_| bad("no /history"))?;
     let col = |name: &str| -> Result<Vec<f64>> {
@@ -417,21 +416,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         }),
         Err(_) => None,
     };
-    Ok(Snapshot {
-        config,
-        config_json,
-        world_size,
-        in_dim,
-        params,
-        optimizer_kind,
-        m,
-        v,
-        t,
-        position,
-        history,
-        scaling,
-        early,
-    })
+    Ok(Snapshot { config, config_json, world_size, in_dim, params, optimizer, position, history, scaling, early })
 }
 
 /// Checks that a checkpoint's network is the one this run builds.

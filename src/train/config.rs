@@ -318,10 +318,7 @@ impl TrainArgs {
             weight_decay: self.weight_decay.unwrap_or(0.0),
             clip_norm: self.clip_norm,
         };
-        let base_lr = self.lr.unwrap_or(match kind {
-            OptimizerKind::Adam => 0.001,
-            OptimizerKind::Sgd => 0.01,
-        });
+        let base_lr = self.lr.unwrap_or(kind.default_lr());
         let epochs = self.epochs.unwrap_or(10);
         let decay = match LrSchedule::parse_kind(self.lr_schedule.as_deref().unwrap_or("constant"))? {
             "step" => {

@@ -155,9 +155,7 @@ impl<'c> Trainer<'c> {
         if let Some((snap, resume)) = snapshot {
             params.copy_from_slice(&snap.params);
             if resume {
-                opt.m.copy_from_slice(&snap.m);
-                opt.v.copy_from_slice(&snap.v);
-                opt.t = snap.t;
+                comm.agree(opt.restore(&snap.optimizer))?;
                 pos = snap.position;
                 history = snap.history;
                 if let Some(e) = snap.early {
@@ -661,10 +659,7 @@ impl<'c> Trainer<'c> {
             world_size: self.comm.size(),
             in_dim: self.model.in_dim,
             params: self.params.clone(),
-            optimizer_kind: self.cfg.optimizer.kind,
-            m: self.opt.m.clone(),
-            v: self.opt.v.clone(),
-            t: self.opt.t,
+            optimizer: self.opt.state(),
             position: self.pos.clone(),
             history: self.history.clone(),
             scaling: self.scaling.clone(),
@@ -821,14 +816,14 @@ fn load_start(cfg: &Config, model: &Model, notes: &mut Vec<String>) -> Result<Op
         if path.exists() {
             let snap = checkpoint::load(path)?;
             checkpoint::check_model(path, &snap, model)?;
-            if snap.optimizer_kind != cfg.optimizer.kind {
+            if snap.optimizer.kind != cfg.optimizer.kind {
                 return Err(Error::flag(
                     "optimizer",
                     format!(
                         "the checkpoint {} holds {} state; resume with --optimizer {}",
                         path.display(),
-                        snap.optimizer_kind.name(),
-                        snap.optimizer_kind.name()
+                        snap.optimizer.kind.name(),
+                        snap.optimizer.kind.name()
                     ),
                 ));
             }
