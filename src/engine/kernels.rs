@@ -69,6 +69,128 @@ multiversion! {
     }
 }
 
+/// 1/sqrt(2)
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/sqrt(2 pi): the standard normal density at 0.
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// The complementary error function erfc(x) = 1 - erf(x), with fractional error below 1.2e-7
+/// everywhere (the Chebyshev fit of Numerical Recipes, 2nd ed., section 6.2). Computing
+/// GELU as 0.5 z erfc(-z / sqrt 2) keeps full relative precision far into the negative tail,
+/// where 1 + erf(...) would cancel.
+#[inline(always)]
+pub fn erfc(x: f32) -> f32 {
+    // In f64: in f32 the exponent's rounding (about 5 near x = 2) alone costs 3e-7.
+    let z = (x as f64).abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    (if x >= 0.0 { r } else { 2.0 - r }) as f32
+}
+
+multiversion! {
+    /// Exact GELU in place: y = 0.5 z erfc(-z / sqrt 2) = z Phi(z) (Keras `approximate=False`).
+    pub fn gelu(z: &mut [f32]) {
+        for v in z.iter_mut() {
+            *v = 0.5 * *v * erfc(-*v * FRAC_1_SQRT_2);
+        }
+    }
+}
+
+multiversion! {
+    /// dy *= Phi(z) + z phi(z): GELU's derivative from its INPUT z. Both: same length.
+    pub fn gelu_backward(z: &[f32], dy: &mut [f32]) {
+        for (d, &z) in dy.iter_mut().zip(z) {
+            let cdf = 0.5 * erfc(-z * FRAC_1_SQRT_2);
+            let pdf = FRAC_1_SQRT_2PI * (-0.5 * z * z).exp();
+            *d *= cdf + z * pdf;
+        }
+    }
+}
+
+multiversion! {
+    /// y = z for z >= 0, slope z below, in place.
+    pub fn leaky_relu(z: &mut [f32], slope: f32) {
+        for v in z.iter_mut() {
+            *v = if *v >= 0.0 { *v } else { slope * *v };
+        }
+    }
+}
+
+multiversion! {
+    /// dy *= 1 where y > 0, slope elsewhere: leaky relu's derivative from its output (slope >= 0
+    /// keeps the sign of z in y).
+    pub fn leaky_relu_backward(y: &[f32], dy: &mut [f32], slope: f32) {
+        for (d, &y) in dy.iter_mut().zip(y) {
+            *d = if y > 0.0 { *d } else { *d * slope };
+        }
+    }
+}
+
+multiversion! {
+    /// y = scale z for z >= 0, scale alpha (e^z - 1) below, in place (elu: alpha = scale = 1;
+    /// selu: Keras's constants).
+    pub fn elu(z: &mut [f32], alpha: f32, scale: f32) {
+        for v in z.iter_mut() {
+            *v = scale * if *v >= 0.0 { *v } else { alpha * v.exp_m1() };
+        }
+    }
+}
+
+multiversion! {
+    /// dy *= scale where y > 0, y + scale alpha elsewhere (= scale alpha e^z): the (s)elu
+    /// derivative from its output.
+    pub fn elu_backward(y: &[f32], dy: &mut [f32], alpha: f32, scale: f32) {
+        let sa = scale * alpha;
+        for (d, &y) in dy.iter_mut().zip(y) {
+            *d *= if y > 0.0 { scale } else { y + sa };
+        }
+    }
+}
+
+multiversion! {
+    /// y = ln(1 + e^z) in place, as max(z, 0) + ln(1 + e^-|z|) so that it never overflows.
+    pub fn softplus(z: &mut [f32]) {
+        for v in z.iter_mut() {
+            *v = v.max(0.0) + (-v.abs()).exp().ln_1p();
+        }
+    }
+}
+
+multiversion! {
+    /// dy *= sigmoid(z) = 1 - e^-y: softplus's derivative from its output.
+    pub fn softplus_backward(y: &[f32], dy: &mut [f32]) {
+        for (d, &y) in dy.iter_mut().zip(y) {
+            *d *= -(-y).exp_m1();
+        }
+    }
+}
+
+multiversion! {
+    /// y = z sigmoid(z) in place (swish, silu).
+    pub fn swish(z: &mut [f32]) {
+        for v in z.iter_mut() {
+            *v /= 1.0 + (-*v).exp();
+        }
+    }
+}
+
+multiversion! {
+    /// dy *= s (1 + z (1 - s)) with s = sigmoid(z): swish's derivative from its INPUT z.
+    pub fn swish_backward(z: &[f32], dy: &mut [f32]) {
+        for (d, &z) in dy.iter_mut().zip(z) {
+            let s = 1.0 / (1.0 + (-z).exp());
+            *d *= s * (1.0 + z * (1.0 - s));
+        }
+    }
+}
+
 multiversion! {
     /// a *= b, element by element (dropout masks).
     pub fn mul_in_place(a: &mut [f32], b: &[f32]) {

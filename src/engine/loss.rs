@@ -217,7 +217,7 @@ mod tests {
         let mut delta = vec![0.0; y.len()];
         loss_and_delta(loss, &y, k, targets, Some(&mut delta));
         if loss.required_activation() != Some(act) {
-            act.backward(&y, &mut delta, k);
+            act.backward(z0, &y, &mut delta, k);
         }
         let z64: Vec<f64> = z0.iter().map(|&v| v as f64).collect();
         for i in 0..z0.len() {

@@ -82,7 +82,7 @@ impl LayerSpec {
         let parts: Vec<String> = specs
             .iter()
             .map(|s| match s {
-                LayerSpec::Dense { units, activation } => format!("{units}:{}", activation.name()),
+                LayerSpec::Dense { units, activation } => format!("{units}:{}", activation.to_text()),
                 LayerSpec::Dropout { rate } => format!("dropout:{rate}"),
             })
             .collect();
@@ -126,6 +126,9 @@ pub struct Workspace {
     pub max_rows: usize,
     /// Output of each layer (post-activation): (max_rows, out_dim).
     acts: Vec<Vec<f32>>,
+    /// Pre-activation of each dense layer whose activation's backward pass needs it (gelu,
+    /// swish), else empty: (max_rows, out_dim).
+    pre: Vec<Vec<f32>>,
     /// Dropout masks (0 or 1/(1-rate)), empty for dense layers: (max_rows, out_dim).
     masks: Vec<Vec<f32>>,
     /// Two ping-pong buffers for the backward pass: (max_rows, widest layer).
@@ -183,7 +186,7 @@ impl Model {
         let mut s = self.in_dim.to_string();
         for l in &self.layers {
             match l.kind {
-                LayerKind::Dense { activation, .. } => s += &format!(" -> {} {}", l.out_dim, activation.name()),
+                LayerKind::Dense { activation, .. } => s += &format!(" -> {} {}", l.out_dim, activation.to_text()),
                 LayerKind::Dropout { rate } => s += &format!(" -> dropout {rate}"),
             }
         }
@@ -209,6 +212,14 @@ impl Model {
         Workspace {
             max_rows,
             acts: self.layers.iter().map(|l| vec![0.0; max_rows * l.out_dim]).collect(),
+            pre: self
+                .layers
+                .iter()
+                .map(|l| match l.kind {
+                    LayerKind::Dense { activation, .. } if activation.needs_input() => vec![0.0; max_rows * l.out_dim],
+                    _ => Vec::new(),
+                })
+                .collect(),
             masks: self
                 .layers
                 .iter()
@@ -255,6 +266,9 @@ impl Model {
                         1.0,
                         out,
                     );
+                    if activation.needs_input() {
+                        ws.pre[l][..out.len()].copy_from_slice(out);
+                    }
                     activation.forward(out, layer.out_dim);
                 }
                 LayerKind::Dropout { rate } => match dropout {
@@ -321,7 +335,9 @@ impl Model {
             match layer.kind {
                 LayerKind::Dense { activation, kernel, bias } => {
                     if !is_logit_grad {
-                        activation.backward(&ws.acts[l][..rows * layer.out_dim], delta, layer.out_dim);
+                        let n = rows * layer.out_dim;
+                        let pre = if activation.needs_input() { &ws.pre[l][..n] } else { &[] };
+                        activation.backward(pre, &ws.acts[l][..n], delta, layer.out_dim);
                     }
                     is_logit_grad = false;
                     let input: &[f32] = if l == 0 { x } else { &ws.acts[l - 1] };
@@ -423,6 +439,14 @@ mod tests {
         check_network("4:sigmoid,2:sigmoid", Loss::BinaryCrossentropy, Targets::Values(&b), 4);
         let soft: Vec<f32> = vec![0.2, 0.8, 0.5, 0.5, 1.0, 0.0];
         check_network("4:tanh,2:softmax", Loss::Mse, Targets::Values(&soft), 3);
+        // Every Keras activation added since, inside a network (gelu and swish keep z).
+        check_network(
+            "6:gelu,5:leaky_relu=0.1,5:elu,4:swish,3:softmax",
+            Loss::Crossentropy,
+            Targets::Labels(&labels),
+            4,
+        );
+        check_network("6:selu,5:softplus,4:silu,3:gelu", Loss::Mse, Targets::Values(&t), 4);
     }
 
     #[test]
@@ -475,7 +499,9 @@ mod tests {
             ("0:relu", "at least one unit"),
             ("dropout:1.5,3:softmax", "rate must be in [0, 1)"),
             ("64:relu,dropout:0.2", "last layer must be a dense layer"),
-            ("64:gelu", "unknown activation 'gelu'"),
+            ("64:gelux", "unknown activation 'gelux'"),
+            ("64:relu=2", "takes no parameter"),
+            ("64:leaky_relu=-1", "not a number >= 0"),
         ] {
             let err = LayerSpec::parse_list(text).unwrap_err().to_string();
             assert!(err.starts_with("--layers: ") && err.contains(needle), "{text}: {err}");

@@ -176,7 +176,7 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
             let lg = g.group(&format!("layer_{i}")).map_err(h5err(path, "layer group"))?;
             attr!(lg, "units", u64, layer.out_dim as u64);
             if let crate::engine::model::LayerKind::Dense { activation, .. } = layer.kind {
-                attr_str(&lg, "activation", activation.name())?;
+                attr_str(&lg, "activation", &activation.to_text())?;
             }
         }
 
