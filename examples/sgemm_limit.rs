@@ -16,14 +16,9 @@
 
 use clap::Parser;
 use nn_train::dist::threads;
+use nn_train::engine::blas_core;
 use nn_train::engine::gemm::{gemm, Mat};
-use std::os::raw::c_char;
 use std::time::Instant;
-
-extern "C" {
-    fn openblas_get_config() -> *const c_char;
-    fn openblas_get_corename() -> *const c_char;
-}
 
 /// Measure OpenBLAS sgemm GFLOP/s at the GEMM shapes of a dense model's training step.
 #[derive(Parser)]
@@ -92,15 +87,9 @@ fn timed(layers: &mut [Layer], batch: usize, seconds: f64) -> (u64, f64) {
     }
 }
 
-fn c_str(p: *const c_char) -> String {
-    if p.is_null() {
-        return String::new();
-    }
-    // SAFETY: p is a non-null NUL-terminated string owned by OpenBLAS for the program's life.
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().trim().to_string()
-}
-
 fn main() {
+    // The same kernel choice as nn-train's (OPENBLAS_CORETYPE and the re-exec).
+    blas_core::prepare();
     let args = Args::parse();
     if args.dims.len() < 2 || args.dims.contains(&0) || args.batch == 0 || args.trials == 0 {
         eprintln!("sgemm_limit: error: need --dims with at least two non-zero widths, --batch > 0, --trials > 0");
@@ -136,8 +125,6 @@ fn main() {
     gflops.sort_by(f64::total_cmp);
     let median = gflops[gflops.len() / 2];
     let best = gflops[gflops.len() - 1];
-    // SAFETY: both take no arguments and return static strings of the loaded OpenBLAS.
-    let (config, core) = unsafe { (openblas_get_config(), openblas_get_corename()) };
     let record = serde_json::json!({
         "dims": args.dims,
         "batch": b,
@@ -146,8 +133,9 @@ fn main() {
         "gflops_median": median,
         "gflops_best": best,
         "gflops_trials": trials,
-        "openblas": c_str(config),
-        "openblas_core": c_str(core),
+        "openblas": blas_core::config(),
+        "openblas_core": blas_core::running_core(),
+        "blas": blas_core::summary(),
     });
     println!("{record}");
 }

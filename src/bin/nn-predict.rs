@@ -40,7 +40,7 @@ struct Args {
 const EXIT_BELOW_MIN_ACCURACY: i32 = 3;
 
 fn main() {
-    nn_train::dist::threads::ensure_short_blas_spin();
+    nn_train::engine::blas_core::prepare();
     std::process::exit(run());
 }
 

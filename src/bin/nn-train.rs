@@ -9,7 +9,7 @@ use nn_train::train::trainer::{Outcome, Trainer};
 use nn_train::Error;
 
 fn main() {
-    nn_train::dist::threads::ensure_short_blas_spin();
+    nn_train::engine::blas_core::prepare();
     std::process::exit(run());
 }
 

@@ -63,26 +63,6 @@ pub fn choose(flag: Option<usize>, ranks_on_node: usize) -> ThreadChoice {
     }
 }
 
-/// OpenBLAS keeps its worker threads spinning for 2^28 cycles (about 0.1 s) after each
-/// multithreaded GEMM, waiting for the next one. Between GEMMs the main thread runs the
-/// element-wise work (Adam, activations), and a spinning worker on a sibling hardware thread
-/// or a shared virtual CPU slows it down: measured here, the Adam update of W3 took 1.1 ms
-/// per step in some runs and 5.8 ms in others. OPENBLAS_THREAD_TIMEOUT=4 (2^4 cycles, the
-/// minimum) lets the workers sleep at once; waking them costs microseconds against GEMMs of
-/// milliseconds. OpenBLAS reads the variable when the library is loaded, before `main`, so
-/// the only way to set it for ourselves is to set it and exec the same program again.
-/// Returns (without exec) when the variable is already set, so a user's value wins.
-pub fn ensure_short_blas_spin() {
-    const VAR: &str = "OPENBLAS_THREAD_TIMEOUT";
-    if std::env::var_os(VAR).is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    use std::os::unix::process::CommandExt;
-    // exec only returns on failure; then we run on with OpenBLAS's default.
-    let _ = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(VAR, "4").exec();
-}
-
 pub fn set_blas_threads(n: usize) {
     // SAFETY: OpenBLAS is linked and initialised at load; the call takes a plain int.
     unsafe { openblas_set_num_threads(n.max(1) as c_int) }

@@ -4,6 +4,8 @@
 //! about ranks, files or flags.
 
 pub mod activation;
+/// Which OpenBLAS kernels run: the CPU's features against the library's own pick.
+pub mod blas_core;
 pub mod fpu;
 pub mod gemm;
 pub mod kernels;

@@ -263,7 +263,7 @@ impl<'c> Trainer<'c> {
         let mb = |b: u64| b as f64 / 1e6;
         let cfg = &self.cfg;
         let mut s = format!(
-            "nn-train {}: {} rank{} x {} BLAS thread{} ({}), denormals flushed to zero: {}{}\n",
+            "nn-train {}: {} rank{} x {} BLAS thread{} ({}), denormals flushed to zero: {}{}; BLAS: {}\n",
             env!("CARGO_PKG_VERSION"),
             self.comm.size(),
             if self.comm.size() == 1 { "" } else { "s" },
@@ -278,6 +278,7 @@ impl<'c> Trainer<'c> {
             } else {
                 String::new()
             },
+            crate::engine::blas_core::summary(),
         );
         s += &format!(
             "data: {} rows x {} features from {}; {}-{} rows per rank ({:.2}-{:.2} MB each, read by hyperslab)",
