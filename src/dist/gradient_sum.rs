@@ -1,0 +1,226 @@
+//! How a step's gradients are summed over the ranks, chosen once at set-up: one variant per
+//! way, each owning the buffers it needs, so that a step only asks for the buffer to write
+//! its gradients into, then for the sum and the update.
+//!
+//! Every buffer is (n_params + extra,): the gradients, then `extra` per-step statistics (the
+//! trainer's loss and accuracy sums and stop flag) that ride along in the same sum. All are
+//! allocated here once; nothing in a step allocates.
+
+use crate::dist::comm::{Comm, GradientReducer, SharedSum};
+use crate::engine::optim::Optimizer;
+use std::ops::Range;
+use std::time::Instant;
+
+/// The way gradients are summed over the ranks.
+pub enum GradientSum {
+    /// One rank: its own gradients are the sum.
+    Local {
+        /// (n_params + extra,)
+        grads: Vec<f32>,
+    },
+    /// MPI_Allreduce of the whole buffer after the backward pass.
+    Mpi {
+        /// This rank's gradients: (n_params + extra,).
+        grads: Vec<f32>,
+        /// Their sum over the ranks: (n_params + extra,).
+        summed: Vec<f32>,
+    },
+    /// Every rank on one node: each computes into its part of a shared-memory window, and
+    /// the ranks add the parts (see [`SharedSum`]).
+    SharedWindow(SharedSum),
+    /// Buckets of layers summed on a background thread while the backward pass goes on, and
+    /// each bucket updated as soon as its sum arrives (see [`GradientReducer`]).
+    Overlapped(Overlapped),
+}
+
+/// The state of [`GradientSum::Overlapped`].
+pub struct Overlapped {
+    /// Declared first so that its thread stops before the buffers it points into are freed.
+    reducer: GradientReducer,
+    /// This rank's gradients: (n_params + extra,). Never resized (the reducer points into it).
+    grads: Vec<f32>,
+    /// Their sum over the ranks: (n_params + extra,). Never resized.
+    summed: Vec<f32>,
+    /// For each dense layer (0 = input side): the bucket its gradients complete, if any.
+    bucket_done_by_layer: Vec<Option<usize>>,
+    /// The parameter range of each bucket (the bucket without the extra slots).
+    bucket_params: Vec<Range<usize>>,
+}
+
+/// What the backward pass calls as each dense layer's gradients become final: hands
+/// completed buckets to the background sum when overlapping, else nothing.
+pub struct LayerDone<'a>(Option<(&'a GradientReducer, &'a [Option<usize>])>);
+
+impl LayerDone<'_> {
+    /// Dense layer `layer` (0 = input side) has its final gradients.
+    pub fn call(&self, layer: usize) {
+        if let Some((reducer, done_by)) = self.0 {
+            if let Some(b) = done_by[layer] {
+                reducer.ready(b);
+            }
+        }
+    }
+}
+
+impl GradientSum {
+    /// One rank's sum: buffers of `len` = n_params + extra floats.
+    pub fn local(len: usize) -> GradientSum {
+        GradientSum::Local { grads: vec![0.0; len] }
+    }
+
+    /// MPI_Allreduce after the backward pass.
+    pub fn mpi(len: usize) -> GradientSum {
+        GradientSum::Mpi { grads: vec![0.0; len], summed: vec![0.0; len] }
+    }
+
+    /// The shared-memory window (collective); None when the ranks span several nodes or the
+    /// MPI library cannot allocate one.
+    pub fn shared_window(comm: &Comm, len: usize) -> Option<GradientSum> {
+        SharedSum::new(comm, len).map(GradientSum::SharedWindow)
+    }
+
+    /// The background sum overlapping the backward pass; None when MPI lacks thread support.
+    /// `layer_starts` is where each dense layer's parameters start in the flat buffer (input
+    /// side first); the `extra` slots follow the `n_params` parameters.
+    pub fn overlapped(comm: &Comm, n_params: usize, extra: usize, layer_starts: &[usize]) -> Option<GradientSum> {
+        let len = n_params + extra;
+        let (grads, mut summed) = (vec![0.0; len], vec![0.0; len]);
+        let (ranges, bucket_done_by_layer) = buckets(layer_starts, len);
+        let bucket_params = ranges.iter().map(|r| r.start..r.end.min(n_params)).collect();
+        // SAFETY: grads and summed are allocated here and never resized or moved out of their
+        // heap allocations; Overlapped owns them and drops the reducer first; the step hands
+        // a bucket over only after writing it and reads the sums only after waiting for them.
+        let reducer = unsafe { GradientReducer::new(comm, &grads, &mut summed, ranges) }?;
+        Some(GradientSum::Overlapped(Overlapped { reducer, grads, summed, bucket_done_by_layer, bucket_params }))
+    }
+
+    /// Starts a step: the buffer the backward pass writes this rank's gradients and extra
+    /// slots into, (n_params + extra,), and what to call as each layer's gradients are final.
+    pub fn begin(&mut self) -> (&mut [f32], LayerDone<'_>) {
+        match self {
+            GradientSum::Local { grads } | GradientSum::Mpi { grads, .. } => (grads, LayerDone(None)),
+            GradientSum::SharedWindow(shared) => (shared.input_mut(), LayerDone(None)),
+            GradientSum::Overlapped(o) => {
+                o.reducer.begin_step();
+                (&mut o.grads, LayerDone(Some((&o.reducer, &o.bucket_done_by_layer))))
+            }
+        }
+    }
+
+    /// Sums the gradients over the ranks and applies the optimizer to `params` (n_params,),
+    /// with `scale` turning the sum into the mean and `lr` the step's rate. Overlapped, each
+    /// bucket is updated as soon as its sum arrives. Returns the seconds spent waiting for
+    /// sums (the rest of the time is the update's).
+    pub fn sum_and_update(&mut self, comm: &Comm, opt: &mut Optimizer, params: &mut [f32], scale: f32, lr: f32) -> f64 {
+        let n = params.len();
+        let start = Instant::now();
+        match self {
+            GradientSum::Local { grads } => {
+                opt.step(params, &grads[..n], scale, lr);
+                0.0
+            }
+            GradientSum::Mpi { grads, summed } => {
+                comm.sum_into(grads, summed);
+                let waited = start.elapsed().as_secs_f64();
+                opt.step(params, &summed[..n], scale, lr);
+                waited
+            }
+            GradientSum::SharedWindow(shared) => {
+                shared.sum();
+                let waited = start.elapsed().as_secs_f64();
+                opt.step(params, &shared.result()[..n], scale, lr);
+                waited
+            }
+            GradientSum::Overlapped(o) => {
+                let last = o.reducer.buckets() - 1;
+                if opt.settings.clip_norm.is_some() {
+                    // The global norm needs every sum first.
+                    o.reducer.wait(last);
+                    let waited = start.elapsed().as_secs_f64();
+                    let (update, _) = opt.begin(&o.summed[..n], scale, lr);
+                    opt.apply(&update, 0..n, params, &o.summed);
+                    waited
+                } else {
+                    let (update, _) = opt.begin(&[], scale, lr);
+                    let mut waited = 0.0;
+                    for (b, range) in o.bucket_params.iter().enumerate() {
+                        let w = Instant::now();
+                        o.reducer.wait(b);
+                        waited += w.elapsed().as_secs_f64();
+                        opt.apply(&update, range.clone(), params, &o.summed);
+                    }
+                    waited
+                }
+            }
+        }
+    }
+
+    /// The summed gradients and extra slots after [`GradientSum::sum_and_update`]:
+    /// (n_params + extra,).
+    pub fn summed(&self) -> &[f32] {
+        match self {
+            GradientSum::Local { grads } => grads,
+            GradientSum::Mpi { summed, .. } => summed,
+            GradientSum::SharedWindow(shared) => shared.result(),
+            GradientSum::Overlapped(o) => &o.summed,
+        }
+    }
+
+    /// Seconds the background thread has spent summing since set-up, when overlapping (the
+    /// other ways' time is all exposed, in the step's wait).
+    pub fn background_seconds(&self) -> Option<f64> {
+        match self {
+            GradientSum::Overlapped(o) => Some(o.reducer.busy_seconds()),
+            _ => None,
+        }
+    }
+
+    /// For the start-up line: ", allreduce overlapped with backward (3 buckets)", or empty.
+    pub fn describe(&self) -> String {
+        match self {
+            GradientSum::Overlapped(o) => {
+                format!(", allreduce overlapped with backward ({} buckets)", o.bucket_params.len())
+            }
+            GradientSum::SharedWindow(_) => ", gradients summed in shared memory".to_string(),
+            GradientSum::Local { .. } | GradientSum::Mpi { .. } => String::new(),
+        }
+    }
+}
+
+/// Gradient buckets for the overlapped sum: dense layers from the output down, grouped until
+/// a bucket holds at least BUCKET_FLOATS gradients (one allreduce per tiny layer would cost
+/// more latency than it hides). Bucket 0 also carries the extra slots after the parameters
+/// (the buffer is `len` long). Returns the buckets' ranges in the flat buffer, in the order
+/// they are reduced, and for each dense layer the bucket it completes (the bucket's lowest
+/// layer).
+fn buckets(layer_starts: &[usize], len: usize) -> (Vec<Range<usize>>, Vec<Option<usize>>) {
+    const BUCKET_FLOATS: usize = 256 * 1024;
+    let mut done_by = vec![None; layer_starts.len()];
+    let mut ranges = Vec::new();
+    let mut end = len;
+    for (d, &start) in layer_starts.iter().enumerate().rev() {
+        if end - start >= BUCKET_FLOATS || d == 0 {
+            done_by[d] = Some(ranges.len());
+            ranges.push(start..end);
+            end = start;
+        }
+    }
+    (ranges, done_by)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small layers share one bucket; a layer of at least BUCKET_FLOATS is a bucket of its
+    /// own; the buckets tile the whole buffer from the output side down.
+    #[test]
+    fn buckets_tile_the_buffer_from_the_output_down() {
+        let big = 256 * 1024;
+        // layers start at 0, 10, 10 + big; 3 extra slots after 10 + big + 20 parameters
+        let len = 10 + big + 20 + 3;
+        let (ranges, done_by) = buckets(&[0, 10, 10 + big], len);
+        assert_eq!(ranges, vec![10..len, 0..10]);
+        assert_eq!(done_by, vec![Some(1), Some(0), None]);
+    }
+}

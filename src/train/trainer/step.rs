@@ -1,0 +1,112 @@
+//! One training step, top to bottom: gather this rank's rows of the global batch, forward,
+//! loss, backward into the flat gradient buffer, sum over the ranks (the way chosen at
+//! set-up, see [`GradientSum`](crate::dist::gradient_sum::GradientSum)), then the same
+//! optimizer update on every rank. The loss and accuracy sums and the stop flag ride in the
+//! same sum as the gradients ([`StepStats`]). Nothing in a step allocates.
+
+use super::{Trainer, STATS};
+use crate::dist::signals;
+use crate::engine::loss::weighted_loss_and_delta;
+use crate::engine::model::DropoutKeys;
+use std::time::Instant;
+
+/// What every rank adds to the gradient sum besides the gradients, in the STATS slots after
+/// them: the batch's loss and correct-prediction sums, and whether a stop signal arrived.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct StepStats {
+    pub loss: f32,
+    pub correct: f32,
+    /// 1 when this rank (or, after the sum, any rank) received a stop signal.
+    pub stop: f32,
+}
+
+impl StepStats {
+    /// The slots as they follow the gradients in the summed buffer.
+    fn to_slots(self) -> [f32; STATS] {
+        [self.loss, self.correct, self.stop]
+    }
+
+    /// Reads the summed slots back: `slots` is (STATS,).
+    fn from_slots(slots: &[f32]) -> StepStats {
+        StepStats { loss: slots[0], correct: slots[1], stop: slots[2] }
+    }
+}
+
+/// Times the phases of one step into the epoch's [`Profile`].
+struct PhaseClock(Instant);
+
+impl PhaseClock {
+    /// Adds the seconds since the last lap to `into`.
+    fn lap(&mut self, into: &mut f64) {
+        let now = Instant::now();
+        *into += (now - self.0).as_secs_f64();
+        self.0 = now;
+    }
+}
+
+impl Trainer<'_> {
+    /// Fills the batch plan of the current epoch (done by [`Trainer::fit`]; public for tests
+    /// that drive [`Trainer::step`] directly). Returns the number of steps.
+    pub fn start_epoch(&mut self) -> usize {
+        self.plan.fill(self.cfg.seed, self.pos.epoch as u64);
+        self.plan.steps()
+    }
+
+    /// One training step on step `s` of the current epoch's plan. Returns true when some rank
+    /// received a stop signal (all ranks return the same).
+    pub fn step(&mut self, s: usize) -> bool {
+        let n = self.model.n_params;
+        let start = Instant::now();
+        let mut clock = PhaseClock(start);
+        let mut profile = self.profile;
+
+        // Gather.
+        self.batch.gather(&self.train, self.plan.batch(s));
+        let rows = self.batch.rows;
+        clock.lap(&mut profile.data_s);
+
+        // Forward.
+        let keys = DropoutKeys { seed: self.cfg.seed, epoch: self.pos.epoch as u64, rows: &self.batch.row_ids[..rows] };
+        self.model.forward(&self.params, self.batch.x(), rows, &mut self.ws, Some(&keys));
+        clock.lap(&mut profile.forward_s);
+
+        // Loss, and its gradient with respect to the output.
+        let (out, delta) = self.model.output_and_delta(&mut self.ws, rows);
+        let k = self.model.out_dim();
+        let targets = self.batch.targets();
+        let sums = weighted_loss_and_delta(self.cfg.loss, out, k, targets, self.class_weights.as_deref(), Some(delta));
+        let stats = StepStats {
+            loss: sums.loss as f32,
+            correct: sums.correct as f32,
+            stop: signals::received().is_some() as u32 as f32,
+        };
+
+        // Backward, into the buffer the gradient sum reads (handing over finished layers).
+        let (grads, layer_done) = self.sum.begin();
+        grads[n..].copy_from_slice(&stats.to_slots());
+        let x = self.batch.x();
+        self.model.backward_with(&self.params, &mut grads[..n], x, rows, &mut self.ws, self.fused, &mut |d| {
+            layer_done.call(d)
+        });
+        clock.lap(&mut profile.backward_s);
+
+        // Sum over the ranks, and update.
+        let count = self.plan.global_count(s);
+        let lr = self.cfg.lr.at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
+        let waited = self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr);
+        let mut update_s = 0.0;
+        clock.lap(&mut update_s);
+        profile.allreduce_s += waited;
+        profile.optimizer_s += update_s - waited;
+
+        // The epoch's running sums.
+        let summed = StepStats::from_slots(&self.sum.summed()[n..]);
+        self.pos.partial_loss += summed.loss as f64;
+        self.pos.partial_correct += summed.correct as f64;
+        self.pos.partial_samples += count as f64;
+        self.pos.samples_seen += count as u64;
+        self.pos.partial_train_s += (clock.0 - start).as_secs_f64();
+        self.profile = profile;
+        summed.stop > 0.0
+    }
+}
