@@ -289,6 +289,126 @@ multiversion! {
     }
 }
 
+/// RMSprop's per-step constants (Keras 3's formulation).
+#[derive(Clone, Copy, Debug)]
+pub struct RmspropStep {
+    /// Multiplies the summed gradient into the mean gradient (and any clipping).
+    pub scale: f32,
+    /// This step's learning rate.
+    pub lr: f32,
+    /// Decay of the mean square (and of the mean gradient when centered).
+    pub rho: f32,
+    /// 1 - rho
+    pub one_minus_rho: f32,
+    /// Momentum; 0 applies the increment directly (the momentum slot stays 0).
+    pub momentum: f32,
+    /// Divide by sqrt(v - mg^2 + eps) instead of sqrt(v + eps).
+    pub centered: bool,
+    /// Added under the square root (Keras puts it inside).
+    pub eps: f32,
+    /// 1 - lr * weight_decay (decoupled weight decay; 1 when off)
+    pub decay: f32,
+}
+
+multiversion! {
+    /// One fused RMSprop update (Keras 3): v = rho v + (1 - rho) g^2; centered: mg = rho mg +
+    /// (1 - rho) g and the denominator is v - mg^2 + eps, else v + eps; inc = lr g / sqrt(den);
+    /// with momentum m = momentum m + inc and p -= m, else p -= inc. All buffers equal length.
+    pub fn rmsprop(params: &mut [f32], grad_sum: &[f32], v: &mut [f32], m: &mut [f32], mg: &mut [f32], k: RmspropStep) {
+        let n = params.len();
+        let (grad_sum, v, m, mg) = (&grad_sum[..n], &mut v[..n], &mut m[..n], &mut mg[..n]);
+        for i in 0..n {
+            let g = grad_sum[i] * k.scale;
+            let vi = k.rho * v[i] + k.one_minus_rho * (g * g);
+            v[i] = vi;
+            let den = if k.centered {
+                let mgi = k.rho * mg[i] + k.one_minus_rho * g;
+                mg[i] = mgi;
+                vi - mgi * mgi + k.eps
+            } else {
+                vi + k.eps
+            };
+            let inc = k.lr * g / den.sqrt();
+            let step = if k.momentum > 0.0 {
+                let mi = k.momentum * m[i] + inc;
+                m[i] = mi;
+                mi
+            } else {
+                inc
+            };
+            params[i] = params[i] * k.decay - step;
+        }
+    }
+}
+
+/// Nadam's per-step constants (Keras 3's formulation; see [`crate::engine::optim`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NadamStep {
+    /// Multiplies the summed gradient into the mean gradient (and any clipping).
+    pub scale: f32,
+    /// This step's learning rate.
+    pub lr: f32,
+    /// 1 - beta1
+    pub one_minus_b1: f32,
+    /// 1 - beta2
+    pub one_minus_b2: f32,
+    /// mu_{t+1} / (1 - mu_1 ... mu_{t+1}): multiplies m in m_hat.
+    pub m_coef: f32,
+    /// (1 - mu_t) / (1 - mu_1 ... mu_t): multiplies g in m_hat.
+    pub g_coef: f32,
+    /// 1 / (1 - beta2^t)
+    pub inv_v_correction: f32,
+    /// Added to sqrt(v_hat).
+    pub eps: f32,
+    /// 1 - lr * weight_decay (decoupled weight decay; 1 when off)
+    pub decay: f32,
+}
+
+multiversion! {
+    /// One fused Nadam update: m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    /// p -= lr (m_coef m + g_coef g) / (sqrt(v inv_v_correction) + eps).
+    pub fn nadam(params: &mut [f32], grad_sum: &[f32], m: &mut [f32], v: &mut [f32], k: NadamStep) {
+        let n = params.len();
+        let (grad_sum, m, v) = (&grad_sum[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let g = grad_sum[i] * k.scale;
+            let mi = m[i] + (g - m[i]) * k.one_minus_b1;
+            let vi = v[i] + (g * g - v[i]) * k.one_minus_b2;
+            m[i] = mi;
+            v[i] = vi;
+            let m_hat = k.m_coef * mi + k.g_coef * g;
+            params[i] = params[i] * k.decay - k.lr * m_hat / ((vi * k.inv_v_correction).sqrt() + k.eps);
+        }
+    }
+}
+
+/// Adagrad's per-step constants (Keras 3's formulation).
+#[derive(Clone, Copy, Debug)]
+pub struct AdagradStep {
+    /// Multiplies the summed gradient into the mean gradient (and any clipping).
+    pub scale: f32,
+    /// This step's learning rate.
+    pub lr: f32,
+    /// Added under the square root (Keras puts it inside).
+    pub eps: f32,
+    /// 1 - lr * weight_decay (decoupled weight decay; 1 when off)
+    pub decay: f32,
+}
+
+multiversion! {
+    /// One fused Adagrad update: acc += g^2; p -= lr g / sqrt(acc + eps).
+    pub fn adagrad(params: &mut [f32], grad_sum: &[f32], acc: &mut [f32], k: AdagradStep) {
+        let n = params.len();
+        let (grad_sum, acc) = (&grad_sum[..n], &mut acc[..n]);
+        for i in 0..n {
+            let g = grad_sum[i] * k.scale;
+            let a = acc[i] + g * g;
+            acc[i] = a;
+            params[i] = params[i] * k.decay - k.lr * g / (a + k.eps).sqrt();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! (1 / samples in the global batch) turns it into the mean inside the same loop, so no
 //! separate pass divides the gradient.
 
-use crate::engine::kernels::{self, AdamStep, SgdStep};
+use crate::engine::kernels::{self, AdagradStep, AdamStep, NadamStep, RmspropStep, SgdStep};
 use crate::{Error, Result};
 
 /// Which optimizer a run uses.
@@ -21,6 +21,12 @@ pub enum OptimizerKind {
     Adam,
     /// Stochastic gradient descent, optionally with (Nesterov) momentum.
     Sgd,
+    /// RMSprop (Keras 3: rho 0.9, momentum 0, epsilon 1e-7, not centered).
+    Rmsprop,
+    /// Adam with Nesterov momentum (Keras 3's Nadam, with its 0.96 momentum schedule).
+    Nadam,
+    /// Adagrad (Keras 3: accumulators start at 0.1, epsilon 1e-7).
+    Adagrad,
 }
 
 impl OptimizerKind {
@@ -29,7 +35,13 @@ impl OptimizerKind {
         match name {
             "adam" => Ok(OptimizerKind::Adam),
             "sgd" => Ok(OptimizerKind::Sgd),
-            _ => Err(Error::flag("optimizer", format!("unknown optimizer '{name}' (expected adam or sgd)"))),
+            "rmsprop" => Ok(OptimizerKind::Rmsprop),
+            "nadam" => Ok(OptimizerKind::Nadam),
+            "adagrad" => Ok(OptimizerKind::Adagrad),
+            _ => Err(Error::flag(
+                "optimizer",
+                format!("unknown optimizer '{name}' (expected adam, sgd, rmsprop, nadam or adagrad)"),
+            )),
         }
     }
 
@@ -38,6 +50,9 @@ impl OptimizerKind {
         match self {
             OptimizerKind::Adam => "adam",
             OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Rmsprop => "rmsprop",
+            OptimizerKind::Nadam => "nadam",
+            OptimizerKind::Adagrad => "adagrad",
         }
     }
 
@@ -50,14 +65,22 @@ impl OptimizerKind {
             OptimizerKind::Adam => &["m", "v"],
             // Velocity (kept, and zero, without momentum too: the file layout has always had it).
             OptimizerKind::Sgd => &["m"],
+            // Mean square (Keras "velocity"), momentum (Keras "momentum", zero without
+            // --momentum) and mean gradient (Keras "average_gradient", zero unless centered):
+            // always all three, so the checkpoint layout does not depend on the settings.
+            OptimizerKind::Rmsprop => &["v", "m", "mg"],
+            // First and second moments, as Adam.
+            OptimizerKind::Nadam => &["m", "v"],
+            // The sums of squared gradients (Keras "accumulator").
+            OptimizerKind::Adagrad => &["accumulator"],
         }
     }
 
     /// The learning rate when `--lr` is not given (Keras's defaults).
     pub fn default_lr(self) -> f64 {
         match self {
-            OptimizerKind::Adam => 0.001,
             OptimizerKind::Sgd => 0.01,
+            OptimizerKind::Adam | OptimizerKind::Rmsprop | OptimizerKind::Nadam | OptimizerKind::Adagrad => 0.001,
         }
     }
 }
@@ -84,8 +107,15 @@ pub struct OptimizerSettings {
     pub beta2: f32,
     /// Added to sqrt(v) in Adam's denominator. Defaults to 1e-7 (Keras; PyTorch uses 1e-8).
     pub epsilon: f32,
-    /// SGD momentum. Defaults to 0 (plain SGD, as Keras).
+    /// SGD and RMSprop momentum. Defaults to 0 (as Keras).
     pub momentum: f32,
+    /// RMSprop's decay of the mean square. Defaults to 0.9 (Keras).
+    #[serde(default = "default_rho")]
+    pub rho: f32,
+    /// Centered RMSprop (divides by an estimate of the variance instead of the mean square).
+    /// Defaults to false.
+    #[serde(default)]
+    pub centered: bool,
     /// Nesterov momentum for SGD. Defaults to false.
     pub nesterov: bool,
     /// Decoupled weight decay (AdamW; also applied to SGD): p -= lr * wd * p. Defaults to 0.
@@ -102,11 +132,30 @@ impl Default for OptimizerSettings {
             beta2: 0.999,
             epsilon: 1e-7,
             momentum: 0.0,
+            rho: default_rho(),
+            centered: false,
             nesterov: false,
             weight_decay: 0.0,
             clip_norm: None,
         }
     }
+}
+
+fn default_rho() -> f32 {
+    0.9
+}
+
+/// Keras's Adagrad `initial_accumulator_value`.
+pub const ADAGRAD_INITIAL_ACCUMULATOR: f32 = 0.1;
+
+/// Nadam's momentum schedule: mu_t = beta1 (1 - 0.5 * 0.96^t) (Keras 3, after Dozat 2016).
+fn nadam_mu(beta1: f64, t: u64) -> f64 {
+    beta1 * (1.0 - 0.5 * 0.96f64.powf(t as f64))
+}
+
+/// The product mu_1 ... mu_t of Nadam's momentum schedule (Keras's `u_product` after step t).
+fn nadam_mu_product(beta1: f64, t: u64) -> f64 {
+    (1..=t).map(|i| nadam_mu(beta1, i)).product()
 }
 
 /// An optimizer with its state (the moments in the parameters' layout and the step count).
@@ -118,13 +167,17 @@ pub struct Optimizer {
     slots: Vec<Vec<f32>>,
     /// Number of steps taken so far.
     t: u64,
+    /// Nadam only: mu_1 ... mu_t, derived from `t` (recomputed on restore, so it is not state
+    /// the checkpoint needs).
+    mu_product: f64,
 }
 
 impl Optimizer {
     /// A fresh optimizer (zero moments, step 0) for `n_params` parameters.
     pub fn new(settings: OptimizerSettings, n_params: usize) -> Optimizer {
-        let slots = settings.kind.slots().iter().map(|_| vec![0.0; n_params]).collect();
-        Optimizer { settings, slots, t: 0 }
+        let initial = if settings.kind == OptimizerKind::Adagrad { ADAGRAD_INITIAL_ACCUMULATOR } else { 0.0 };
+        let slots = settings.kind.slots().iter().map(|_| vec![initial; n_params]).collect();
+        Optimizer { settings, slots, t: 0, mu_product: 1.0 }
     }
 
     /// Number of updates taken so far.
@@ -165,6 +218,9 @@ impl Optimizer {
             mine.copy_from_slice(saved);
         }
         self.t = state.step;
+        if self.settings.kind == OptimizerKind::Nadam {
+            self.mu_product = nadam_mu_product(self.settings.beta1 as f64, self.t);
+        }
         Ok(())
     }
 
@@ -210,6 +266,38 @@ impl Optimizer {
                 })
             }
             OptimizerKind::Sgd => Update::Sgd(SgdStep { scale, lr, momentum: s.momentum, nesterov: s.nesterov, decay }),
+            OptimizerKind::Rmsprop => Update::Rmsprop(RmspropStep {
+                scale,
+                lr,
+                rho: s.rho,
+                one_minus_rho: 1.0 - s.rho,
+                momentum: s.momentum,
+                centered: s.centered,
+                eps: s.epsilon,
+                decay,
+            }),
+            OptimizerKind::Nadam => {
+                // Keras 3 Nadam: mu_t = b1 (1 - 0.5 0.96^t); with P_t = mu_1 ... mu_t,
+                // m_hat = mu_{t+1} m / (1 - P_t mu_{t+1}) + (1 - mu_t) g / (1 - P_t),
+                // v_hat = v / (1 - b2^t), p -= lr m_hat / (sqrt(v_hat) + eps).
+                let (b1, t) = (s.beta1 as f64, self.t);
+                let mu = nadam_mu(b1, t);
+                let mu_next = nadam_mu(b1, t + 1);
+                self.mu_product *= mu;
+                let p = self.mu_product;
+                Update::Nadam(NadamStep {
+                    scale,
+                    lr,
+                    one_minus_b1: 1.0 - s.beta1,
+                    one_minus_b2: 1.0 - s.beta2,
+                    m_coef: (mu_next / (1.0 - p * mu_next)) as f32,
+                    g_coef: ((1.0 - mu) / (1.0 - p)) as f32,
+                    inv_v_correction: (1.0 / (1.0 - (s.beta2 as f64).powf(t as f64))) as f32,
+                    eps: s.epsilon,
+                    decay,
+                })
+            }
+            OptimizerKind::Adagrad => Update::Adagrad(AdagradStep { scale, lr, eps: s.epsilon, decay }),
         };
         (update, norm)
     }
@@ -221,6 +309,11 @@ impl Optimizer {
         match (update, self.slots.as_mut_slice()) {
             (Update::Adam(k), [m, v]) => kernels::adam(p, g, &mut m[range.clone()], &mut v[range], *k),
             (Update::Sgd(k), [m]) => kernels::sgd(p, g, &mut m[range], *k),
+            (Update::Rmsprop(k), [v, m, mg]) => {
+                kernels::rmsprop(p, g, &mut v[range.clone()], &mut m[range.clone()], &mut mg[range], *k)
+            }
+            (Update::Nadam(k), [m, v]) => kernels::nadam(p, g, &mut m[range.clone()], &mut v[range], *k),
+            (Update::Adagrad(k), [acc]) => kernels::adagrad(p, g, &mut acc[range], *k),
             _ => unreachable!("Optimizer::new makes the slots of settings.kind"),
         }
     }
@@ -234,6 +327,12 @@ pub enum Update {
     Adam(AdamStep),
     /// SGD's rate and momentum.
     Sgd(SgdStep),
+    /// RMSprop's rate, decay and options.
+    Rmsprop(RmspropStep),
+    /// Nadam's rate and this step's momentum-schedule coefficients.
+    Nadam(NadamStep),
+    /// Adagrad's rate.
+    Adagrad(AdagradStep),
 }
 
 #[cfg(test)]
@@ -302,12 +401,67 @@ mod tests {
         assert!((params[0] - 1.9).abs() < 1e-6, "{params:?}");
     }
 
+    /// Three steps of `kind` from p = [1, -0.5, 0.25] with lr 0.01, the gradients given as sums
+    /// over a batch of 2 (scale 1/2), against `expected`.
+    fn three_steps(settings: OptimizerSettings, expected: [f64; 3]) {
+        let mut params = vec![1.0, -0.5, 0.25];
+        let mut opt = Optimizer::new(settings, 3);
+        for g in [[0.2, -0.4, 0.0], [-0.6, 0.1, 0.8], [0.4, 0.4, -0.2]] {
+            opt.step(&mut params, &g, 0.5, 0.01);
+        }
+        for (p, e) in params.iter().zip(expected) {
+            assert!((*p as f64 - e).abs() < 2e-6, "{settings:?}: got {params:?}, expected {expected:?}");
+        }
+    }
+
+    /// Expected values printed by a float64 transcription of Keras 3's `update_step` of
+    /// RMSprop, Nadam and Adagrad (and Nadam's `_backend_update_step`, which advances its
+    /// `u_product`), in plain Python, independent of the fused f32 loops:
+    ///
+    /// ```python
+    /// grads = [[0.1, -0.2, 0.0], [-0.3, 0.05, 0.4], [0.2, 0.2, -0.1]]; lr, eps = 0.01, 1e-7
+    /// # rmsprop, per element: v = rho v + (1 - rho) g^2; centered: mg = rho mg + (1 - rho) g,
+    /// #   den = v - mg^2 + eps, else den = v + eps; inc = lr g / sqrt(den);
+    /// #   momentum > 0: m = momentum m + inc; p -= m, else p -= inc
+    /// # nadam: u_product *= b1 (1 - 0.5 0.96^t); u_t = b1 (1 - 0.5 0.96^t);
+    /// #   u_t_1 = b1 (1 - 0.5 0.96^(t+1)); m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    /// #   m_hat = u_t_1 m / (1 - u_product u_t_1) + (1 - u_t) g / (1 - u_product);
+    /// #   v_hat = v / (1 - b2^t); p -= m_hat lr / (sqrt(v_hat) + eps)
+    /// # adagrad: acc starts at 0.1; acc += g^2; p -= lr g / sqrt(acc + eps)
+    /// ```
+    #[test]
+    fn rmsprop_nadam_adagrad_match_keras_formulas() {
+        let with = |kind| OptimizerSettings { kind, ..Default::default() };
+        three_steps(
+            with(OptimizerKind::Rmsprop),
+            [0.980_927_657_880_103_4, -0.499_583_674_753_269_6, 0.226_435_525_696_327_83],
+        );
+        three_steps(
+            OptimizerSettings { momentum: 0.5, centered: true, ..with(OptimizerKind::Rmsprop) },
+            [0.970_335_686_291_224_2, -0.477_284_497_137_846_65, 0.208_241_281_898_866_6],
+        );
+        three_steps(
+            with(OptimizerKind::Nadam),
+            [0.993_604_577_637_354_7, -0.498_207_577_993_348_3, 0.241_543_978_665_677_76],
+        );
+        three_steps(
+            with(OptimizerKind::Adagrad),
+            [0.999_610_608_126_055, -0.500_660_953_568_279_4, 0.244_079_856_643_967_64],
+        );
+    }
+
     /// state() then restore() into a fresh optimizer continues exactly: two more steps from
     /// the restored copy give the same bits as two more steps from the original.
     #[test]
     fn restored_state_continues_bit_identically() {
-        for kind in [OptimizerKind::Adam, OptimizerKind::Sgd] {
-            let settings = OptimizerSettings { kind, momentum: 0.5, ..Default::default() };
+        for kind in [
+            OptimizerKind::Adam,
+            OptimizerKind::Sgd,
+            OptimizerKind::Rmsprop,
+            OptimizerKind::Nadam,
+            OptimizerKind::Adagrad,
+        ] {
+            let settings = OptimizerSettings { kind, momentum: 0.5, centered: true, ..Default::default() };
             let mut a = Optimizer::new(settings, 3);
             let mut pa = vec![0.5, -1.0, 2.0];
             a.step(&mut pa, &[0.3, -0.1, 0.7], 1.0, 0.01);

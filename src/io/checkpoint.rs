@@ -8,10 +8,13 @@
 //! /config                   scalar string: the run's resolved configuration as JSON
 //! /model/layer_<i>/kernel   (in, out) f32, Keras orientation; attrs units, activation
 //! /model/layer_<i>/bias     (out,) f32
-//! /optimizer                attrs: kind ("adam" | "sgd"), step (updates taken so far)
+//! /optimizer                attrs: kind ("adam" | "sgd" | "rmsprop" | "nadam" | "adagrad"),
+//!                           step (updates taken so far)
 //! /optimizer/<slot>/layer_<i>/{kernel,bias}   one group per state buffer of the optimizer
-//!                           (OptimizerKind::slots), same shapes as the model: adam m (first
-//!                           moment) and v (second moment), sgd m (velocity)
+//!                           (OptimizerKind::slots), same shapes as the model: adam and nadam
+//!                           m (first moment) and v (second moment), sgd m (velocity), rmsprop
+//!                           v (mean square), m (momentum), mg (mean gradient, centered),
+//!                           adagrad accumulator
 //! /state                    attrs: epoch (completed epochs), step (steps done in the next
 //!                           epoch), samples_seen, world_size, rng_seed, rng (how streams
 //!                           derive from the seed), partial_loss, partial_correct,

@@ -54,15 +54,22 @@ pub struct TrainArgs {
     /// (sigmoid output) or mse. Default crossentropy.
     #[arg(long, value_name = "NAME")]
     pub loss: Option<String>,
-    /// adam or sgd. Default adam.
+    /// adam, sgd, rmsprop, nadam or adagrad (Keras 3's formulas and defaults). Default adam.
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<String>,
-    /// Learning rate. Default 0.001 (adam) or 0.01 (sgd), as Keras.
+    /// Learning rate. Default 0.01 for sgd, else 0.001, as Keras.
     #[arg(long, value_name = "RATE")]
     pub lr: Option<f64>,
-    /// SGD momentum. Default 0.
+    /// SGD and RMSprop momentum. Default 0.
     #[arg(long, value_name = "M")]
     pub momentum: Option<f32>,
+    /// RMSprop's decay of the mean square. Default 0.9 (Keras).
+    #[arg(long, value_name = "RHO")]
+    pub rho: Option<f32>,
+    /// Centered RMSprop (normalise by the gradient's variance estimate, not the mean square).
+    #[arg(long)]
+    #[serde(default)]
+    pub centered: bool,
     /// Use Nesterov momentum with sgd.
     #[arg(long)]
     #[serde(default)]
@@ -73,7 +80,7 @@ pub struct TrainArgs {
     /// Adam beta2. Default 0.999.
     #[arg(long, value_name = "B")]
     pub beta2: Option<f32>,
-    /// Adam epsilon. Default 1e-7 (Keras).
+    /// Epsilon of adam, nadam, rmsprop and adagrad. Default 1e-7 (Keras).
     #[arg(long, value_name = "EPS")]
     pub epsilon: Option<f32>,
     /// Decoupled weight decay (AdamW; also for sgd). Default 0.
@@ -255,6 +262,7 @@ impl TrainArgs {
             ($($f:ident),*) => { TrainArgs {
                 config: self.config,
                 nesterov: self.nesterov || base.nesterov,
+                centered: self.centered || base.centered,
                 profile: self.profile || base.profile,
                 resume: self.resume || base.resume,
                 standardize: self.standardize || base.standardize,
@@ -272,6 +280,7 @@ impl TrainArgs {
             optimizer,
             lr,
             momentum,
+            rho,
             beta1,
             beta2,
             epsilon,
@@ -314,6 +323,8 @@ impl TrainArgs {
             beta2: self.beta2.unwrap_or(defaults.beta2),
             epsilon: self.epsilon.unwrap_or(defaults.epsilon),
             momentum: self.momentum.unwrap_or(defaults.momentum),
+            rho: self.rho.unwrap_or(defaults.rho),
+            centered: self.centered,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay.unwrap_or(0.0),
             clip_norm: self.clip_norm,
@@ -404,6 +415,9 @@ impl Config {
             return Err(Error::flag("beta1", "beta1 and beta2 must be in [0, 1)"));
         }
         positive("epsilon", o.epsilon as f64)?;
+        if !(0.0..1.0).contains(&o.rho) {
+            return Err(Error::flag("rho", format!("must be in [0, 1), got {}", o.rho)));
+        }
         if !(0.0..1.0).contains(&o.momentum) {
             return Err(Error::flag("momentum", format!("must be in [0, 1), got {}", o.momentum)));
         }
