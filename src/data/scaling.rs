@@ -4,7 +4,15 @@
 
 use crate::data::slice::Slice;
 use crate::dist::comm::Comm;
-use crate::io::checkpoint::Scaling;
+
+/// Per-feature standardisation: x' = (x - mean) / std.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scaling {
+    /// (features,)
+    pub mean: Vec<f32>,
+    /// (features,), never zero (constant features get 1).
+    pub std: Vec<f32>,
+}
 
 /// Population statistics (as scikit-learn's StandardScaler) of all ranks' slices. The sums
 /// are accumulated in f64, which keeps E[x^2] - E[x]^2 accurate unless a feature's mean is

@@ -11,12 +11,6 @@ use ndarray::s;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-/// Rows [r*n/p, (r+1)*n/p): balanced within one row, in order, covering 0..n exactly.
-pub fn slice_range(n: usize, p: usize, r: usize) -> Range<usize> {
-    let (n, p, r) = (n as u128, p as u128, r as u128);
-    (r * n / p) as usize..((r + 1) * n / p) as usize
-}
-
 /// The names of a file's datasets, as `--x` and `--y` give them.
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -298,25 +292,4 @@ pub fn read_x_rows(src: &Source, range: Range<usize>) -> Result<Slice> {
         targets: TargetStore::Values(Vec::new()),
         target_width: 0,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slices_cover_every_row_once_and_differ_by_at_most_one() {
-        for n in [0, 1, 7, 10, 1437, 1000003] {
-            for p in 1..=9 {
-                let ranges: Vec<_> = (0..p).map(|r| slice_range(n, p, r)).collect();
-                assert_eq!(ranges[0].start, 0);
-                assert_eq!(ranges[p - 1].end, n);
-                for w in ranges.windows(2) {
-                    assert_eq!(w[0].end, w[1].start);
-                }
-                let lens: Vec<_> = ranges.iter().map(|r| r.len()).collect();
-                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{n} {p} {lens:?}");
-            }
-        }
-    }
 }

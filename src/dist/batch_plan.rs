@@ -8,10 +8,17 @@
 //! it into as many near-equal chunks as there are steps (balanced work per rank, as Horovod
 //! and DDP do; the batches then depend on the rank count).
 
-use crate::data::slice::slice_range;
 use crate::engine::rng;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
+use std::ops::Range;
+
+/// Rank r of p holds rows [r*n/p, (r+1)*n/p) of n: balanced within one row, in order,
+/// covering 0..n exactly. The same split gives each rank its slice of a data file.
+pub fn slice_range(n: usize, p: usize, r: usize) -> Range<usize> {
+    let (n, p, r) = (n as u128, p as u128, r as u128);
+    (r * n / p) as usize..((r + 1) * n / p) as usize
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +159,22 @@ impl EpochPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slices_cover_every_row_once_and_differ_by_at_most_one() {
+        for n in [0, 1, 7, 10, 1437, 1000003] {
+            for p in 1..=9 {
+                let ranges: Vec<_> = (0..p).map(|r| slice_range(n, p, r)).collect();
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges[p - 1].end, n);
+                for w in ranges.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let lens: Vec<_> = ranges.iter().map(|r| r.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{n} {p} {lens:?}");
+            }
+        }
+    }
 
     /// Every row is trained exactly once per epoch, and the union over ranks of each step's
     /// rows (as global indices) is the same set for 1, 2, 3 and 4 ranks.

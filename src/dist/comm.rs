@@ -409,7 +409,7 @@ impl SharedSum {
     /// Adds every rank's input into the result (collective). Inputs must be complete.
     pub fn sum(&self) {
         self.fence();
-        let chunk = crate::data::slice::slice_range(self.len, self.ranks, self.rank);
+        let chunk = crate::dist::batch_plan::slice_range(self.len, self.ranks, self.rank);
         // SAFETY: chunk r of the result is written only by rank r, here; the inputs are only
         // read until the next fence.
         let out =

@@ -29,54 +29,19 @@
 //! temporary name in the same folder, flushed to disk, then renamed over the old file, so a
 //! crash at any moment leaves the previous checkpoint whole.
 
+use crate::data::scaling::Scaling;
 use crate::engine::model::Model;
 use crate::engine::optim::{OptimizerKind, OptimizerState};
+use crate::io::console::one_line;
 use crate::io::metrics::{EpochRecord, Profile};
 use crate::train::config::Config;
+use crate::train::run_state::{EarlyStopping, Position};
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: &str = "nn-train-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
-
-/// Where in training a checkpoint was taken, and the sums of the epoch in progress.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Position {
-    /// Completed epochs.
-    pub epoch: usize,
-    /// Steps completed in epoch `epoch` (0 at an epoch boundary).
-    pub step: usize,
-    pub samples_seen: u64,
-    /// Sums over the steps done so far in the current epoch.
-    pub partial_loss: f64,
-    pub partial_correct: f64,
-    pub partial_samples: f64,
-    pub partial_train_s: f64,
-}
-
-/// Early-stopping bookkeeping.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EarlyStopping {
-    pub best_val_loss: f64,
-    /// 1-based epoch of the best val_loss (0 = none yet).
-    pub best_epoch: usize,
-    /// Epochs since the best one.
-    pub wait: usize,
-    /// (n_params,) the parameters at the best epoch.
-    pub best_params: Vec<f32>,
-    /// Patience ran out: the run ended early and holds the best weights.
-    pub stopped: bool,
-}
-
-/// Per-feature standardisation: x' = (x - mean) / std.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scaling {
-    /// (features,)
-    pub mean: Vec<f32>,
-    /// (features,), never zero (constant features get 1).
-    pub std: Vec<f32>,
-}
 
 /// Everything a checkpoint holds.
 #[derive(Clone, Debug)]
@@ -98,11 +63,6 @@ pub struct Snapshot {
 fn h5err(path: &Path, what: &str) -> impl Fn(hdf5::Error) -> Error {
     let (path, what) = (path.to_path_buf(), what.to_string());
     move |e| Error::checkpoint(&path, format!("{what}: {}", one_line(&e.to_string())))
-}
-
-/// HDF5's messages span lines; ours are one line each.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn string(s: &str) -> VarLenUnicode {

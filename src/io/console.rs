@@ -34,13 +34,22 @@ pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, i32> {
                 Err(0)
             } else {
                 if first {
-                    write_stderr_line(&format!(
-                        "{program}: error: {} (see {program} --help)",
-                        crate::train::config::clap_one_line(&e)
-                    ));
+                    write_stderr_line(&format!("{program}: error: {} (see {program} --help)", clap_one_line(&e)));
                 }
                 Err(2)
             }
         }
     }
+}
+
+/// clap's message without its usage block: "unexpected argument '--foo' found".
+pub fn clap_one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    first.trim_start_matches("error: ").to_string()
+}
+
+/// A message that spans lines (HDF5's, TOML's) as one line: whitespace runs become one space.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -9,6 +9,7 @@ use crate::engine::loss::Loss;
 use crate::engine::lr_schedule::{Decay, LrSchedule};
 use crate::engine::model::LayerSpec;
 use crate::engine::optim::{OptimizerKind, OptimizerSettings};
+use crate::io::console::one_line;
 use crate::{Error, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -514,15 +515,4 @@ pub fn check_output_path(flag: &'static str, path: &Path) -> Result<()> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
-}
-
-/// clap's message without its usage block: "unexpected argument '--foo' found".
-pub fn clap_one_line(e: &clap::Error) -> String {
-    let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    first.trim_start_matches("error: ").to_string()
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

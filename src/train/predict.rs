@@ -4,7 +4,8 @@
 
 use crate::data::batch::Batch;
 use crate::data::scaling;
-use crate::data::slice::{self as data, slice_range, Slice, Source};
+use crate::data::slice::{self as data, Slice, Source};
+use crate::dist::batch_plan::slice_range;
 use crate::dist::comm::Comm;
 use crate::engine::loss::{argmax, Loss};
 use crate::engine::model::Model;

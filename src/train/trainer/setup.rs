@@ -5,8 +5,9 @@
 use super::{Trainer, STATS};
 use crate::data::batch::Batch;
 use crate::data::scaling;
-use crate::data::slice::{self as data, slice_range, Shape, Slice, Source, TargetKind};
-use crate::dist::batch_plan::EpochPlan;
+use crate::data::scaling::Scaling;
+use crate::data::slice::{self as data, Shape, Slice, Source, TargetKind};
+use crate::dist::batch_plan::{slice_range, EpochPlan};
 use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
 use crate::dist::signals;
@@ -15,9 +16,10 @@ use crate::engine::fpu;
 use crate::engine::loss::class_of;
 use crate::engine::model::Model;
 use crate::engine::optim::Optimizer;
-use crate::io::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
+use crate::io::checkpoint::{self, Snapshot};
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
 use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
+use crate::train::run_state::{EarlyStopping, Position};
 use crate::{Error, Result};
 use std::path::Path;
 
