@@ -7,11 +7,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 RANKS ?= 4
 
-# Debian packages the project needs (build: MPI, HDF5, OpenBLAS, bindgen's libclang;
+# Debian packages the project needs (build: MPI, HDF5, OpenBLAS, oneDNN, bindgen's libclang;
 # tests: hdf5-tools for h5dump/h5ls, slurm/munge for the job-script tests, iproute2 for the
 # simulated cluster).
 DEBIAN_PACKAGES := libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev \
-                   libclang-dev pkg-config
+                   libclang-dev pkg-config libdnnl-dev
 TEST_PACKAGES := slurm-wlm munge iproute2
 
 # Open MPI refuses to run as root without these; tests and examples may oversubscribe cores.

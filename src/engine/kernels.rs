@@ -32,6 +32,8 @@ macro_rules! multiversion {
         }
     };
 }
+/// The same dispatch for element-wise kernels in sibling modules (bf16 conversion).
+pub(crate) use multiversion;
 
 multiversion! {
     /// y = max(z, 0) in place.

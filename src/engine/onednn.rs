@@ -1,0 +1,348 @@
+//! oneDNN (Debian's `libdnnl`, 2.6): the only module that calls it. Matrix products with bf16
+//! inputs and f32 accumulation and output, on the CPU's matrix units (AMX) or its bf16 vector
+//! instructions (AVX512-BF16), for `--precision bf16`.
+//!
+//! A [`Matmul`] is one oneDNN matmul primitive for one fixed shape: created (and JIT-compiled)
+//! once, then executed any number of times on caller-owned buffers, with its scratch memory
+//! passed in by the caller, so an execution allocates nothing. oneDNN runs on GNU OpenMP; its
+//! threads per rank are set by [`set_threads`].
+//!
+//! Which CPU features count is decided here, explicitly: bf16 is offered only when oneDNN's
+//! effective ISA has AMX or AVX512-BF16 ([`bf16_unit`]); anything less would emulate bf16 and
+//! run slower than f32. Two environment variables serve tests and measurements:
+//! `NN_TRAIN_HIDE_BF16=1` makes the CPU look as if it had neither (to test the error), and
+//! `NN_TRAIN_HIDE_AMX=1` caps oneDNN at AVX512-BF16 (to measure a CPU without AMX).
+
+use crate::{Error, Result};
+use std::ffi::CStr;
+use std::os::raw::{c_int, c_void};
+use std::sync::OnceLock;
+
+#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
+mod sys {
+    include!(concat!(env!("OUT_DIR"), "/dnnl_sys.rs"));
+}
+
+extern "C" {
+    /// GNU OpenMP (libgomp, oneDNN's threading runtime): threads of the next parallel regions
+    /// started by the calling thread.
+    fn omp_set_num_threads(n: c_int);
+}
+
+/// Environment variable that hides AMX and AVX512-BF16 from the check (a test knob).
+pub const HIDE_BF16_VAR: &str = "NN_TRAIN_HIDE_BF16";
+/// Environment variable that caps oneDNN at AVX512-BF16 (measures a CPU without AMX).
+pub const HIDE_AMX_VAR: &str = "NN_TRAIN_HIDE_AMX";
+
+/// The bf16 hardware oneDNN's kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Unit {
+    /// Advanced Matrix Extensions (Intel Sapphire Rapids and newer): tile multiply units.
+    Amx,
+    /// AVX512-BF16 dot-product instructions (Intel Cooper Lake, AMD Zen 4 and newer).
+    Avx512Bf16,
+}
+
+impl Bf16Unit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Unit::Amx => "AMX",
+            Bf16Unit::Avx512Bf16 => "AVX512-BF16",
+        }
+    }
+}
+
+fn env_set(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// oneDNN's name for an ISA value of `dnnl_get_effective_cpu_isa`.
+fn isa_name(isa: sys::dnnl_cpu_isa_t) -> &'static str {
+    match isa {
+        sys::dnnl_cpu_isa_avx512_core_amx => "avx512_core_amx",
+        sys::dnnl_cpu_isa_avx512_core_bf16 => "avx512_core_bf16",
+        sys::dnnl_cpu_isa_avx512_core_vnni => "avx512_core_vnni",
+        sys::dnnl_cpu_isa_avx512_core => "avx512_core",
+        sys::dnnl_cpu_isa_avx2_vnni => "avx2_vnni",
+        sys::dnnl_cpu_isa_avx2 => "avx2",
+        sys::dnnl_cpu_isa_avx => "avx",
+        sys::dnnl_cpu_isa_sse41 => "sse41",
+        _ => "below sse41",
+    }
+}
+
+/// The ISA oneDNN's kernels use on this CPU ("avx512_core_amx", ...), after the
+/// `NN_TRAIN_HIDE_AMX` cap.
+pub fn effective_isa() -> &'static str {
+    isa_name(checked_isa())
+}
+
+fn checked_isa() -> sys::dnnl_cpu_isa_t {
+    static ISA: OnceLock<sys::dnnl_cpu_isa_t> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if env_set(HIDE_AMX_VAR) {
+            // SAFETY: called once, before any primitive exists (the cap only works then);
+            // a failure leaves the ISA uncapped, which the query below reports.
+            unsafe { sys::dnnl_set_max_cpu_isa(sys::dnnl_cpu_isa_avx512_core_bf16) };
+        }
+        // SAFETY: a query without arguments.
+        unsafe { sys::dnnl_get_effective_cpu_isa() }
+    })
+}
+
+/// The bf16 unit this CPU offers oneDNN, or the one-line `--precision` error saying that it
+/// has none (emulated bf16 would be slower than f32).
+pub fn bf16_unit() -> Result<Bf16Unit> {
+    let isa = checked_isa();
+    let hidden = env_set(HIDE_BF16_VAR);
+    let unit = match isa {
+        _ if hidden => None,
+        sys::dnnl_cpu_isa_avx512_core_amx => Some(Bf16Unit::Amx),
+        sys::dnnl_cpu_isa_avx512_core_bf16 => Some(Bf16Unit::Avx512Bf16),
+        _ => None,
+    };
+    unit.ok_or_else(|| {
+        let why = if hidden {
+            format!("hidden by {HIDE_BF16_VAR}, a test knob")
+        } else {
+            format!("oneDNN's best ISA here: {}", isa_name(isa))
+        };
+        Error::flag(
+            "precision",
+            format!(
+                "bf16 needs a CPU with AMX or AVX512-BF16 (e.g. Intel Sapphire Rapids or Cooper Lake, AMD Zen 4) and this one has neither ({why}); emulated bf16 would be slower than fp32, so use --precision fp32"
+            ),
+        )
+    })
+}
+
+/// Threads for oneDNN's next products on this thread (OpenMP), matching the BLAS threads.
+pub fn set_threads(n: usize) {
+    // SAFETY: libgomp is linked (oneDNN's runtime); the call takes a plain int.
+    unsafe { omp_set_num_threads(n.max(1) as c_int) }
+}
+
+/// The process's CPU engine and its in-order stream, created once.
+struct Context {
+    engine: sys::dnnl_engine_t,
+    stream: sys::dnnl_stream_t,
+}
+
+// SAFETY: the handles are only used by the thread that runs the model (oneDNN objects may be
+// shared between threads; streams executing concurrently are the caller's concern, and
+// nn-train executes from one thread).
+unsafe impl Send for Context {}
+// SAFETY: as above.
+unsafe impl Sync for Context {}
+
+fn check(status: sys::dnnl_status_t, what: &str) -> Result<()> {
+    if status == sys::dnnl_success {
+        Ok(())
+    } else {
+        Err(Error::flag("precision", format!("oneDNN failed to {what} (status {status})")))
+    }
+}
+
+fn context() -> Result<&'static Context> {
+    static CONTEXT: OnceLock<std::result::Result<Context, String>> = OnceLock::new();
+    let made = CONTEXT.get_or_init(|| {
+        checked_isa(); // apply the NN_TRAIN_HIDE_AMX cap before anything else
+        let mut engine = std::ptr::null_mut();
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: out-pointers to locals; index 0 is the only CPU engine.
+        check(unsafe { sys::dnnl_engine_create(&mut engine, sys::dnnl_cpu, 0) }, "create its CPU engine")
+            .map_err(|e| e.to_string())?;
+        // SAFETY: engine was just created; out-pointer to a local.
+        let status = unsafe { sys::dnnl_stream_create(&mut stream, engine, sys::dnnl_stream_default_flags) };
+        check(status, "create a stream").map_err(|e| e.to_string())?;
+        Ok(Context { engine, stream })
+    });
+    made.as_ref().map_err(|m| Error::flag("precision", m.clone()))
+}
+
+/// The shape of one product C = op(A) op(B) (+ bias), all row-major in memory: A holds
+/// `m x k` bf16 values (stored `k x m` when `trans_a`), B `k x n` bf16 (stored `n x k` when
+/// `trans_b`), C `m x n` f32, bias `n` f32 added to every row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub bias: bool,
+}
+
+/// One created matmul primitive and the memory objects bound to it at each execution.
+pub struct Matmul {
+    pub shape: Shape,
+    prim: sys::dnnl_primitive_t,
+    src: sys::dnnl_memory_t,
+    weights: sys::dnnl_memory_t,
+    bias: sys::dnnl_memory_t,
+    dst: sys::dnnl_memory_t,
+    scratch: sys::dnnl_memory_t,
+    /// Bytes of scratch memory an execution needs.
+    pub scratch_bytes: usize,
+    /// oneDNN's implementation name, e.g. "brg:avx512_core_amx_bf16".
+    pub implementation: String,
+}
+
+fn desc(
+    rows: usize,
+    cols: usize,
+    stored_transposed: bool,
+    dt: sys::dnnl_data_type_t,
+) -> Result<sys::dnnl_memory_desc_t> {
+    let mut dims: sys::dnnl_dims_t = [0; 12];
+    let mut strides: sys::dnnl_dims_t = [0; 12];
+    dims[0] = rows as i64;
+    dims[1] = cols as i64;
+    (strides[0], strides[1]) = if stored_transposed { (1, rows as i64) } else { (cols as i64, 1) };
+    // SAFETY: all-zero is a valid (empty) descriptor for the call to fill in.
+    let mut md: sys::dnnl_memory_desc_t = unsafe { std::mem::zeroed() };
+    // SAFETY: md is a valid out-pointer; dims and strides hold 12 entries of which 2 are read.
+    let status = unsafe { sys::dnnl_memory_desc_init_by_strides(&mut md, 2, dims.as_ptr(), dt, strides.as_ptr()) };
+    check(status, "describe a matrix")?;
+    Ok(md)
+}
+
+impl Matmul {
+    /// Creates the primitive (oneDNN JIT-compiles its kernel here, not at execution).
+    pub fn new(shape: Shape) -> Result<Matmul> {
+        let ctx = context()?;
+        let Shape { m, k, n, trans_a, trans_b, bias } = shape;
+        let a = desc(m, k, trans_a, sys::dnnl_bf16)?;
+        let b = desc(k, n, trans_b, sys::dnnl_bf16)?;
+        let c = desc(m, n, false, sys::dnnl_f32)?;
+        let bias_md = desc(1, n, false, sys::dnnl_f32)?;
+        // SAFETY: zeroed is the state the init call expects to overwrite.
+        let mut op: sys::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
+        let bias_ptr = if bias { &bias_md as *const _ } else { std::ptr::null() };
+        // SAFETY: all descriptors live across the call; a null bias means none.
+        check(unsafe { sys::dnnl_matmul_desc_init(&mut op, &a, &b, bias_ptr, &c) }, "describe a matmul")?;
+        let mut attr = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local.
+        check(unsafe { sys::dnnl_primitive_attr_create(&mut attr) }, "create attributes")?;
+        // Scratch memory comes from the caller, so executions never allocate.
+        // SAFETY: attr was just created.
+        let set = unsafe { sys::dnnl_primitive_attr_set_scratchpad_mode(attr, sys::dnnl_scratchpad_mode_user) };
+        let mut pd = std::ptr::null_mut();
+        let made = check(set, "set the scratchpad mode").and_then(|_| {
+            // SAFETY: op and attr are initialised; the engine lives for the process.
+            check(
+                unsafe {
+                    sys::dnnl_primitive_desc_create(
+                        &mut pd,
+                        &op as *const _ as *const c_void,
+                        attr,
+                        ctx.engine,
+                        std::ptr::null(),
+                    )
+                },
+                "find a matmul implementation",
+            )
+        });
+        // SAFETY: the descriptor keeps its own copy of the attributes.
+        unsafe { sys::dnnl_primitive_attr_destroy(attr) };
+        made?;
+        let mut info: *const std::os::raw::c_char = std::ptr::null();
+        // SAFETY: impl_info_str writes a pointer to a string owned by pd.
+        let implementation = if unsafe {
+            sys::dnnl_primitive_desc_query(pd, sys::dnnl_query_impl_info_str, 0, &mut info as *mut _ as *mut c_void)
+        } == sys::dnnl_success
+            && !info.is_null()
+        {
+            // SAFETY: a NUL-terminated string that lives as long as pd.
+            unsafe { CStr::from_ptr(info) }.to_string_lossy().into_owned()
+        } else {
+            "unknown".to_string()
+        };
+        // SAFETY: pd is valid; the returned descriptor is owned by pd.
+        let scratch_md = unsafe { sys::dnnl_primitive_desc_query_md(pd, sys::dnnl_query_scratchpad_md, 0) };
+        let scratch_bytes = if scratch_md.is_null() {
+            0
+        } else {
+            // SAFETY: scratch_md points into pd, which is alive.
+            unsafe { sys::dnnl_memory_desc_get_size(scratch_md) }
+        };
+        let mut prim = std::ptr::null_mut();
+        // SAFETY: pd is valid; the primitive keeps what it needs of it.
+        let made = check(unsafe { sys::dnnl_primitive_create(&mut prim, pd) }, "create a matmul primitive");
+        let memory = |md: *const sys::dnnl_memory_desc_t| -> Result<sys::dnnl_memory_t> {
+            let mut mem = std::ptr::null_mut();
+            // SAFETY: md is valid; a null handle means "no buffer yet" (set before each run).
+            let status = unsafe { sys::dnnl_memory_create(&mut mem, md, ctx.engine, std::ptr::null_mut()) };
+            check(status, "create a memory object")?;
+            Ok(mem)
+        };
+        let result = made.and_then(|_| {
+            Ok(Matmul {
+                shape,
+                prim,
+                src: memory(&a)?,
+                weights: memory(&b)?,
+                bias: if bias { memory(&bias_md)? } else { std::ptr::null_mut() },
+                dst: memory(&c)?,
+                scratch: if scratch_md.is_null() { std::ptr::null_mut() } else { memory(scratch_md)? },
+                scratch_bytes,
+                implementation,
+            })
+        });
+        // SAFETY: the primitive and memory objects no longer need the descriptor.
+        unsafe { sys::dnnl_primitive_desc_destroy(pd) };
+        result
+    }
+
+    /// c = op(a) op(b) (+ bias), overwriting c. Lengths: a m*k, b k*n, c m*n, bias n, scratch
+    /// at least `scratch_bytes` (64-byte alignment is best). Allocates nothing.
+    pub fn run(&self, a: &[u16], b: &[u16], bias: Option<&[f32]>, c: &mut [f32], scratch: &mut [u8]) {
+        let Shape { m, k, n, .. } = self.shape;
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n && scratch.len() >= self.scratch_bytes);
+        assert_eq!(bias.is_some(), self.shape.bias, "bias given to a matmul created without one, or missing");
+        let ctx = context().expect("a Matmul exists, so the context was created");
+        let mut args: [sys::dnnl_exec_arg_t; 5] = [sys::dnnl_exec_arg_t { arg: 0, memory: std::ptr::null_mut() }; 5];
+        let mut n_args = 0;
+        let mut bind = |arg: u32, mem: sys::dnnl_memory_t, ptr: *mut c_void| {
+            // SAFETY: mem belongs to this primitive; ptr points to a buffer at least as long as
+            // mem's descriptor (checked above) that outlives the execution below.
+            let status = unsafe { sys::dnnl_memory_set_data_handle(mem, ptr) };
+            assert_eq!(status, sys::dnnl_success, "oneDNN rejected a buffer");
+            args[n_args] = sys::dnnl_exec_arg_t { arg: arg as c_int, memory: mem };
+            n_args += 1;
+        };
+        bind(sys::DNNL_ARG_SRC, self.src, a.as_ptr() as *mut c_void);
+        bind(sys::DNNL_ARG_WEIGHTS, self.weights, b.as_ptr() as *mut c_void);
+        bind(sys::DNNL_ARG_DST, self.dst, c.as_mut_ptr() as *mut c_void);
+        if let Some(bias) = bias {
+            assert!(bias.len() >= n);
+            bind(sys::DNNL_ARG_BIAS, self.bias, bias.as_ptr() as *mut c_void);
+        }
+        if !self.scratch.is_null() {
+            bind(sys::DNNL_ARG_SCRATCHPAD, self.scratch, scratch.as_mut_ptr() as *mut c_void);
+        }
+        // SAFETY: every argument is bound to a live buffer of the right size; oneDNN reads a,
+        // b and bias (never writes them, despite the mutable pointer type) and writes c and
+        // scratch, which are borrowed mutably for the call; the wait ends all use of them.
+        unsafe {
+            let status = sys::dnnl_primitive_execute(self.prim, ctx.stream, n_args as c_int, args.as_ptr());
+            assert_eq!(status, sys::dnnl_success, "oneDNN matmul failed");
+            sys::dnnl_stream_wait(ctx.stream);
+        }
+    }
+}
+
+impl Drop for Matmul {
+    fn drop(&mut self) {
+        // SAFETY: each handle was created by Matmul::new and is destroyed once; null ones
+        // (no bias, no scratch) are skipped.
+        unsafe {
+            for mem in [self.src, self.weights, self.bias, self.dst, self.scratch] {
+                if !mem.is_null() {
+                    sys::dnnl_memory_destroy(mem);
+                }
+            }
+            sys::dnnl_primitive_destroy(self.prim);
+        }
+    }
+}
