@@ -4,6 +4,9 @@ use anyhow::Result;
 use clap::Parser;
 use nn_train::data::slice::Source;
 use nn_train::dist::comm::Comm;
+use nn_train::dist::threads;
+use nn_train::engine::mixed::Precision;
+use nn_train::engine::onednn;
 use nn_train::io::console::parse_args;
 use nn_train::train::config::check_output_path;
 use nn_train::train::predict::{has_targets, write_outputs, Predictor, RankOutputs};
@@ -32,6 +35,10 @@ struct Args {
     /// Name of the targets dataset. Default "y".
     #[arg(long, default_value = "y", value_name = "NAME")]
     y: String,
+    /// fp32, or bf16: the products take bf16 inputs and sum in f32 on AMX or AVX512-BF16
+    /// (oneDNN), as nn-train --precision bf16. Any checkpoint works with either.
+    #[arg(long, value_enum, default_value = "fp32", value_name = "P")]
+    precision: Precision,
     /// Exit with status 3 when the accuracy is below this (for scripts and `make run`).
     #[arg(long, value_name = "A")]
     min_accuracy: Option<f64>,
@@ -71,7 +78,9 @@ fn run() -> i32 {
 
 fn predict(comm: &Comm, args: &Args) -> Result<i32> {
     comm.agree(if comm.is_root() { check_output_path("out", &args.out) } else { Ok(()) })?;
-    let predictor = comm.agree(Predictor::load(&args.model))?;
+    let mut predictor = comm.agree(Predictor::load(&args.model))?;
+    comm.agree(predictor.set_precision(args.precision))?;
+    onednn::set_threads(threads::choose(None, comm.ranks_on_node()).threads);
     let src = Source { path: args.data.clone(), x: args.x.clone(), y: args.y.clone() };
     let with_targets = has_targets(&src);
     let (slice, total) = comm.agree(predictor.read_slice(&src, comm, with_targets))?;

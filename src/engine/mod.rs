@@ -4,6 +4,8 @@
 //! about ranks, files or flags.
 
 pub mod activation;
+/// bfloat16 values and the f32 -> bf16 conversion (round to nearest even).
+pub mod bf16;
 /// Which OpenBLAS kernels run: the CPU's features against the library's own pick.
 pub mod blas_core;
 pub mod fpu;
@@ -11,6 +13,10 @@ pub mod gemm;
 pub mod kernels;
 pub mod loss;
 pub mod lr_schedule;
+/// Mixed precision (`--precision bf16`): the dense layers' products in bf16 through oneDNN.
+pub mod mixed;
 pub mod model;
+/// oneDNN bindings: bf16 matmul primitives, the CPU's bf16 unit, OpenMP threads.
+pub mod onednn;
 pub mod optim;
 pub mod rng;

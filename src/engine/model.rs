@@ -8,6 +8,7 @@
 use crate::engine::activation::Activation;
 use crate::engine::gemm::{gemm, Mat};
 use crate::engine::kernels;
+use crate::engine::mixed::{padded, Bf16Gemms, Precision};
 use crate::engine::rng;
 use crate::{Error, Result};
 use rand::Rng;
@@ -136,6 +137,45 @@ pub struct Workspace {
     delta_next: Vec<f32>,
     /// Whether the last forward pass applied dropout masks (training) or not (evaluation).
     masks_active: bool,
+    /// The bf16 products and buffers with `--precision bf16`; None computes in f32.
+    pub mixed: Option<Bf16Gemms>,
+}
+
+impl Workspace {
+    /// The arithmetic of this workspace's products.
+    pub fn precision(&self) -> Precision {
+        if self.mixed.is_some() {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }
+    }
+
+    /// With bf16, copies the kernels of `params` into the bf16 weights the products read
+    /// (nothing to do in f32). Call after every change of the parameters: once per step, after
+    /// the update, and after loading or restoring them.
+    pub fn refresh_weights(&mut self, model: &Model, params: &[f32]) {
+        if let Some(mx) = self.mixed.as_mut() {
+            mx.refresh_weights(params, model.dense_layers().map(|(_, _, k, _)| k.range()));
+        }
+    }
+
+    /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).
+    pub fn implementations(&mut self, rows: usize) -> Result<Vec<String>> {
+        match self.mixed.as_mut() {
+            Some(mx) => mx.implementations(rows),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// With bf16, makes the products for batches of `rows` rows now (oneDNN compiles a
+    /// kernel per shape), so that a training step never does. Returns whether it made any.
+    pub fn prepare(&mut self, rows: usize) -> Result<bool> {
+        match self.mixed.as_mut() {
+            Some(mx) => mx.prepare(rows),
+            None => Ok(false),
+        }
+    }
 }
 
 impl Model {
@@ -207,11 +247,32 @@ impl Model {
         params
     }
 
+    /// An f32 workspace for batches of up to `max_rows` rows.
     pub fn workspace(&self, max_rows: usize) -> Workspace {
+        self.workspace_with(max_rows, Precision::Fp32).expect("an f32 workspace needs no CPU feature")
+    }
+
+    /// A workspace for batches of up to `max_rows` rows computing in `precision`. With bf16,
+    /// fails with the `--precision` error on a CPU without a bf16 unit; its bf16 weights must
+    /// be loaded with [`Workspace::refresh_weights`] before the first forward pass.
+    pub fn workspace_with(&self, max_rows: usize, precision: Precision) -> Result<Workspace> {
         let widest = self.layers.iter().map(|l| l.in_dim.max(l.out_dim)).max().unwrap_or(0);
-        Workspace {
+        let mixed = match precision {
+            Precision::Fp32 => None,
+            Precision::Bf16 => {
+                let dense: Vec<(usize, usize)> = self.dense_layers().map(|(_, l, ..)| (l.in_dim, l.out_dim)).collect();
+                // Input i of the model's layers (0 = x, i = output of layer i - 1) is kept in
+                // bf16 when layer i is dense.
+                let widths: Vec<Option<usize>> =
+                    self.layers.iter().map(|l| matches!(l.kind, LayerKind::Dense { .. }).then_some(l.in_dim)).collect();
+                Some(Bf16Gemms::new(self.n_params, &dense, &widths, widest, max_rows)?)
+            }
+        };
+        // The bf16 products write whole padded row blocks.
+        let cap = if mixed.is_some() { padded(max_rows) } else { max_rows };
+        Ok(Workspace {
             max_rows,
-            acts: self.layers.iter().map(|l| vec![0.0; max_rows * l.out_dim]).collect(),
+            acts: self.layers.iter().map(|l| vec![0.0; cap * l.out_dim]).collect(),
             pre: self
                 .layers
                 .iter()
@@ -228,10 +289,11 @@ impl Model {
                     LayerKind::Dense { .. } => Vec::new(),
                 })
                 .collect(),
-            delta: vec![0.0; max_rows * widest],
-            delta_next: vec![0.0; max_rows * widest],
+            delta: vec![0.0; cap * widest],
+            delta_next: vec![0.0; cap * widest],
             masks_active: false,
-        }
+            mixed,
+        })
     }
 
     /// Forward pass over `rows` samples. x: (rows, in_dim). Dropout is applied only when
@@ -247,13 +309,30 @@ impl Model {
     ) -> &'w [f32] {
         assert!(rows <= ws.max_rows, "batch of {rows} rows exceeds workspace of {}", ws.max_rows);
         ws.masks_active = dropout.is_some();
+        if let (Some(mx), Some(first)) = (ws.mixed.as_mut(), self.layers.first()) {
+            if matches!(first.kind, LayerKind::Dense { .. }) {
+                Bf16Gemms::convert_rows(x, &mut mx.inputs[0], rows, self.in_dim);
+            }
+        }
+        let mut dense_index = 0;
         for (l, layer) in self.layers.iter().enumerate() {
             let (before, rest) = ws.acts.split_at_mut(l);
             let input: &[f32] = if l == 0 { x } else { &before[l - 1] };
             let input = &input[..rows * layer.in_dim];
-            let out = &mut rest[0][..rows * layer.out_dim];
-            match layer.kind {
-                LayerKind::Dense { activation, kernel, bias } => {
+            match (layer.kind.clone(), ws.mixed.as_mut()) {
+                (LayerKind::Dense { activation, kernel, bias }, Some(mx)) => {
+                    // bf16 product into whole row blocks; the activation sees only real rows.
+                    let out = &mut rest[0][..padded(rows) * layer.out_dim];
+                    mx.forward(dense_index, l, kernel.range(), &params[bias.range()], rows, out);
+                    let out = &mut out[..rows * layer.out_dim];
+                    if activation.needs_input() {
+                        ws.pre[l][..out.len()].copy_from_slice(out);
+                    }
+                    activation.forward(out, layer.out_dim);
+                    dense_index += 1;
+                }
+                (LayerKind::Dense { activation, kernel, bias }, None) => {
+                    let out = &mut rest[0][..rows * layer.out_dim];
                     // Fused bias: start every row at b, then accumulate x W with beta = 1.
                     let b = &params[bias.range()];
                     out.chunks_exact_mut(layer.out_dim).for_each(|row| row.copy_from_slice(b));
@@ -270,17 +349,25 @@ impl Model {
                         ws.pre[l][..out.len()].copy_from_slice(out);
                     }
                     activation.forward(out, layer.out_dim);
+                    dense_index += 1;
                 }
-                LayerKind::Dropout { rate } => match dropout {
+                (LayerKind::Dropout { rate }, _) => match dropout {
                     Some(keys) if rate > 0.0 => {
+                        let out = &mut rest[0][..rows * layer.out_dim];
                         let mask = &mut ws.masks[l][..rows * layer.out_dim];
                         fill_dropout_mask(mask, layer.out_dim, rate, l as u64, keys);
                         for ((o, &i), &m) in out.iter_mut().zip(input).zip(mask.iter()) {
                             *o = i * m;
                         }
                     }
-                    _ => out.copy_from_slice(input),
+                    _ => rest[0][..rows * layer.out_dim].copy_from_slice(input),
                 },
+            }
+            // The bf16 copy of this output, when a dense layer reads it next.
+            if let (Some(mx), Some(next)) = (ws.mixed.as_mut(), self.layers.get(l + 1)) {
+                if matches!(next.kind, LayerKind::Dense { .. }) {
+                    Bf16Gemms::convert_rows(&rest[0], &mut mx.inputs[l + 1], rows, layer.out_dim);
+                }
             }
         }
         let last = self.layers.len() - 1;
@@ -333,6 +420,33 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate().rev() {
             let delta = &mut ws.delta[..rows * layer.out_dim];
             match layer.kind {
+                LayerKind::Dense { activation, kernel, bias } if ws.mixed.is_some() => {
+                    let mx = ws.mixed.as_mut().expect("checked");
+                    if !is_logit_grad {
+                        let n = rows * layer.out_dim;
+                        let pre = if activation.needs_input() { &ws.pre[l][..n] } else { &[] };
+                        activation.backward(pre, &ws.acts[l][..n], delta, layer.out_dim);
+                    }
+                    is_logit_grad = false;
+                    Bf16Gemms::convert_rows(delta, &mut mx.delta, rows, layer.out_dim);
+                    dense_left -= 1;
+                    // dW = x^T dz (bf16 inputs, f32 sums), db = column sums of the f32 dz.
+                    mx.weights_grad(dense_left, l, rows, &mut grads[kernel.range()]);
+                    let db = &mut grads[bias.range()];
+                    db.fill(0.0);
+                    kernels::add_column_sums(db, delta);
+                    on_dense_done(dense_left);
+                    if l > first_dense {
+                        // dx = dz W^T into whole row blocks; the rows past `rows` are unused.
+                        mx.input_grad(
+                            dense_left,
+                            kernel.range(),
+                            rows,
+                            &mut ws.delta_next[..padded(rows) * layer.in_dim],
+                        );
+                        std::mem::swap(&mut ws.delta, &mut ws.delta_next);
+                    }
+                }
                 LayerKind::Dense { activation, kernel, bias } => {
                     if !is_logit_grad {
                         let n = rows * layer.out_dim;

@@ -7,6 +7,7 @@
 use crate::dist::batch_plan::Shuffle;
 use crate::engine::loss::Loss;
 use crate::engine::lr_schedule::{Decay, LrSchedule};
+use crate::engine::mixed::Precision;
 use crate::engine::model::LayerSpec;
 use crate::engine::optim::{OptimizerKind, OptimizerSettings};
 use crate::io::console::one_line;
@@ -140,6 +141,11 @@ pub struct TrainArgs {
     /// one node, else MPI_Allreduce) or mpi (always MPI_Allreduce). Default auto.
     #[arg(long, value_name = "MODE")]
     pub allreduce: Option<String>,
+    /// fp32, or bf16 (Keras mixed_bfloat16): the dense layers' products take bf16 inputs and
+    /// sum in f32 on the CPU's AMX or AVX512-BF16 units (oneDNN); weights, optimizer state,
+    /// loss and gradient sums stay f32. Default fp32.
+    #[arg(long, value_enum, value_name = "P")]
+    pub precision: Option<Precision>,
 
     /// Checkpoint file (HDF5), written by rank 0 atomically (temporary file, then rename).
     #[arg(long, value_name = "FILE")]
@@ -199,6 +205,9 @@ pub struct Config {
     pub overlap: Overlap,
     #[serde(default)]
     pub allreduce: AllreduceMode,
+    /// Checkpoints written before this setting existed were f32.
+    #[serde(default)]
+    pub precision: Precision,
     pub checkpoint: Option<PathBuf>,
     pub checkpoint_every: usize,
     pub checkpoint_steps: Option<usize>,
@@ -300,6 +309,7 @@ impl TrainArgs {
             threads,
             overlap,
             allreduce,
+            precision,
             checkpoint,
             checkpoint_every,
             checkpoint_steps,
@@ -358,6 +368,7 @@ impl TrainArgs {
             threads: self.threads,
             profile: self.profile,
             overlap: Overlap::parse(self.overlap.as_deref().unwrap_or("auto"))?,
+            precision: self.precision.unwrap_or_default(),
             allreduce: match self.allreduce.as_deref().unwrap_or("auto") {
                 "auto" => AllreduceMode::Auto,
                 "mpi" => AllreduceMode::Mpi,

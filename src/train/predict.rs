@@ -8,7 +8,9 @@ use crate::data::slice::{self as data, Slice, Source};
 use crate::dist::batch_plan::slice_range;
 use crate::dist::comm::Comm;
 use crate::engine::loss::{argmax, Loss};
-use crate::engine::model::Model;
+use crate::engine::mixed::Precision;
+use crate::engine::model::{Model, Workspace};
+use crate::engine::onednn;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::train::evaluate::{evaluate, Evaluation};
 use crate::{Error, Result};
@@ -19,13 +21,33 @@ use std::path::{Path, PathBuf};
 pub struct Predictor {
     pub snapshot: Snapshot,
     pub model: Model,
+    /// The arithmetic of the products (checked against the CPU by [`Predictor::set_precision`]).
+    precision: Precision,
 }
 
 impl Predictor {
     pub fn load(path: &Path) -> Result<Predictor> {
         let snapshot = checkpoint::load(path)?;
         let model = Model::new(snapshot.in_dim, &snapshot.config.layers);
-        Ok(Predictor { snapshot, model })
+        Ok(Predictor { snapshot, model, precision: Precision::Fp32 })
+    }
+
+    /// Computes in `precision` from now on; bf16 fails with the `--precision` error on a CPU
+    /// without a bf16 unit. Checkpoints are f32 whatever precision trained them.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Bf16 {
+            onednn::bf16_unit()?;
+        }
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// A workspace in this predictor's precision with its weights loaded.
+    fn workspace(&self, rows: usize) -> Workspace {
+        let mut ws =
+            self.model.workspace_with(rows, self.precision).expect("set_precision checked that the CPU supports it");
+        ws.refresh_weights(&self.model, &self.snapshot.params);
+        ws
     }
 
     pub fn loss(&self) -> Loss {
@@ -63,7 +85,7 @@ impl Predictor {
     pub fn outputs(&self, slice: &Slice) -> Vec<f32> {
         let k = self.model.out_dim();
         let chunk = 1024.min(slice.rows.max(1));
-        let mut ws = self.model.workspace(chunk);
+        let mut ws = self.workspace(chunk);
         let mut batch = Batch::new(slice, chunk);
         let mut out = vec![0.0; slice.rows * k];
         let mut start = 0;
@@ -80,7 +102,7 @@ impl Predictor {
     /// Loss and accuracy over all ranks' slices (collective), as nn-train computes val_loss.
     pub fn evaluate(&self, comm: &Comm, slice: &Slice) -> Evaluation {
         let chunk = 1024.min(slice.rows.max(1));
-        let mut ws = self.model.workspace(chunk);
+        let mut ws = self.workspace(chunk);
         let mut batch = Batch::new(slice, chunk);
         evaluate(comm, &self.model, &self.snapshot.params, self.loss(), slice, &mut ws, &mut batch)
     }

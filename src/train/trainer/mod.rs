@@ -74,6 +74,8 @@ pub struct Trainer<'c> {
     comm_mark: f64,
     /// Lines for the start-up summary about a resumed or initialised run.
     start_notes: Vec<String>,
+    /// For the summary's first line: where the bf16 products run, or empty in f32.
+    precision_note: String,
 }
 
 impl<'c> Trainer<'c> {
@@ -198,6 +200,7 @@ impl<'c> Trainer<'c> {
                     early.stopped = true;
                     self.stopped_early = true;
                     self.params.copy_from_slice(&early.best_params);
+                    self.ws.refresh_weights(&self.model, &self.params);
                 }
             }
         }

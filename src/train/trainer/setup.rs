@@ -15,6 +15,7 @@ use crate::dist::threads;
 use crate::engine::fpu;
 use crate::engine::loss::class_of;
 use crate::engine::model::Model;
+use crate::engine::onednn;
 use crate::engine::optim::Optimizer;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
@@ -72,7 +73,8 @@ impl<'c> Trainer<'c> {
             ))))?;
         }
         let max_rows = plan.max_local_batch().max(1);
-        let ws = model.workspace(max_rows);
+        let mut ws = comm.agree(model.workspace_with(max_rows, cfg.precision))?;
+        ws.refresh_weights(&model, &start.params);
         let batch = Batch::new(&train, max_rows);
         let val_batch = val.as_ref().map(|v| Batch::new(v, max_rows));
 
@@ -84,6 +86,21 @@ impl<'c> Trainer<'c> {
         let ranks_on_node = comm.ranks_on_node();
         let threads = threads::choose(cfg.threads, ranks_on_node);
         threads::set_blas_threads(threads.threads);
+        onednn::set_threads(threads.threads);
+        let mut precision_note = String::new();
+        if ws.mixed.is_some() {
+            // The products of a full batch, made now: their kernels name the ISA for the summary.
+            let kernels = comm.agree(ws.implementations(max_rows))?;
+            let unit = ws.mixed.as_ref().map_or("?", |m| m.unit.name());
+            precision_note = format!("; bf16 products on {unit} ({})", kernels.first().map_or("?", String::as_str));
+            start_notes.push(format!(
+                "precision bf16 (Keras mixed_bfloat16: bf16 product inputs; f32 sums, weights, optimizer state and loss): oneDNN on {unit}, ISA {}, kernels {}, {} OpenMP thread{} per rank",
+                onednn::effective_isa(),
+                kernels.join(", "),
+                threads.threads,
+                if threads.threads == 1 { "" } else { "s" },
+            ));
+        }
         let sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node);
         let fused = cfg.loss.required_activation().is_some();
         Ok(Trainer {
@@ -111,6 +128,7 @@ impl<'c> Trainer<'c> {
             profile: Profile::default(),
             comm_mark: 0.0,
             start_notes,
+            precision_note,
             cfg,
         })
     }
@@ -123,7 +141,7 @@ impl<'c> Trainer<'c> {
         let mb = |b: u64| b as f64 / 1e6;
         let cfg = &self.cfg;
         let mut s = format!(
-            "nn-train {}: {} rank{} x {} BLAS thread{} ({}), denormals flushed to zero: {}{}; BLAS: {}\n",
+            "nn-train {}: {} rank{} x {} BLAS thread{} ({}), denormals flushed to zero: {}{}; BLAS: {}{}\n",
             env!("CARGO_PKG_VERSION"),
             self.comm.size(),
             if self.comm.size() == 1 { "" } else { "s" },
@@ -133,6 +151,7 @@ impl<'c> Trainer<'c> {
             if fpu::denormals_flushed() { "yes" } else { "no" },
             self.sum.describe(),
             crate::engine::blas_core::summary(),
+            self.precision_note,
         );
         s += &format!(
             "data: {} rows x {} features from {}; {}-{} rows per rank ({:.2}-{:.2} MB each, read by hyperslab)",

@@ -49,6 +49,15 @@ impl Trainer<'_> {
     /// that drive [`Trainer::step`] directly). Returns the number of steps.
     pub fn start_epoch(&mut self) -> usize {
         self.plan.fill(self.cfg.seed, self.pos.epoch as u64);
+        if self.ws.mixed.is_some() {
+            // bf16 products exist per batch size: make this epoch's before its first step.
+            for s in 0..self.plan.steps() {
+                if let Err(e) = self.ws.prepare(self.plan.batch(s).len()) {
+                    // They were made for a full batch at set-up; failing now is a oneDNN fault.
+                    panic!("{e}");
+                }
+            }
+        }
         self.plan.steps()
     }
 
@@ -94,6 +103,8 @@ impl Trainer<'_> {
         let count = self.plan.global_count(s);
         let lr = self.cfg.lr.at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
         let waited = self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr);
+        // bf16: the one conversion of the weights per step, after the update.
+        self.ws.refresh_weights(&self.model, &self.params);
         let mut update_s = 0.0;
         clock.lap(&mut update_s);
         profile.allreduce_s += waited;
