@@ -190,7 +190,7 @@ fn keras_pieces_resume_mid_epoch_exactly() {
         ],
         &["--layers", "16:elu,8:selu,8:softplus,3:softmax", "--optimizer", "nadam"],
         &["--layers", "16:relu,3:softmax", "--optimizer", "adagrad", "--lr", "0.05"],
-        &["--layers", "16:relu,3:softmax", "--optimizer", "rmsprop"],
+        &["--layers", "16:relu:l1=0.001,3:softmax", "--optimizer", "rmsprop", "--l2", "0.01"],
     ];
     for (i, case) in cases.iter().enumerate() {
         let ck = dir.path().join(format!("c{i}.h5"));

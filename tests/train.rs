@@ -70,6 +70,50 @@ fn same_model_on_1_2_and_4_ranks() {
     assert!(max_rel_diff(&one, &three) < 1e-4, "{:e}", max_rel_diff(&one, &three));
 }
 
+/// Kernel penalties: the model stays the same on 1 and 3 ranks (rank 0 alone adds the
+/// penalty's gradient before the sum), and the reported loss and val_loss include
+/// l2 * sum(w^2) as Keras reports them: with a negligible learning rate the weights stay at
+/// their (bias-free) initial values, so the losses with --l2 0.1 exceed those without by
+/// 0.1 * sum(w^2).
+#[test]
+fn l2_penalty_is_rank_independent_and_reported_in_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.h5");
+    write_classification(&data, 203, 7, 3, 4);
+    let extra = [
+        "--layers",
+        "16:gelu:l1=0.001,8:leaky_relu,3:softmax",
+        "--l2",
+        "0.01",
+        "--optimizer",
+        "rmsprop",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--seed",
+        "5",
+    ];
+    let one = train_params(dir.path(), &data, 0, &extra);
+    let three = train_params(dir.path(), &data, 3, &extra);
+    assert!(max_rel_diff(&one, &three) < 1e-4, "{:e}", max_rel_diff(&one, &three));
+
+    let losses = |l2: &str| {
+        let m = dir.path().join(format!("m{l2}.jsonl"));
+        let ms = m.display().to_string();
+        let flags = ["--layers", "16:tanh,3:softmax", "--lr", "1e-12", "--epochs", "1", "--val-split", "0.2"];
+        let p = train_params(dir.path(), &data, 0, &[&flags[..], &["--l2", l2, "--metrics", &ms]].concat());
+        let line = &metrics_lines(&m)[0];
+        (line["loss"].as_f64().unwrap(), line["val_loss"].as_f64().unwrap(), p)
+    };
+    let (loss0, val0, _) = losses("0");
+    let (loss1, val1, p) = losses("0.1");
+    let penalty: f64 = 0.1 * p.iter().map(|&w| (w as f64) * (w as f64)).sum::<f64>();
+    assert!(penalty > 0.1, "{penalty}");
+    assert!(((loss1 - loss0) - penalty).abs() < 1e-4 * penalty, "loss {loss1} - {loss0} vs penalty {penalty}");
+    assert!(((val1 - val0) - penalty).abs() < 1e-4 * penalty, "val_loss {val1} - {val0} vs penalty {penalty}");
+}
+
 /// The same command twice gives the same model bit for bit (same machine, same rank count),
 /// and a different seed gives a different one.
 #[test]

@@ -194,6 +194,17 @@ multiversion! {
 }
 
 multiversion! {
+    /// g += a1 sign(w) + a2 w: the gradient of a kernel penalty (sign(0) = 0, as the
+    /// subgradient TensorFlow and JAX take for |w| at 0). g, w: same length.
+    pub fn add_penalty_gradient(g: &mut [f32], w: &[f32], a1: f32, a2: f32) {
+        for (g, &w) in g.iter_mut().zip(w) {
+            let sign = if w > 0.0 { 1.0 } else if w < 0.0 { -1.0 } else { 0.0 };
+            *g += a1 * sign + a2 * w;
+        }
+    }
+}
+
+multiversion! {
     /// a *= b, element by element (dropout masks).
     pub fn mul_in_place(a: &mut [f32], b: &[f32]) {
         for (a, &b) in a.iter_mut().zip(b) {

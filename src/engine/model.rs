@@ -30,8 +30,20 @@ impl Span {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum LayerSpec {
-    Dense { units: usize, activation: Activation },
-    Dropout { rate: f32 },
+    /// Keras `Dense(units, activation, kernel_regularizer=L1L2(l1, l2))`.
+    Dense {
+        units: usize,
+        activation: Activation,
+        /// L1 penalty factor on the kernel (`:l1=F`; `--l1` fills it in where absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        l1: Option<f32>,
+        /// L2 penalty factor on the kernel (`:l2=F`; `--l2` fills it in where absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        l2: Option<f32>,
+    },
+    Dropout {
+        rate: f32,
+    },
 }
 
 impl LayerSpec {
@@ -67,11 +79,24 @@ impl LayerSpec {
             if units == 0 {
                 return Err(bad(entry, "a layer needs at least one unit"));
             }
-            let activation = match tail {
-                Some(name) => Activation::parse(name)?,
-                None => Activation::Linear,
-            };
-            specs.push(LayerSpec::Dense { units, activation });
+            let (mut activation, mut l1, mut l2) = (None, None, None);
+            for part in tail.into_iter().flat_map(|t| t.split(':')).map(str::trim) {
+                let penalty = |v: &str| match v.parse::<f32>() {
+                    Ok(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
+                    _ => Err(bad(entry, &format!("'{v}' is not a penalty factor >= 0"))),
+                };
+                if let Some(v) = part.strip_prefix("l1=") {
+                    l1 = penalty(v)?;
+                } else if let Some(v) = part.strip_prefix("l2=") {
+                    l2 = penalty(v)?;
+                } else if activation.is_none() && l1.is_none() && l2.is_none() {
+                    activation = Some(Activation::parse(part)?);
+                } else {
+                    return Err(bad(entry, &format!("'{part}' is not l1=F or l2=F")));
+                }
+            }
+            let activation = activation.unwrap_or(Activation::Linear);
+            specs.push(LayerSpec::Dense { units, activation, l1, l2 });
         }
         match specs.last() {
             Some(LayerSpec::Dense { .. }) => Ok(specs),
@@ -83,7 +108,16 @@ impl LayerSpec {
         let parts: Vec<String> = specs
             .iter()
             .map(|s| match s {
-                LayerSpec::Dense { units, activation } => format!("{units}:{}", activation.to_text()),
+                LayerSpec::Dense { units, activation, l1, l2 } => {
+                    let mut t = format!("{units}:{}", activation.to_text());
+                    if let Some(f) = l1.filter(|&f| f > 0.0) {
+                        t += &format!(":l1={f}");
+                    }
+                    if let Some(f) = l2.filter(|&f| f > 0.0) {
+                        t += &format!(":l2={f}");
+                    }
+                    t
+                }
                 LayerSpec::Dropout { rate } => format!("dropout:{rate}"),
             })
             .collect();
@@ -93,8 +127,17 @@ impl LayerSpec {
 
 #[derive(Clone, Debug)]
 pub enum LayerKind {
-    Dense { activation: Activation, kernel: Span, bias: Span },
-    Dropout { rate: f32 },
+    /// y = f(x W + b); `l1`, `l2` are the kernel's penalty factors (0 = none).
+    Dense {
+        activation: Activation,
+        kernel: Span,
+        bias: Span,
+        l1: f32,
+        l2: f32,
+    },
+    Dropout {
+        rate: f32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -185,11 +228,12 @@ impl Model {
         let mut width = in_dim;
         for spec in specs {
             let layer = match *spec {
-                LayerSpec::Dense { units, activation } => {
+                LayerSpec::Dense { units, activation, l1, l2 } => {
                     let kernel = Span { start: offset, len: width * units };
                     let bias = Span { start: kernel.start + kernel.len, len: units };
                     offset = bias.start + bias.len;
-                    Layer { kind: LayerKind::Dense { activation, kernel, bias }, in_dim: width, out_dim: units }
+                    let (l1, l2) = (l1.unwrap_or(0.0), l2.unwrap_or(0.0));
+                    Layer { kind: LayerKind::Dense { activation, kernel, bias, l1, l2 }, in_dim: width, out_dim: units }
                 }
                 LayerSpec::Dropout { rate } => {
                     Layer { kind: LayerKind::Dropout { rate }, in_dim: width, out_dim: width }
@@ -211,6 +255,25 @@ impl Model {
             Some(LayerKind::Dense { activation, .. }) => *activation,
             _ => Activation::Linear,
         }
+    }
+
+    /// The kernel regularization penalty at `params`, as Keras adds it to the loss:
+    /// sum over dense layers of l1 * sum |w| + l2 * sum w^2 (no 1/2), 0 without penalties.
+    pub fn regularization(&self, params: &[f32]) -> f64 {
+        let mut total = 0.0;
+        for layer in &self.layers {
+            if let LayerKind::Dense { kernel, l1, l2, .. } = layer.kind {
+                if l1 > 0.0 || l2 > 0.0 {
+                    let (mut abs, mut sq) = (0.0f64, 0.0f64);
+                    for &w in &params[kernel.range()] {
+                        abs += w.abs() as f64;
+                        sq += (w as f64) * (w as f64);
+                    }
+                    total += l1 as f64 * abs + l2 as f64 * sq;
+                }
+            }
+        }
+        total
     }
 
     /// The dense layers in order, as (index into `layers`, kernel span, bias span).
@@ -320,7 +383,7 @@ impl Model {
             let input: &[f32] = if l == 0 { x } else { &before[l - 1] };
             let input = &input[..rows * layer.in_dim];
             match (layer.kind.clone(), ws.mixed.as_mut()) {
-                (LayerKind::Dense { activation, kernel, bias }, Some(mx)) => {
+                (LayerKind::Dense { activation, kernel, bias, .. }, Some(mx)) => {
                     // bf16 product into whole row blocks; the activation sees only real rows.
                     let out = &mut rest[0][..padded(rows) * layer.out_dim];
                     mx.forward(dense_index, l, kernel.range(), &params[bias.range()], rows, out);
@@ -331,7 +394,7 @@ impl Model {
                     activation.forward(out, layer.out_dim);
                     dense_index += 1;
                 }
-                (LayerKind::Dense { activation, kernel, bias }, None) => {
+                (LayerKind::Dense { activation, kernel, bias, .. }, None) => {
                     let out = &mut rest[0][..rows * layer.out_dim];
                     // Fused bias: start every row at b, then accumulate x W with beta = 1.
                     let b = &params[bias.range()];
@@ -387,7 +450,8 @@ impl Model {
     /// On entry the delta buffer (see [`Model::output_and_delta`]) holds dL/dy of the model
     /// output, or dL/dz of the last layer's pre-activation when `delta_is_logit_grad` (a loss
     /// fused with its output activation). Writes every parameter's gradient into `grads`
-    /// (overwriting, not accumulating).
+    /// (overwriting, not accumulating). The gradient is that of the SUMMED loss over the `rows`
+    /// samples plus `rows` times the kernel penalty (Keras adds the penalty to the mean loss).
     pub fn backward(
         &self,
         params: &[f32],
@@ -397,12 +461,17 @@ impl Model {
         ws: &mut Workspace,
         delta_is_logit_grad: bool,
     ) {
-        self.backward_with(params, grads, x, rows, ws, delta_is_logit_grad, &mut |_| {});
+        self.backward_with(params, grads, x, rows, ws, delta_is_logit_grad, rows as f32, &mut |_| {});
     }
 
     /// [`Model::backward`], calling `on_dense_done(d)` as soon as the gradients of the d-th
     /// dense layer (counting from 0 at the input) are final. Layers finish from the output
     /// down, so a caller can start summing them across ranks while the rest is computed.
+    ///
+    /// `penalty_weight` multiplies the gradient of the kernel penalty added to the kernels'
+    /// gradients: the number of samples in the GLOBAL batch on exactly one rank and 0 on the
+    /// others, so that the summed gradient divided by that number is Keras's
+    /// d(mean loss + penalty)/dw.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_with(
         &self,
@@ -412,6 +481,7 @@ impl Model {
         rows: usize,
         ws: &mut Workspace,
         delta_is_logit_grad: bool,
+        penalty_weight: f32,
         on_dense_done: &mut dyn FnMut(usize),
     ) {
         let first_dense = self.dense_layers().next().map_or(usize::MAX, |(i, ..)| i);
@@ -420,7 +490,7 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate().rev() {
             let delta = &mut ws.delta[..rows * layer.out_dim];
             match layer.kind {
-                LayerKind::Dense { activation, kernel, bias } if ws.mixed.is_some() => {
+                LayerKind::Dense { activation, kernel, bias, l1, l2 } if ws.mixed.is_some() => {
                     let mx = ws.mixed.as_mut().expect("checked");
                     if !is_logit_grad {
                         let n = rows * layer.out_dim;
@@ -432,6 +502,7 @@ impl Model {
                     dense_left -= 1;
                     // dW = x^T dz (bf16 inputs, f32 sums), db = column sums of the f32 dz.
                     mx.weights_grad(dense_left, l, rows, &mut grads[kernel.range()]);
+                    add_penalty(&params[kernel.range()], &mut grads[kernel.range()], penalty_weight, l1, l2);
                     let db = &mut grads[bias.range()];
                     db.fill(0.0);
                     kernels::add_column_sums(db, delta);
@@ -447,7 +518,7 @@ impl Model {
                         std::mem::swap(&mut ws.delta, &mut ws.delta_next);
                     }
                 }
-                LayerKind::Dense { activation, kernel, bias } => {
+                LayerKind::Dense { activation, kernel, bias, l1, l2 } => {
                     if !is_logit_grad {
                         let n = rows * layer.out_dim;
                         let pre = if activation.needs_input() { &ws.pre[l][..n] } else { &[] };
@@ -459,6 +530,7 @@ impl Model {
                     let dz = Mat::new(delta, rows, layer.out_dim);
                     // dW = x^T dz: (in_dim, out_dim)
                     gemm(1.0, &input, true, &dz, false, 0.0, &mut grads[kernel.range()]);
+                    add_penalty(&params[kernel.range()], &mut grads[kernel.range()], penalty_weight, l1, l2);
                     // db = column sums of dz: (out_dim,)
                     let db = &mut grads[bias.range()];
                     db.fill(0.0);
@@ -480,6 +552,14 @@ impl Model {
                 }
             }
         }
+    }
+}
+
+/// Adds `weight` times the gradient of the kernel penalty l1 |w| + l2 w^2, l1 sign(w) + 2 l2 w,
+/// to a kernel's gradient `g`. w, g: the kernel's (in_dim * out_dim,).
+fn add_penalty(w: &[f32], g: &mut [f32], weight: f32, l1: f32, l2: f32) {
+    if weight != 0.0 && (l1 > 0.0 || l2 > 0.0) {
+        kernels::add_penalty_gradient(g, w, weight * l1, weight * 2.0 * l2);
     }
 }
 
@@ -518,7 +598,7 @@ mod tests {
 
         let loss_at = |p: &[f32], ws: &mut Workspace| -> f64 {
             let y = model.forward(p, &x, rows, ws, Some(&keys)).to_vec();
-            loss_and_delta(loss, &y, k, targets, None).loss
+            loss_and_delta(loss, &y, k, targets, None).loss + rows as f64 * model.regularization(p)
         };
         model.forward(&params, &x, rows, &mut ws, Some(&keys));
         let (y, delta) = model.output_and_delta(&mut ws, rows);
@@ -561,6 +641,25 @@ mod tests {
             4,
         );
         check_network("6:selu,5:softplus,4:silu,3:gelu", Loss::Mse, Targets::Values(&t), 4);
+        // Kernel penalties (the loss below adds rows * penalty, Keras's mean-loss form summed).
+        check_network(
+            "6:tanh:l2=0.05,5:relu:l1=0.02:l2=0.01,3:softmax:l1=0.03",
+            Loss::Crossentropy,
+            Targets::Labels(&labels),
+            4,
+        );
+    }
+
+    /// Keras's penalty, by hand: kernel [[1, -2], [0.5, 0]] with l1 0.1 and l2 0.01 gives
+    /// 0.1 * 3.5 + 0.01 * 5.25 = 0.4025 (no 1/2 on the L2 term); biases are not penalised.
+    #[test]
+    fn regularization_is_keras_l1_l2_on_kernels() {
+        let model = Model::new(2, &LayerSpec::parse_list("2:relu:l1=0.1:l2=0.01").unwrap());
+        let params = [1.0, -2.0, 0.5, 0.0, 7.0, 7.0];
+        assert!((model.regularization(&params) - 0.4025).abs() < 1e-7, "{}", model.regularization(&params));
+        let specs = LayerSpec::parse_list("8:leaky_relu=0.1:l2=1e-4,dropout:0.1,3:l1=0.5,2:softmax").unwrap();
+        assert_eq!(LayerSpec::to_text(&specs), "8:leaky_relu=0.1:l2=0.0001,dropout:0.1,3:linear:l1=0.5,2:softmax");
+        assert_eq!(LayerSpec::parse_list(&LayerSpec::to_text(&specs)).unwrap(), specs);
     }
 
     #[test]
@@ -615,6 +714,8 @@ mod tests {
             ("64:relu,dropout:0.2", "last layer must be a dense layer"),
             ("64:gelux", "unknown activation 'gelux'"),
             ("64:relu=2", "takes no parameter"),
+            ("64:relu:l2=-1", "not a penalty factor"),
+            ("64:relu:l2=0.1:tanh", "'tanh' is not l1=F or l2=F"),
             ("64:leaky_relu=-1", "not a number >= 0"),
         ] {
             let err = LayerSpec::parse_list(text).unwrap_err().to_string();

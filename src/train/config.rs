@@ -48,10 +48,18 @@ pub struct TrainArgs {
     #[arg(long, value_name = "NAME")]
     pub y: Option<String>,
 
-    /// Layers after the input, comma-separated: UNITS:ACTIVATION (relu, tanh, sigmoid,
-    /// softmax, linear) or dropout:RATE. Default "64:relu,64:relu,10:softmax".
+    /// Layers after the input, comma-separated: UNITS:ACTIVATION[:l1=F][:l2=F] (relu, tanh,
+    /// sigmoid, softmax, linear, gelu, leaky_relu[=SLOPE], elu, selu, softplus, swish) or
+    /// dropout:RATE. Default "64:relu,64:relu,10:softmax".
     #[arg(long, value_name = "SPEC")]
     pub layers: Option<String>,
+    /// L2 penalty factor on every dense kernel without its own `:l2=F` in --layers (Keras
+    /// kernel_regularizer L2: l2 * sum(w^2) added to the loss). Default 0.
+    #[arg(long, value_name = "F")]
+    pub l2: Option<f32>,
+    /// L1 penalty factor on every dense kernel without its own `:l1=F` (l1 * sum |w|). Default 0.
+    #[arg(long, value_name = "F")]
+    pub l1: Option<f32>,
     /// crossentropy (softmax output; integer labels or one-hot rows), binary-crossentropy
     /// (sigmoid output) or mse. Default crossentropy.
     #[arg(long, value_name = "NAME")]
@@ -286,6 +294,8 @@ impl TrainArgs {
             x,
             y,
             layers,
+            l2,
+            l1,
             loss,
             optimizer,
             lr,
@@ -324,7 +334,20 @@ impl TrainArgs {
     /// data files; [`crate::train::trainer`] checks the rest once the files' shapes are known.
     pub fn resolve(self) -> Result<Config> {
         let data = self.data.ok_or_else(|| Error::flag("data", "is required: the HDF5 training file"))?;
-        let layers = LayerSpec::parse_list(self.layers.as_deref().unwrap_or("64:relu,64:relu,10:softmax"))?;
+        let mut layers = LayerSpec::parse_list(self.layers.as_deref().unwrap_or("64:relu,64:relu,10:softmax"))?;
+        for (flag, value) in [("l1", self.l1), ("l2", self.l2)] {
+            if let Some(v) = value {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(Error::flag(flag, format!("must be a number >= 0, got {v}")));
+                }
+            }
+        }
+        for spec in &mut layers {
+            if let LayerSpec::Dense { l1, l2, .. } = spec {
+                *l1 = l1.or(self.l1);
+                *l2 = l2.or(self.l2);
+            }
+        }
         let loss = Loss::parse(self.loss.as_deref().unwrap_or("crossentropy"))?;
         let kind = OptimizerKind::parse(self.optimizer.as_deref().unwrap_or("adam"))?;
         let defaults = OptimizerSettings::default();

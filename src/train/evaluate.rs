@@ -6,7 +6,8 @@ use crate::dist::comm::Comm;
 use crate::engine::loss::{loss_and_delta, Loss};
 use crate::engine::model::{Model, Workspace};
 
-/// Mean loss and accuracy over all ranks' slices.
+/// Mean loss (with the kernel penalty, as Keras reports it) and accuracy over all ranks'
+/// slices.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
     pub loss: f64,
@@ -43,5 +44,9 @@ pub fn evaluate(
     }
     comm.sum_f64(&mut sums);
     let n = sums[2].max(1.0);
-    Evaluation { loss: sums[0] / n, accuracy: loss.is_classification().then(|| sums[1] / n), samples: sums[2] as u64 }
+    Evaluation {
+        loss: sums[0] / n + model.regularization(params),
+        accuracy: loss.is_classification().then(|| sums[1] / n),
+        samples: sums[2] as u64,
+    }
 }

@@ -84,8 +84,13 @@ impl Trainer<'_> {
         let k = self.model.out_dim();
         let targets = self.batch.targets();
         let sums = weighted_loss_and_delta(self.cfg.loss, out, k, targets, self.class_weights.as_deref(), Some(delta));
+        // Kernel penalties count once per global batch, as Keras adds them to the mean loss:
+        // rank 0 adds count * penalty to the loss sum and its gradient to its own gradients.
+        let count = self.plan.global_count(s);
+        let penalty_weight = if self.comm.is_root() { count as f32 } else { 0.0 };
+        let penalty = if self.comm.is_root() { self.model.regularization(&self.params) } else { 0.0 };
         let stats = StepStats {
-            loss: sums.loss as f32,
+            loss: (sums.loss + count as f64 * penalty) as f32,
             correct: sums.correct as f32,
             stop: signals::received().is_some() as u32 as f32,
         };
@@ -94,13 +99,19 @@ impl Trainer<'_> {
         let (grads, layer_done) = self.sum.begin();
         grads[n..].copy_from_slice(&stats.to_slots());
         let x = self.batch.x();
-        self.model.backward_with(&self.params, &mut grads[..n], x, rows, &mut self.ws, self.fused, &mut |d| {
-            layer_done.call(d)
-        });
+        self.model.backward_with(
+            &self.params,
+            &mut grads[..n],
+            x,
+            rows,
+            &mut self.ws,
+            self.fused,
+            penalty_weight,
+            &mut |d| layer_done.call(d),
+        );
         clock.lap(&mut profile.backward_s);
 
         // Sum over the ranks, and update.
-        let count = self.plan.global_count(s);
         let lr = self.cfg.lr.at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
         let waited = self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr);
         // bf16: the one conversion of the weights per step, after the update.
