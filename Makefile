@@ -1,7 +1,7 @@
 # nn-train: two commands on a fresh Debian machine.
 #   make run    installs what is missing, builds, trains the digits model under mpirun
 #   make test   installs what is missing, builds, runs every test (real mpirun ranks)
-# Also: make deps | build | lint | bench | bench-cluster | clean
+# Also: make deps | build | lint | bench | bench-peers | bench-cluster | clean
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -13,6 +13,8 @@ RANKS ?= 4
 DEBIAN_PACKAGES := libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev \
                    libclang-dev pkg-config libdnnl-dev
 TEST_PACKAGES := slurm-wlm munge iproute2
+# make bench-peers: a pip environment (mpi4py builds against Open MPI).
+PEER_PACKAGES := python3 python3-venv python3-dev
 
 # Open MPI refuses to run as root without these; tests and examples may oversubscribe cores.
 export OMPI_ALLOW_RUN_AS_ROOT := 1
@@ -23,7 +25,7 @@ export OMPI_MCA_mpi_yield_when_idle := 1
 MPIRUN := mpirun --oversubscribe --bind-to none -n $(RANKS)
 BIN := target/release
 
-.PHONY: all deps test-deps build lint run test bench bench-cluster clean
+.PHONY: all deps test-deps build lint run test bench bench-peers bench-cluster clean
 
 all: build
 
@@ -55,10 +57,19 @@ test: test-deps
 	$(CARGO) test --release -- --test-threads=2
 
 # The benchmark suite of issue 6 (bench/run.sh says what it measures). Knobs: BENCH_REPS,
-# BENCH_WORKLOADS, BENCH_W4=1 (the 6 GB workload), BENCH_QUICK=1 (tiny sizes), BENCH_ARGS.
+# BENCH_WORKLOADS, BENCH_W4=1 (the 6 GB workload), BENCH_QUICK=1 (tiny sizes), BENCH_ARGS,
+# BENCH_CORETYPE=1 (W1/W3 with the BLAS kernels forced), BENCH_PEERS=1 (PyTorch in the same run).
 bench: deps
 	$(CARGO) build --release --bins --examples
 	./bench/run.sh
+
+# make bench with PyTorch (float32 and bf16 autocast) measured beside nn-train in the same run
+# (bench/peers/: a pip environment under target/bench-peers, about 5.4 GB with torch's CUDA
+# libraries), and W1/W3 with the BLAS kernels forced three ways (BENCH_CORETYPE=1).
+bench-peers:
+	@./scripts/install-deps.sh $(DEBIAN_PACKAGES) $(PEER_PACKAGES)
+	$(CARGO) build --release --bins --examples
+	BENCH_PEERS=1 BENCH_CORETYPE=1 BENCH_WORKLOADS="$${BENCH_WORKLOADS:-W1 W3}" ./bench/run.sh
 
 # Simulated nodes (network namespaces, root only), links capped with tc: see bench/cluster.sh.
 bench-cluster: test-deps

@@ -14,6 +14,14 @@
 #   BENCH_QUICK=1           tiny sizes to check the harness (numbers mean nothing)
 #   BENCH_ARGS="..."        extra nn-train flags for every run (e.g. "--shuffle local")
 #   BENCH_TIMEOUT=1800      seconds before one run is killed
+#   BENCH_CORETYPE=1        W1 and W3 also with the BLAS kernels forced three ways: a CPU that
+#                           OpenBLAS does not recognise (simulated: it "detects" Prescott and
+#                           nn-train chooses), the best core set by hand (BENCH_BEST_CORE,
+#                           default: the core nn-train runs as is), and Prescott by hand
+#   BENCH_PEERS=1           also PyTorch (float32 and bf16 autocast) on the same workloads, in
+#                           the same layouts, BENCH_PEER_REPS times (default 3): "vs best peer"
+#                           is then measured in this run (`make bench-peers` sets this; the
+#                           Python environment is built under target/ by bench/peers/env.sh)
 #
 # Speed is the training steps of the LAST epochs: every run trains 2 epochs or more and the
 # first is the warm-up. Data sets are generated with `nn-data gen` and cached in bench/cache/.
@@ -24,6 +32,9 @@ BIN=target/release
 REPS=${BENCH_REPS:-5}
 WORKLOADS=${BENCH_WORKLOADS:-W1 W2 W3}
 QUICK=${BENCH_QUICK:-0}
+CORETYPE_RUNS=${BENCH_CORETYPE:-0}
+PEERS=${BENCH_PEERS:-0}
+PEER_REPS=${BENCH_PEER_REPS:-3}
 EXTRA=${BENCH_ARGS:-}
 TIMEOUT=${BENCH_TIMEOUT:-1800}
 SEED=1
@@ -53,6 +64,10 @@ for exe in nn-train nn-data examples/sgemm_limit examples/bench_report; do
     [[ -x $BIN/$exe ]] || { echo "bench: $BIN/$exe is missing; run 'make bench' (it builds them)" >&2; exit 1; }
 done
 mkdir -p "$OUT" "$CACHE"
+PEER_PY=""
+if [[ $PEERS == 1 ]]; then
+    PEER_PY=$(./bench/peers/env.sh)
+fi
 
 # json KEY VALUE ...: one JSON object of strings; a value written =V goes in as raw JSON (V).
 json() {
@@ -152,34 +167,96 @@ sgemm() { # workload ranks
     others=$(<"$OUT/.others")
     json kind sgemm workload "$1" ranks "=$2" threads "=$THREADS" exit "=$code" file "$file" \
         wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" others_cpu_s "=$others" >>"$MANIFEST"
-    ((code == 0)) || { FAILED=$((FAILED + 1)); echo "bench: sgemm_limit failed ($code):" >&2; tail -5 "$file.err" >&2; }
+    if ((code == 0)); then
+        # What a rank measured and which kernels ran (every rank runs the same ones).
+        echo "bench: $1 sgemm limit $2x$THREADS: $(grep -o '"gflops_best":[0-9.]*' "$file" | cut -d: -f2 |
+            awk '{s += $1} END {printf "%.1f", s}') GFLOP/s; $(grep -o '"blas":"[^"]*"' "$file" | head -1 | cut -d'"' -f4)"
+    else
+        FAILED=$((FAILED + 1))
+        echo "bench: sgemm_limit failed ($code):" >&2
+        tail -5 "$file.err" >&2
+    fi
 }
 
-train() { # workload ranks rep
+# variant NAME: sets VENV (environment assignments) and VFLAGS (extra nn-train flags) of an
+# nn-train variant; "" is nn-train as is.
+variant() {
+    VENV=() VFLAGS=()
+    case $1 in
+        "") ;;
+        # A CPU that OpenBLAS does not recognise, reproduced on any CPU: the library is made to
+        # pick Prescott and nn-train is told to take that as the library's own detection.
+        blas-unrecognised) VENV=(OPENBLAS_CORETYPE=Prescott NN_TRAIN_TEST_CORETYPE_AS_DETECTED=1) ;;
+        blas-hand) VENV=("OPENBLAS_CORETYPE=$BEST_CORE") ;;
+        blas-prescott) VENV=(OPENBLAS_CORETYPE=Prescott) ;;
+        # Mixed precision rows go here (W3, both layouts), e.g.:
+        #   bf16) VFLAGS=(--precision bf16) ;;
+        # and in variants() below.
+        *) echo "bench: unknown variant '$1'" >&2; exit 2 ;;
+    esac
+}
+
+# variants WORKLOAD: the nn-train variants run for a workload, besides nn-train as is.
+variants() {
+    local v=()
+    if [[ $CORETYPE_RUNS == 1 && ($1 == W1 || $1 == W3) ]]; then
+        v+=(blas-unrecognised blas-hand blas-prescott)
+    fi
+    # --precision bf16 rows: add "bf16" here for W3.
+    echo "${v[@]}"
+}
+
+train() { # workload ranks rep [variant]
     layout "$2"
-    local name=$OUT/$1-$2x$THREADS-rep$3 code=0 start end busy0 mine0 others
+    local variant=${4:-}
+    variant "$variant"
+    local name=$OUT/$1${variant:+-$variant}-$2x$THREADS-rep$3 code=0 start end busy0 mine0 others
     local args=(--data "$DATA" --layers "$LAYERS" --batch-size "$BATCH" --epochs "$EPOCHS"
         --loss crossentropy --optimizer adam --lr 0.001 --epsilon 1e-7 --seed "$SEED"
         --threads "$THREADS" --profile --metrics "$name.jsonl")
     [[ -n $VAL ]] && args+=(--val "$VAL")
     # shellcheck disable=SC2206 # BENCH_ARGS is a list of flags, split on spaces
-    args+=($EXTRA)
+    args+=($EXTRA "${VFLAGS[@]}")
     cpu_marks
     busy0=$BUSY mine0=$MINE start=$(date +%s.%N)
-    timeout "$TIMEOUT" "${PLACE[@]}" "$BIN/nn-train" "${args[@]}" >"$name.log" 2>&1 || code=$?
+    timeout "$TIMEOUT" env "${VENV[@]}" "${PLACE[@]}" "$BIN/nn-train" "${args[@]}" >"$name.log" 2>&1 || code=$?
     end=$(date +%s.%N)
     others_cpu "$busy0" "$mine0" >"$OUT/.others"
     others=$(<"$OUT/.others")
-    json kind train workload "$1" ranks "=$2" threads "=$THREADS" rep "=$3" exit "=$code" \
-        wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" others_cpu_s "=$others" \
+    json kind train workload "$1" variant "$variant" env "${VENV[*]}" ranks "=$2" threads "=$THREADS" rep "=$3" \
+        exit "=$code" wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" others_cpu_s "=$others" \
         metrics "$name.jsonl" log "$name.log" >>"$MANIFEST"
     if ((code == 0)); then
-        echo "bench: $1 $2x$THREADS rep $3: $(grep -E '^epoch ' "$name.log" | tail -1)" \
+        echo "bench: $1${variant:+ $variant} $2x$THREADS rep $3: $(grep -E '^epoch ' "$name.log" | tail -1)" \
             "[other processes: $(awk "BEGIN {printf \"%.0f\", 100 * $others / (($end - $start) * $(nproc))}")% CPU]"
     else
         FAILED=$((FAILED + 1))
-        echo "bench: $1 $2x$THREADS rep $3 FAILED (exit $code); from $name.log:" >&2
+        echo "bench: $1${variant:+ $variant} $2x$THREADS rep $3 FAILED (exit $code); from $name.log:" >&2
         grep -m 3 'error' "$name.log" >&2 || tail -5 "$name.log" >&2
+    fi
+}
+
+peer() { # workload ranks rep precision
+    layout "$2"
+    [[ -z $VAL ]] || return 0 # W2's digits: not measured by the peers (yet)
+    local name=$OUT/$1-torch-$4-$2x$THREADS-rep$3 code=0 start end busy0 mine0 others
+    cpu_marks
+    busy0=$BUSY mine0=$MINE start=$(date +%s.%N)
+    timeout "$TIMEOUT" "${PLACE[@]}" "$PEER_PY" bench/peers/torch_bench.py --data "$DATA" --layers "$LAYERS" \
+        --batch-size "$BATCH" --epochs "$EPOCHS" --threads "$THREADS" --precision "$4" --seed "$SEED" \
+        --out "$name.jsonl" >"$name.log" 2>&1 || code=$?
+    end=$(date +%s.%N)
+    others_cpu "$busy0" "$mine0" >"$OUT/.others"
+    others=$(<"$OUT/.others")
+    json kind peer workload "$1" peer "PyTorch $4" precision "$4" ranks "=$2" threads "=$THREADS" rep "=$3" \
+        exit "=$code" wall_s "=$(awk "BEGIN {printf \"%.3f\", $end - $start}")" others_cpu_s "=$others" \
+        file "$name.jsonl" log "$name.log" >>"$MANIFEST"
+    if ((code == 0)); then
+        echo "bench: $1 PyTorch $4 $2x$THREADS rep $3: $(grep -o '"samples_per_s": [0-9.]*' "$name.jsonl") samples/s"
+    else
+        FAILED=$((FAILED + 1))
+        echo "bench: $1 PyTorch $4 $2x$THREADS rep $3 FAILED (exit $code); from $name.log:" >&2
+        tail -5 "$name.log" >&2
     fi
 }
 
@@ -189,6 +266,7 @@ json kind env date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" host "$(hostname)" \
 echo "bench: $WORKLOADS; runs per workload and layout: $REPS; load average $(cut -d' ' -f1-3 /proc/loadavg); raw files in $OUT"
 [[ $QUICK == 1 ]] && note "BENCH_QUICK=1: reduced sizes, for checking the harness only"
 [[ -n $EXTRA ]] && note "extra nn-train flags: $EXTRA"
+[[ $PEERS == 1 ]] && note "peers: $("$PEER_PY" -c 'import torch; print(f"PyTorch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")' 2>&1 | tail -1)"
 [[ " $WORKLOADS " != *" W4 "* ]] && note "W4 skipped: BENCH_W4=1 make bench runs it (generates a 6.3 GB file in bench/cache once, in about 30 s; then about 13 minutes on 2 cores)"
 
 for w in $WORKLOADS; do
@@ -198,9 +276,21 @@ for w in $WORKLOADS; do
         epochs "=$EPOCHS" >>"$MANIFEST"
     sgemm "$w" 1
     sgemm "$w" 2
+    # The best core by hand: the one nn-train runs as is (what sgemm_limit just reported).
+    BEST_CORE=${BENCH_BEST_CORE:-$(grep -o '"openblas_core":"[^"]*"' "$OUT/sgemm-$w-1x2.jsonl" | head -1 | cut -d'"' -f4)}
+    [[ $CORETYPE_RUNS == 1 ]] && note "$w: best core by hand: OPENBLAS_CORETYPE=${BEST_CORE:-?}"
+    read -r -a VARIANTS <<<"$(variants "$w")"
     for ((rep = 1; rep <= WREPS; rep++)); do
-        train "$w" 1 "$rep"
-        train "$w" 2 "$rep"
+        for v in "" "${VARIANTS[@]}"; do
+            train "$w" 1 "$rep" "$v"
+            train "$w" 2 "$rep" "$v"
+        done
+        if [[ $PEERS == 1 ]] && ((rep <= PEER_REPS)); then
+            for precision in float32 bf16; do
+                peer "$w" 1 "$rep" "$precision"
+                peer "$w" 2 "$rep" "$precision"
+            done
+        fi
     done
 done
 

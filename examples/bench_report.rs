@@ -93,12 +93,37 @@ enum Entry {
         others_cpu_s: f64,
     },
     Train(TrainEntry),
+    Peer(PeerEntry),
+}
+
+/// A peer's run (bench/peers/torch_bench.py) as bench/run.sh recorded it.
+#[derive(Deserialize, Serialize, Clone, Debug)]
+struct PeerEntry {
+    workload: String,
+    /// E.g. "PyTorch float32", "PyTorch bf16".
+    peer: String,
+    ranks: usize,
+    threads: usize,
+    rep: usize,
+    exit: i32,
+    wall_s: f64,
+    #[serde(default)]
+    others_cpu_s: f64,
+    /// The JSON line the peer wrote (samples_per_s, torch version, CPU capability).
+    file: PathBuf,
+    log: PathBuf,
 }
 
 /// A training run as bench/run.sh recorded it.
 #[derive(Deserialize, Serialize, Clone, Debug)]
 struct TrainEntry {
     workload: String,
+    /// "" for nn-train as is; else the variant of bench/run.sh (forced BLAS kernels, ...).
+    #[serde(default)]
+    variant: String,
+    /// The environment the variant set, e.g. "OPENBLAS_CORETYPE=Prescott".
+    #[serde(default)]
+    env: String,
     ranks: usize,
     threads: usize,
     rep: usize,
@@ -119,6 +144,9 @@ struct SgemmLine {
     gflops_best: f64,
     openblas: String,
     openblas_core: String,
+    /// Which kernels run and why (nn-train's start-up summary of the BLAS).
+    #[serde(default)]
+    blas: String,
     /// The other fields, kept for the results file.
     #[serde(flatten)]
     other: serde_json::Map<String, serde_json::Value>,
@@ -153,6 +181,8 @@ struct RunResult {
 struct Summary {
     kind: &'static str,
     workload: String,
+    /// "" for nn-train as is, a bench/run.sh variant, or the peer's name.
+    variant: String,
     ranks: usize,
     threads: usize,
     runs: usize,
@@ -328,7 +358,13 @@ fn main() -> anyhow::Result<()> {
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
             if lines.len() == *ranks {
-                openblas.get_or_insert_with(|| format!("{} (core {})", lines[0].openblas, lines[0].openblas_core));
+                openblas.get_or_insert_with(|| {
+                    if lines[0].blas.is_empty() {
+                        format!("{} (core {})", lines[0].openblas, lines[0].openblas_core)
+                    } else {
+                        format!("BLAS: {}", lines[0].blas)
+                    }
+                });
                 sgemm_lines.insert((workload.clone(), *ranks), (*threads, lines));
             }
         }
@@ -381,14 +417,110 @@ fn main() -> anyhow::Result<()> {
 
     writeln!(out, "| workload | ranks x threads | samples/s median | min - max | sgemm limit | % of limit | vs best peer | test acc | peak RSS/rank MB (bound) | RSS growth MB | ms/step | data/fwd/bwd/allreduce/opt % | others' CPU |")?;
     writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")?;
+    // The peers measured in this run: (entry, samples/s, the peer's record).
+    let peers: Vec<(PeerEntry, Option<f64>, Option<serde_json::Value>)> = entries
+        .iter()
+        .filter_map(|e| if let Entry::Peer(p) = e { Some(p.clone()) } else { None })
+        .map(|p| {
+            let record: Option<serde_json::Value> = (p.exit == 0)
+                .then(|| std::fs::read_to_string(&p.file).ok())
+                .flatten()
+                .and_then(|t| serde_json::from_str(t.lines().next()?).ok());
+            let rate = record.as_ref().and_then(|r| r["samples_per_s"].as_f64());
+            (p, rate, record)
+        })
+        .collect();
+    for (p, rate, record) in &peers {
+        jsonl.push(serde_json::json!({"kind": "peer_run", "run": p, "samples_per_s": rate, "record": record}));
+    }
+    let peer_names: Vec<String> = peers.iter().fold(Vec::new(), |mut v, (p, _, _)| {
+        if !v.contains(&p.peer) {
+            v.push(p.peer.clone());
+        }
+        v
+    });
+    // (name, median samples/s) of a peer on a workload and layout.
+    let peer_median = |w: &str, peer: &str, ranks: usize| -> Option<f64> {
+        median(
+            &peers
+                .iter()
+                .filter(|(p, _, _)| p.workload == w && p.peer == peer && p.ranks == ranks)
+                .filter_map(|(_, r, _)| *r)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let best_measured = |w: &str, ranks: usize| -> Option<(String, f64)> {
+        peer_names
+            .iter()
+            .filter_map(|n| peer_median(w, n, ranks).map(|m| (n.clone(), m)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let measured_peers = !peers.is_empty();
+
     let mut summaries: Vec<Summary> = Vec::new();
     for e in &entries {
         let Entry::Workload { name, features, layers, batch, .. } = e else { continue };
         let dims = dims(*features, layers);
         let n_params: usize = dims.windows(2).map(|d| d[0] * d[1] + d[1]).sum();
-        for ranks in [1usize, 2] {
-            let mine: Vec<&RunResult> =
-                runs.iter().filter(|r| &r.run.workload == name && r.run.ranks == ranks).collect();
+        let mut variants: Vec<String> = vec![String::new()];
+        for r in runs.iter().filter(|r| &r.run.workload == name) {
+            if !variants.contains(&r.run.variant) {
+                variants.push(r.run.variant.clone());
+            }
+        }
+        let rows = variants
+            .iter()
+            .flat_map(|v| [(v.clone(), 1usize), (v.clone(), 2)])
+            .chain(peer_names.iter().flat_map(|p| [(format!("peer:{p}"), 1usize), (format!("peer:{p}"), 2)]));
+        for (variant, ranks) in rows {
+            let label = NAMES.iter().find(|(w, _)| w == name).map_or(name.clone(), |(w, n)| format!("{w} {n}"));
+            if let Some(peer) = variant.strip_prefix("peer:") {
+                let mine: Vec<&(PeerEntry, Option<f64>, Option<serde_json::Value>)> = peers
+                    .iter()
+                    .filter(|(p, _, _)| &p.workload == name && p.peer == peer && p.ranks == ranks)
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let rates: Vec<f64> = mine.iter().filter_map(|(_, r, _)| *r).collect();
+                let s = Summary {
+                    kind: "summary",
+                    workload: name.clone(),
+                    variant: peer.to_string(),
+                    ranks,
+                    threads: mine[0].0.threads,
+                    runs: mine.len(),
+                    failed: mine.len() - rates.len(),
+                    median: median(&rates),
+                    min: rates.iter().copied().reduce(f64::min),
+                    max: rates.iter().copied().reduce(f64::max),
+                    step_ms: median(&rates).map(|m| *batch as f64 / m * 1e3),
+                    others_cpu_pct: mine
+                        .iter()
+                        .map(|(p, _, _)| share(p.others_cpu_s, p.wall_s, cores))
+                        .reduce(f64::max),
+                    ..Summary::default()
+                };
+                writeln!(
+                    out,
+                    "| {label}, {peer} | {ranks} x {} | {}{} | {} | - | - | - | - | - | - | {} | - | {} |",
+                    s.threads,
+                    fmt_opt(s.median, thousands),
+                    if s.failed > 0 { format!(" ({} of {} runs FAILED)", s.failed, s.runs) } else { String::new() },
+                    match (s.min, s.max) {
+                        (Some(a), Some(b)) => format!("{} - {}", thousands(a), thousands(b)),
+                        _ => "-".into(),
+                    },
+                    fmt_opt(s.step_ms, |v| format!("{v:.3}")),
+                    fmt_opt(s.others_cpu_pct, |v| format!("{v:.0}%")),
+                )?;
+                summaries.push(s);
+                continue;
+            }
+            let mine: Vec<&RunResult> = runs
+                .iter()
+                .filter(|r| &r.run.workload == name && r.run.ranks == ranks && r.run.variant == variant)
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -398,6 +530,7 @@ fn main() -> anyhow::Result<()> {
             let mut s = Summary {
                 kind: "summary",
                 workload: name.clone(),
+                variant: variant.clone(),
                 ranks,
                 threads: mine[0].run.threads,
                 runs: mine.len(),
@@ -407,7 +540,7 @@ fn main() -> anyhow::Result<()> {
             s.median = median(&rates);
             s.min = rates.iter().copied().reduce(f64::min);
             s.max = rates.iter().copied().reduce(f64::max);
-            if let Some((_, lines)) = sgemm_lines.get(&(name.clone(), ranks)) {
+            if let Some((_, lines)) = sgemm_lines.get(&(name.clone(), ranks)).filter(|_| variant.is_empty()) {
                 // The best trial: a limit is what the hardware can do, and a trial slowed by
                 // some other process must not lower it.
                 let gflops: f64 = lines.iter().map(|l| l.gflops_best).sum();
@@ -415,8 +548,13 @@ fn main() -> anyhow::Result<()> {
                 s.sgemm_limit = Some(gflops * 1e9 / lines[0].flops_per_sample);
             }
             s.fraction_of_limit = s.median.zip(s.sgemm_limit).map(|(m, l)| m / l);
-            if let Some((peer, figure)) = best_peer(name) {
-                s.best_peer = Some(peer.to_string());
+            if measured_peers {
+                if let Some((peer, figure)) = best_measured(name, ranks) {
+                    s.ratio_to_best_peer = s.median.map(|m| m / figure);
+                    s.best_peer = Some(format!("{peer}, measured in this run"));
+                }
+            } else if let Some((peer, figure)) = best_peer(name) {
+                s.best_peer = Some(format!("{peer}, quoted from issue 6"));
                 s.ratio_to_best_peer = s.median.map(|m| m / figure);
             }
             s.test_accuracy = median(&ok.iter().filter_map(|r| r.val_accuracy).collect::<Vec<_>>());
@@ -446,7 +584,13 @@ fn main() -> anyhow::Result<()> {
                 );
                 s.comm_pct = Some(100.0 * p.comm_s / total);
             }
-            let label = NAMES.iter().find(|(w, _)| w == name).map_or(name.clone(), |(w, n)| format!("{w} {n}"));
+            let label = match variant.as_str() {
+                "" => label,
+                "blas-unrecognised" => format!("{label}, CPU unknown to OpenBLAS (simulated)"),
+                "blas-hand" => format!("{label}, best OPENBLAS_CORETYPE by hand"),
+                "blas-prescott" => format!("{label}, OPENBLAS_CORETYPE=Prescott by hand"),
+                v => format!("{label}, {v}"),
+            };
             writeln!(
                 out,
                 "| {label} | {} x {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -480,7 +624,10 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The targets of issue 6, as ratios from this run (a report, not a test).
-    let get = |w: &str, ranks: usize| summaries.iter().find(|s| s.workload == w && s.ranks == ranks);
+    let get_variant = |w: &str, v: &str, ranks: usize| {
+        summaries.iter().find(|s| s.workload == w && s.variant == v && s.ranks == ranks)
+    };
+    let get = |w: &str, ranks: usize| get_variant(w, "", ranks);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     writeln!(out, "\nTargets of issue 6, from this run:")?;
     let layouts = |w: &str, f: &dyn Fn(&Summary) -> Option<(String, bool)>| -> String {
@@ -532,6 +679,30 @@ fn main() -> anyhow::Result<()> {
         }
         _ => writeln!(out, "- W3 two ranks within 10% of one rank: not run")?,
     }
+    for w in ["W1", "W3"] {
+        let ratios: Vec<String> = [1usize, 2]
+            .iter()
+            .filter_map(|&r| {
+                let unknown = get_variant(w, "blas-unrecognised", r)?.median?;
+                let hand = get_variant(w, "blas-hand", r)?.median?;
+                let prescott = get_variant(w, "blas-prescott", r).and_then(|s| s.median);
+                Some(format!(
+                    "{r} rank{}: {:.2} ({}){}",
+                    if r == 1 { "" } else { "s" },
+                    unknown / hand,
+                    verdict(unknown >= 0.9 * hand),
+                    prescott.map_or(String::new(), |p| format!(", Prescott by hand {:.2}", p / hand))
+                ))
+            })
+            .collect();
+        if !ratios.is_empty() {
+            writeln!(
+                out,
+                "- {w} on a CPU OpenBLAS does not recognise (simulated) within 10% of the best OPENBLAS_CORETYPE by hand: {}",
+                ratios.join("; ")
+            )?;
+        }
+    }
     writeln!(
         out,
         "- W4 peak RSS per rank at most slice + 4 x parameters + 100 MB: {}",
@@ -548,15 +719,29 @@ fn main() -> anyhow::Result<()> {
 
     writeln!(out, "\nsamples/s: training steps only (no start-up, no validation), of every epoch after the first (the warm-up); median, min and max over the runs.")?;
     writeln!(out, "sgemm limit: samples/s if a step cost only its GEMMs (forward x.W, backward x^T.dz and dz.W^T for every layer = 6 x weights FLOPs per sample) at the OpenBLAS sgemm speed examples/sgemm_limit measured just before (best of 5 trials), at the same per-rank shapes and threads, all ranks at once. nn-train skips dx of the first layer (a step needs 14% fewer FLOPs on W3, 4% on W1), so it can beat this limit slightly.")?;
-    writeln!(
-        out,
-        "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {}.",
-        ["W1", "W2", "W3"]
+    if measured_peers {
+        let best: Vec<String> = ["W1", "W2", "W3"]
             .iter()
-            .filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f))))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )?;
+            .flat_map(|w| [1usize, 2].map(|r| (w, r)))
+            .filter_map(|(w, r)| best_measured(w, r).map(|(n, f)| format!("{w} {r} x {}: {n} {}", 3 - r, thousands(f))))
+            .collect();
+        writeln!(
+            out,
+            "vs best peer: median / the fastest peer's median measured in this run, same workload and layout (float32 or bf16 autocast): {}. Peers: {}.",
+            best.join(", "),
+            entries.iter().find_map(|e| match e { Entry::Note { text } if text.starts_with("peers: ") => Some(&text[7..]), _ => None }).map_or("?", |v| v)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {} (BENCH_PEERS=1, or make bench-peers, measures PyTorch in the same run).",
+            ["W1", "W2", "W3"]
+                .iter()
+                .filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
     writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the issue's budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
     writeln!(out, "ms/step: global batch / samples/s. Profile: rank 0's time in data gathering, forward, loss + backward, waiting for the allreduce, optimizer.")?;
     writeln!(out, "others' CPU: the most CPU that other processes (and the hypervisor's steal) took during one run or the sgemm measurement of that row, as a share of all cores; above a few percent the row's numbers are disturbed.")?;
