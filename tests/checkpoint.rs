@@ -410,8 +410,18 @@ fn kill_during_checkpoint_writes_never_corrupts() {
     for i in 0..12u64 {
         let mut cmd = Command::new(bin("nn-train"));
         mpi_env(&mut cmd).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let before = std::fs::metadata(&ck).and_then(|m| m.modified()).ok();
         let mut child = cmd.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(300 + (i * 7919) % 400));
+        // Kill only once this run is writing checkpoints (its first one replaced the file),
+        // at a varying moment after that: the wait is bounded, and a loaded machine that
+        // starts the run slowly cannot turn the test into one that never kills a writer.
+        let start = std::time::Instant::now();
+        while std::fs::metadata(&ck).and_then(|m| m.modified()).ok() == before {
+            assert!(start.elapsed() < Duration::from_secs(60), "run {i} wrote no checkpoint in 60 s");
+            assert!(child.try_wait().unwrap().is_none(), "run {i} ended before it was killed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis((i * 7919) % 300));
         child.kill().unwrap();
         child.wait().unwrap();
         let temps: Vec<_> = std::fs::read_dir(dir.path())
