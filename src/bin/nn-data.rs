@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use nn_train::data::csv_file::Delimiter;
+use nn_train::data::encoding::{FitOptions, LabelTask, MissingPolicy};
 use nn_train::io::memory::peak_rss_bytes;
 use nn_train::io::metrics::thousands;
 use nn_train::tools::datagen::{self, GenSpec, Task};
@@ -72,23 +74,28 @@ struct GenArgs {
     out: PathBuf,
 }
 
-/// Import a CSV file (header row, numeric columns, one label column) to HDF5.
+/// Import a table (CSV) to HDF5, with the encoding that nn-predict applies to new rows.
 ///
-/// x (N, D) float32 comes from every column but the label, y (N,) int64 class indices (classify) or float32 targets (regress). The CSV needs
-/// a header row; feature values must be numbers (no empty fields). Class labels that are
-/// whole numbers >= 0 are kept as indices; other labels (names, negative numbers) become
-/// 0..K-1 in sorted order, with the names stored in y's attribute `label_names`. A bad row
-/// is reported with its line number and nothing is written.
+/// Columns are typed by their content: numeric; categorical (any non-numeric value, or named in
+/// --categorical), one-hot encoded over the sorted values; or the label. A non-numeric column
+/// whose values are all different (an identifier) is dropped with a note. One line per column
+/// says how it was read. Missing values (empty, NA, N/A, NaN, null, ?) stop the import unless
+/// --missing drop or fill. The delimiter (, ; tab) is detected; quoted fields, CRLF, a UTF-8
+/// BOM and gzip input (.csv.gz) are read directly. x (N, D) float32, y (N,) int64 class indices
+/// (classify) or float32 targets (regress), and the encoding as the JSON dataset /encoding. Class
+/// labels that are whole numbers >= 0 are kept as indices; other labels become 0..K-1 in sorted
+/// order, with the names stored in y's attribute `label_names`. A bad row is reported with its
+/// line, column and value, and nothing is written.
 #[derive(clap::Args, Debug)]
 struct ImportArgs {
-    /// The CSV file.
+    /// The CSV file (gzip-compressed is read directly).
     csv: PathBuf,
     /// The label column (by its name in the header).
     #[arg(long, value_name = "COLUMN")]
     label: String,
     /// classify: the label column holds classes; regress: numeric targets. Default classify.
     #[arg(long, value_enum, default_value = "classify")]
-    task: TaskName,
+    task: LabelTask,
     /// Output HDF5 file. With --split, F.h5 becomes F-train.h5 and F-test.h5.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -112,6 +119,24 @@ struct ImportArgs {
     /// Columns to leave out (comma-separated), e.g. an ID column.
     #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
     drop: Vec<String>,
+    /// Columns to read as categories even though their values are numbers (comma-separated).
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    categorical: Vec<String>,
+    /// Keep at most K values per categorical column (the most frequent); the rarer ones share
+    /// one "other" column.
+    #[arg(long, value_name = "K")]
+    max_categories: Option<usize>,
+    /// Rows with missing values: error (stop, naming the first), drop (leave the rows out), or
+    /// fill (numeric: the training rows' mean; categorical: a "missing" category). A missing
+    /// label is never filled. Default error.
+    #[arg(long, value_enum, default_value = "error")]
+    missing: MissingPolicy,
+    /// The field delimiter: one character (, ; |) or "tab". Default: detected from the header.
+    #[arg(long, value_name = "C")]
+    delimiter: Option<Delimiter>,
+    /// Regression: store y as (target - mean) / std of the training rows; nn-predict undoes it.
+    #[arg(long)]
+    standardize_target: bool,
     /// Name of the features dataset to write. Default "x".
     #[arg(long, default_value = "x", value_name = "NAME")]
     x: String,
@@ -256,7 +281,7 @@ fn info(a: InfoArgs) -> Result<()> {
 }
 
 fn import(a: ImportArgs) -> Result<()> {
-    use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, LabelTask, Labels, Outputs};
+    use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, Outputs};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
     let outputs = match a.split {
         None if a.out_train.is_some() || a.out_test.is_some() => {
@@ -275,23 +300,50 @@ fn import(a: ImportArgs) -> Result<()> {
             Outputs::Split { train, test, fraction, seed: a.seed }
         }
     };
-    if let (Some(names), TaskName::Regress) = (&a.label_names, a.task) {
+    if let (Some(names), LabelTask::Regress) = (&a.label_names, a.task) {
         if !names.is_empty() {
             return Err(flag("label-names", "is for --task classify"));
         }
     }
+    if a.standardize_target && a.task != LabelTask::Regress {
+        return Err(flag("standardize-target", "is for --task regress"));
+    }
     let spec = ImportSpec {
         csv: a.csv.clone(),
-        label: a.label.clone(),
-        task: if a.task == TaskName::Classify { LabelTask::Classify } else { LabelTask::Regress },
-        label_names: a.label_names.clone(),
-        drop: a.drop.clone(),
+        delimiter: a.delimiter,
+        fit: FitOptions {
+            label: a.label.clone(),
+            task: Some(a.task),
+            label_names: a.label_names.clone(),
+            drop: a.drop.clone(),
+            categorical: a.categorical.clone(),
+            max_categories: a.max_categories,
+            missing: a.missing,
+            standardize_target: a.standardize_target,
+        },
     };
-    let (table, written) = csv_import::import(&spec, &outputs, &DatasetNames { x: a.x.clone(), y: a.y.clone() })?;
-    let names = match &table.y {
-        Labels::Classes { names, .. } => names.clone(),
-        Labels::Targets(_) => None,
-    };
+    let imported = csv_import::import(&spec, &outputs, &DatasetNames { x: a.x.clone(), y: a.y.clone() })?;
+    let enc = &imported.encoding;
+    println!(
+        "nn-data: read {} rows x {} columns from {} (delimiter {})",
+        imported.rows_read,
+        enc.columns.len(),
+        a.csv.display(),
+        imported.delimiter
+    );
+    for line in enc.describe() {
+        println!("  {line}");
+    }
+    let m = &imported.missing;
+    if !m.rows.is_empty() {
+        let n = m.rows.len();
+        let rows = format!("{n} row{}", if n == 1 { "" } else { "s" });
+        match a.missing {
+            MissingPolicy::Drop => println!("  dropped {rows} with missing values ({})", m.columns_text()),
+            _ => println!("  filled missing values in {rows} ({})", m.columns_text()),
+        }
+    }
+    let names = enc.label.classes.clone().filter(|_| !enc.label.indices);
     let class_name = |i: usize| names.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
     let counts = |c: &[u64]| -> String {
         if c.len() > 12 {
@@ -300,21 +352,17 @@ fn import(a: ImportArgs) -> Result<()> {
         }
         c.iter().enumerate().map(|(i, n)| format!("{} {n}", class_name(i))).collect::<Vec<_>>().join(", ")
     };
-    let what = match &table.y {
-        Labels::Classes { .. } => {
+    let written = &imported.written;
+    let what = match enc.label.task {
+        LabelTask::Classify => {
             let total: Vec<u64> =
                 (0..written[0].class_counts.len()).map(|i| written.iter().map(|w| w.class_counts[i]).sum()).collect();
             format!("; {} classes: {}", total.len(), counts(&total))
         }
-        Labels::Targets(_) => "; numeric targets".to_string(),
+        LabelTask::Regress => "; numeric targets".to_string(),
     };
-    println!(
-        "nn-data: read {} rows x {} features from {}{what}",
-        table.rows,
-        table.feature_names.len(),
-        a.csv.display()
-    );
-    for w in &written {
+    println!("nn-data: {} rows x {} features{what}", imported.rows_kept, enc.width());
+    for w in written {
         let detail = if w.class_counts.is_empty() { String::new() } else { format!(" ({})", counts(&w.class_counts)) };
         println!("  wrote {}: {} rows{detail}", w.path.display(), w.rows);
     }

@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 use clap::Parser;
+use nn_train::data::csv_file::Delimiter;
+use nn_train::data::encoding::UnknownPolicy;
 use nn_train::data::slice::Source;
 use nn_train::dist::comm::Comm;
 use nn_train::dist::threads;
@@ -9,26 +11,38 @@ use nn_train::engine::mixed::Precision;
 use nn_train::engine::onednn;
 use nn_train::io::console::parse_args;
 use nn_train::train::config::check_output_path;
-use nn_train::train::predict::{has_targets, write_outputs, Predictor, RankOutputs};
+use nn_train::train::predict::{has_targets, is_hdf5, write_outputs, Predictor, RankOutputs};
 use nn_train::Error;
 use std::path::PathBuf;
 
 /// Predict with a trained nn-train checkpoint. Writes `probabilities` (N, K) and, for
-/// classification, `labels` (N,) to an HDF5 file; when the data has targets, also prints
-/// (and stores as attributes) the loss and accuracy. Runs under mpirun: each rank predicts
-/// its slice of the rows.
+/// classification, `labels` (N,) (with the class names as its attribute `label_names`) to an
+/// HDF5 file, or a CSV (row, predicted class name, one probability column per class) when --out
+/// ends in .csv; when the data has targets, also prints (and stores as attributes) the loss and
+/// accuracy. The data is an HDF5 file or a table (CSV), which is encoded with the checkpoint's
+/// stored encoding exactly as the training data was (the label column is optional). Runs under
+/// mpirun: each rank predicts its slice of the rows.
 #[derive(Parser, Debug)]
 #[command(name = "nn-predict", version)]
 struct Args {
     /// Checkpoint written by nn-train --checkpoint.
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
-    /// HDF5 file with x (N, D) and optionally y.
+    /// HDF5 file with x (N, D) and optionally y, or a CSV table (for a model trained on data
+    /// made by nn-data import: same columns, label column optional; gzip is read directly).
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
-    /// Output HDF5 file.
+    /// Output file: HDF5, or CSV when the name ends in .csv.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Table input: a categorical value never seen in training is an error (naming line,
+    /// column and value), or with ignore goes to the column's "other" (else "missing") slot,
+    /// else no slot. Default error.
+    #[arg(long, value_enum, default_value = "error")]
+    unknown: UnknownPolicy,
+    /// Table input: the field delimiter (one character, or "tab"). Default: detected.
+    #[arg(long, value_name = "C")]
+    delimiter: Option<Delimiter>,
     /// Name of the features dataset. Default "x".
     #[arg(long, default_value = "x", value_name = "NAME")]
     x: String,
@@ -81,16 +95,30 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
     let mut predictor = comm.agree(Predictor::load(&args.model))?;
     comm.agree(predictor.set_precision(args.precision))?;
     onednn::set_threads(threads::choose(None, comm.ranks_on_node()).threads);
-    let src = Source { path: args.data.clone(), x: args.x.clone(), y: args.y.clone() };
-    let with_targets = has_targets(&src);
-    let (slice, total) = comm.agree(predictor.read_slice(&src, comm, with_targets))?;
-    let outputs = predictor.outputs(&slice);
+    let (slice, total, with_targets) = if is_hdf5(&args.data) {
+        let src = Source { path: args.data.clone(), x: args.x.clone(), y: args.y.clone() };
+        let with_targets = has_targets(&src);
+        let (slice, total) = comm.agree(predictor.read_slice(&src, comm, with_targets))?;
+        (slice, total, with_targets)
+    } else {
+        comm.agree(predictor.read_table_slice(&args.data, args.delimiter, args.unknown, comm))?
+    };
+    let mut outputs = predictor.outputs(&slice);
     let evaluation = with_targets.then(|| predictor.evaluate(comm, &slice));
     let classification = predictor.loss().is_classification();
     let labels = classification.then(|| predictor.labels(&outputs));
+    if !classification {
+        predictor.undo_target_scaling(&mut outputs);
+    }
     let k = predictor.model.out_dim();
-    let part =
-        RankOutputs { total_rows: total, k, first_row: slice.first_row, outputs: &outputs, labels: labels.as_deref() };
+    let part = RankOutputs {
+        total_rows: total,
+        k,
+        first_row: slice.first_row,
+        outputs: &outputs,
+        labels: labels.as_deref(),
+        class_names: predictor.class_names(),
+    };
     write_outputs(comm, &args.out, &part, evaluation)?;
     if comm.is_root() {
         let mut line = format!(

@@ -21,6 +21,8 @@
 //!                           partial_samples, partial_train_s
 //! /history/<field>          (epochs,) f64 per field of the metrics lines; NaN where absent
 //! /scaling/{mean,std}       (features,) f32, when the run used --standardize
+//! /encoding                 scalar string: the tabular encoding (JSON) of the training data
+//!                           file, copied verbatim from it, when it has one (nn-data import)
 //! /early_stopping           attrs best_val_loss, best_epoch, wait, stopped; /early_stopping/params:
 //!                           the best parameters, flat, when --early-stopping is on
 //! ```
@@ -58,6 +60,9 @@ pub struct Snapshot {
     pub history: Vec<EpochRecord>,
     pub scaling: Option<Scaling>,
     pub early: Option<EarlyStopping>,
+    /// The training data's `/encoding` JSON, verbatim (see [`crate::data::encoding`]);
+    /// None for data without one and for older checkpoints.
+    pub encoding: Option<String>,
 }
 
 fn h5err(path: &Path, what: &str) -> impl Fn(hdf5::Error) -> Error {
@@ -191,6 +196,9 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
             let g = file.create_group("scaling").map_err(h5err(path, "scaling"))?;
             g.new_dataset_builder().with_data(s.mean.as_slice()).create("mean").map_err(h5err(path, "mean"))?;
             g.new_dataset_builder().with_data(s.std.as_slice()).create("std").map_err(h5err(path, "std"))?;
+        }
+        if let Some(json) = &snap.encoding {
+            crate::data::encoding::write_dataset(&file, json).map_err(h5err(path, "encoding"))?;
         }
         if let Some(e) = &snap.early {
             let g = file.create_group("early_stopping").map_err(h5err(path, "early_stopping"))?;
@@ -379,7 +387,20 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         }),
         Err(_) => None,
     };
-    Ok(Snapshot { config, config_json, world_size, in_dim, params, optimizer, position, history, scaling, early })
+    let encoding = crate::data::encoding::read_dataset(&file);
+    Ok(Snapshot {
+        config,
+        config_json,
+        world_size,
+        in_dim,
+        params,
+        optimizer,
+        position,
+        history,
+        scaling,
+        early,
+        encoding,
+    })
 }
 
 /// Checks that a checkpoint's network is the one this run builds.

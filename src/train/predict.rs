@@ -1,10 +1,16 @@
 //! Prediction with a trained checkpoint, data-parallel: each rank runs the model over its
 //! slice of the input rows, and the ranks write their rows of one output file in turn, so
 //! the file is complete, in input order, and no rank holds more than its slice.
+//!
+//! Input is an HDF5 data file, or a table (CSV) encoded with the checkpoint's stored tabular
+//! encoding ([`crate::data::encoding`]), exactly as the training data was. Output is HDF5, or
+//! CSV when the output's name ends in `.csv`.
 
 use crate::data::batch::Batch;
+use crate::data::csv_file::{self, Delimiter};
+use crate::data::encoding::{Encoding, LabelValues, UnknownPolicy};
 use crate::data::scaling;
-use crate::data::slice::{self as data, Slice, Source};
+use crate::data::slice::{self as data, Slice, Source, TargetStore};
 use crate::dist::batch_plan::slice_range;
 use crate::dist::comm::Comm;
 use crate::engine::loss::{argmax, Loss};
@@ -19,17 +25,36 @@ use std::path::{Path, PathBuf};
 
 /// A trained model ready to run.
 pub struct Predictor {
+    /// The checkpoint as read.
     pub snapshot: Snapshot,
+    /// The network it holds.
     pub model: Model,
     /// The arithmetic of the products (checked against the CPU by [`Predictor::set_precision`]).
     precision: Precision,
+    /// The tabular encoding of its training data, when it has one.
+    pub encoding: Option<Encoding>,
+    /// Where it came from (for messages).
+    pub path: PathBuf,
 }
 
 impl Predictor {
+    /// Reads a checkpoint (and its stored encoding, checked).
     pub fn load(path: &Path) -> Result<Predictor> {
         let snapshot = checkpoint::load(path)?;
         let model = Model::new(snapshot.in_dim, &snapshot.config.layers);
-        Ok(Predictor { snapshot, model, precision: Precision::Fp32 })
+        let encoding = match snapshot.encoding.as_deref() {
+            Some(json) => Some(Encoding::from_json(path, json).map_err(|e| Error::checkpoint(path, format!("{e}")))?),
+            None => None,
+        };
+        if let Some(e) = &encoding {
+            if e.width() != model.in_dim {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("its /encoding makes {} features but the model takes {}", e.width(), model.in_dim),
+                ));
+            }
+        }
+        Ok(Predictor { snapshot, model, precision: Precision::Fp32, encoding, path: path.to_path_buf() })
     }
 
     /// Computes in `precision` from now on; bf16 fails with the `--precision` error on a CPU
@@ -50,6 +75,85 @@ impl Predictor {
         ws
     }
 
+    /// The class names in index order, when the training labels had names.
+    pub fn class_names(&self) -> Option<&[String]> {
+        self.encoding.as_ref().filter(|e| !e.label.indices).and_then(|e| e.label.classes.as_deref())
+    }
+
+    /// Reads the table at `path` (every rank reads it whole), encodes every row with the
+    /// checkpoint's encoding and keeps this rank's rows, with the checkpoint's feature
+    /// scaling applied. Targets come with it when the table has the label column. Returns
+    /// the slice, the total row count and whether it has targets.
+    pub fn read_table_slice(
+        &self,
+        path: &Path,
+        delimiter: Option<Delimiter>,
+        unknown: UnknownPolicy,
+        comm: &Comm,
+    ) -> Result<(Slice, usize, bool)> {
+        let encoding = self.encoding.as_ref().ok_or_else(|| {
+            Error::data(
+                path,
+                format!(
+                    "is a table, but the model {} stores no tabular encoding (its training data was not made by nn-data import); import the table with nn-data import and predict on the HDF5 file",
+                    self.path.display()
+                ),
+            )
+        })?;
+        let (table, _) = csv_file::read(path, delimiter)?;
+        let total = table.rows();
+        let range = slice_range(total, comm.size(), comm.rank());
+        let rows: Vec<usize> = range.clone().collect();
+        let encoded = encoding.apply(&table, &rows, unknown)?;
+        let out_dim = self.model.out_dim();
+        let (targets, target_width, with_targets) = match encoded.y {
+            None => (TargetStore::Values(Vec::new()), 0, false),
+            Some(LabelValues::Classes(y)) if self.loss() == Loss::Crossentropy => {
+                if let Some(i) = y.iter().position(|&c| c as usize >= out_dim) {
+                    return Err(Error::line(
+                        path,
+                        table.line(rows[i]),
+                        format!("class {} is beyond the model's {out_dim} outputs", y[i]),
+                    ));
+                }
+                (TargetStore::Labels(y.iter().map(|&c| c as u32).collect()), 1, true)
+            }
+            Some(LabelValues::Classes(y)) if out_dim == 1 => {
+                (TargetStore::Values(y.iter().map(|&c| c as f32).collect()), 1, true)
+            }
+            Some(LabelValues::Targets(t)) if out_dim == 1 => (TargetStore::Values(t), 1, true),
+            Some(_) => {
+                return Err(Error::data(
+                    path,
+                    format!("the label column '{}' does not fit the model's {out_dim} outputs", encoding.label.name),
+                ))
+            }
+        };
+        let mut slice = Slice {
+            first_row: range.start,
+            rows: rows.len(),
+            features: encoding.width(),
+            x: encoded.x,
+            targets,
+            target_width,
+        };
+        if let Some(s) = &self.snapshot.scaling {
+            scaling::apply(s, &mut slice);
+        }
+        Ok((slice, total, with_targets))
+    }
+
+    /// Puts regression outputs back in the targets' units when the encoding standardized
+    /// them (`--standardize-target`); classification outputs are left as they are.
+    pub fn undo_target_scaling(&self, outputs: &mut [f32]) {
+        if let Some(s) = self.encoding.as_ref().and_then(|e| e.label.standardize) {
+            for v in outputs {
+                *v = s.undo(*v);
+            }
+        }
+    }
+
+    /// The loss the model was trained with.
     pub fn loss(&self) -> Loss {
         self.snapshot.config.loss
     }
@@ -130,6 +234,18 @@ fn inspect_x_only(src: &Source) -> Result<data::Shape> {
     Ok(data::Shape { rows: shape[0], features: shape[1], y_width: None })
 }
 
+/// Whether `path` is an HDF5 file (by its name, else by its first bytes); anything else is
+/// read as a table.
+pub fn is_hdf5(path: &Path) -> bool {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    if ["h5", "hdf5", "hdf", "he5"].contains(&ext.as_str()) {
+        return true;
+    }
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && magic == *b"\x89HDF\r\n\x1a\n"
+}
+
 /// Whether `src` has a targets dataset.
 pub fn has_targets(src: &Source) -> bool {
     hdf5::File::open(&src.path).is_ok_and(|f| f.link_exists(&src.y))
@@ -147,13 +263,19 @@ pub struct RankOutputs<'a> {
     pub outputs: &'a [f32],
     /// This rank's predicted classes, (rows,), for classification.
     pub labels: Option<&'a [i64]>,
+    /// The class names in index order, when known: stored with `labels` (HDF5) or written
+    /// instead of the indices (CSV).
+    pub class_names: Option<&'a [String]>,
 }
 
 /// Writes `probabilities` (N, K) and, for classification, `labels` (N,) into `out`: rank 0
 /// creates the file under a temporary name, each rank then writes its rows in rank order,
 /// and rank 0 renames the file into place. Collective.
 pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Option<Evaluation>) -> Result<()> {
-    let RankOutputs { total_rows, k, first_row, outputs, labels } = *part;
+    if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        return write_csv_outputs(comm, out, part);
+    }
+    let RankOutputs { total_rows, k, first_row, outputs, labels, class_names } = *part;
     let tmp = temp_name(out);
     let err = |e: hdf5::Error| Error::output(out, format!("cannot write predictions: {e}"));
     comm.agree(if comm.is_root() {
@@ -161,7 +283,16 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Op
             let file = hdf5::File::create(&tmp).map_err(err)?;
             file.new_dataset::<f32>().shape((total_rows, k)).create("probabilities").map_err(err)?;
             if labels.is_some() {
-                file.new_dataset::<i64>().shape(total_rows).create("labels").map_err(err)?;
+                let ds = file.new_dataset::<i64>().shape(total_rows).create("labels").map_err(err)?;
+                if let Some(names) = class_names {
+                    let v: Vec<hdf5::types::VarLenUnicode> =
+                        names.iter().map(|s| s.replace('\0', "").parse().expect("no NUL")).collect();
+                    ds.new_attr::<hdf5::types::VarLenUnicode>()
+                        .shape(v.len())
+                        .create("label_names")
+                        .and_then(|a| a.write(&v))
+                        .map_err(err)?;
+                }
             }
             if let Some(e) = evaluation {
                 file.new_attr::<f64>().create("loss").and_then(|a| a.write_scalar(&e.loss)).map_err(err)?;
@@ -200,6 +331,81 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Op
     } else {
         Ok(())
     })
+}
+
+/// The CSV form of [`write_outputs`]: a header, then one line per row in input order:
+/// `row` (0-based), `predicted` (the class name, or index, or the predicted value) and, for
+/// classification, one probability column `p_<class>` per output. Ranks append their rows in
+/// turn to a temporary file that rank 0 renames into place. Collective.
+fn write_csv_outputs(comm: &Comm, out: &Path, part: &RankOutputs) -> Result<()> {
+    let RankOutputs { k, first_row, outputs, labels, class_names, .. } = *part;
+    let tmp = temp_name(out);
+    let err = |e: std::io::Error| Error::output(out, format!("cannot write predictions: {e}"));
+    let name = |i: usize| class_names.and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
+    let write = |create: bool, rows: &mut dyn FnMut(&mut csv::Writer<std::fs::File>) -> csv::Result<()>| {
+        let file =
+            if create { std::fs::File::create(&tmp) } else { std::fs::OpenOptions::new().append(true).open(&tmp) }
+                .map_err(err)?;
+        let mut w = csv::Writer::from_writer(file);
+        rows(&mut w)
+            .and_then(|()| w.flush().map_err(csv::Error::from))
+            .map_err(|e| Error::output(out, format!("cannot write predictions: {e}")))?;
+        w.into_inner().map_err(|e| err(e.into_error()))?.sync_all().map_err(err)
+    };
+    comm.agree(if comm.is_root() {
+        write(true, &mut |w| {
+            let mut header = vec!["row".to_string()];
+            match labels {
+                Some(_) => {
+                    header.push("predicted".into());
+                    if k == 1 {
+                        header.push(format!("p_{}", name(1)));
+                    } else {
+                        header.extend((0..k).map(|i| format!("p_{}", name(i))));
+                    }
+                }
+                None if k == 1 => header.push("predicted".into()),
+                None => header.extend((0..k).map(|i| format!("predicted_{i}"))),
+            }
+            w.write_record(&header)
+        })
+    } else {
+        Ok(())
+    })?;
+    let rows = outputs.len() / k.max(1);
+    for turn in 0..comm.size() {
+        let result = if turn == comm.rank() && rows > 0 {
+            write(false, &mut |w| {
+                for r in 0..rows {
+                    let mut record = vec![(first_row + r).to_string()];
+                    if let Some(l) = labels {
+                        record.push(name(l[r] as usize));
+                    }
+                    record.extend(outputs[r * k..(r + 1) * k].iter().map(|&v| csv_number(v)));
+                    w.write_record(&record)?;
+                }
+                Ok(())
+            })
+        } else {
+            Ok(())
+        };
+        comm.agree(result)?;
+    }
+    comm.agree(if comm.is_root() {
+        std::fs::rename(&tmp, out).map_err(|e| Error::output(out, format!("cannot move predictions into place: {e}")))
+    } else {
+        Ok(())
+    })
+}
+
+/// The shortest text that reads back as the same f32: plain for ordinary magnitudes,
+/// scientific for tiny ones (probabilities such as 5.18e-14).
+fn csv_number(v: f32) -> String {
+    if v == 0.0 || v.abs() >= 1e-4 {
+        v.to_string()
+    } else {
+        format!("{v:e}")
+    }
 }
 
 fn temp_name(out: &Path) -> PathBuf {

@@ -63,6 +63,8 @@ pub struct Trainer<'c> {
     scaling: Option<Scaling>,
     class_weights: Option<Vec<f32>>,
     early: Option<EarlyStopping>,
+    /// The training data's tabular encoding (JSON, verbatim), carried into checkpoints.
+    encoding: Option<String>,
     stopped_early: bool,
     metrics: Option<MetricsFile>,
     threads: ThreadChoice,
@@ -285,6 +287,7 @@ impl<'c> Trainer<'c> {
             history: self.history.clone(),
             scaling: self.scaling.clone(),
             early: self.early.clone(),
+            encoding: self.encoding.clone(),
         }
     }
 

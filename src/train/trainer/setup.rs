@@ -61,6 +61,11 @@ impl<'c> Trainer<'c> {
             None => None,
         };
         let scaling = feature_scaling(comm, &cfg, snapshot.as_ref(), &shape, &mut train, val.as_mut())?;
+        // The data file's encoding, else (a run from a checkpoint on data without one) the
+        // checkpoint's: the model keeps the steps that made its inputs.
+        let encoding = comm
+            .agree(data::open_file(&cfg.data).map(|f| crate::data::encoding::read_dataset(&f)))?
+            .or_else(|| snapshot.as_ref().and_then(|(s, _)| s.encoding.clone()));
         let class_weights = cfg.class_weight_balanced.then(|| balanced_class_weights(comm, &train, model.out_dim()));
 
         let start = Start::new(comm, &cfg, &model, snapshot)?;
@@ -121,6 +126,7 @@ impl<'c> Trainer<'c> {
             scaling,
             class_weights,
             early: start.early,
+            encoding,
             stopped_early: start.stopped_early,
             metrics,
             threads,
