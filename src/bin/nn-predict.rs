@@ -133,6 +133,13 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
             if let Some(a) = e.accuracy {
                 line += &format!(", accuracy {a:.4}");
             }
+            // With standardized targets the loss is in standardized units; say it in the
+            // targets' own units too.
+            let target =
+                predictor.encoding.as_ref().and_then(|enc| enc.label.standardize.map(|s| (s, &enc.label.name)));
+            if let (Some((s, name)), nn_train::engine::loss::Loss::Mse) = (target, predictor.loss()) {
+                line += &format!(" (standardized targets; rmse {:.4} in the units of '{name}')", e.loss.sqrt() * s.std);
+            }
         }
         println!("{line}");
     }
