@@ -580,6 +580,7 @@ fn fill_dropout_mask(mask: &mut [f32], width: usize, rate: f32, layer: u64, keys
 mod tests {
     use super::*;
     use crate::engine::loss::{loss_and_delta, Loss, Targets};
+    use crate::engine::mixed::Precision;
 
     /// Whole-network finite-difference check: every parameter's gradient from
     /// [`Model::backward`] against central differences of the summed loss, for a network that
@@ -660,6 +661,65 @@ mod tests {
         let specs = LayerSpec::parse_list("8:leaky_relu=0.1:l2=1e-4,dropout:0.1,3:l1=0.5,2:softmax").unwrap();
         assert_eq!(LayerSpec::to_text(&specs), "8:leaky_relu=0.1:l2=0.0001,dropout:0.1,3:linear:l1=0.5,2:softmax");
         assert_eq!(LayerSpec::parse_list(&LayerSpec::to_text(&specs)).unwrap(), specs);
+    }
+
+    /// `--precision bf16` against f32 on the same inputs and weights. Rounding a product's
+    /// inputs to bf16 (8 significant bits, unit roundoff u = 2^-8) changes each term a*b by at
+    /// most (2u + u^2)|a||b|, so an output of the first layer moves by at most 2^-7 (|x| |W|)
+    /// per element, and its tanh (1-Lipschitz) keeps that bound: checked element by
+    /// element (plus 1e-5 for f32's own rounding). Past the first layer the errors of the
+    /// chained products (3 forward, 5 backward here) add up; each contributes at most 2^-7 of
+    /// its |a||b| scale, so the gradients are checked in norm within 5 x 2^-7 (4%; measured
+    /// 0.8%). A relu unit whose input lies within rounding of 0 can switch on or off, which
+    /// changes its gradient by O(1): with relu in the first layer, whose gradient collects the
+    /// whole chain, such switches gave 6.7% here, so the relu sits in the second. The rows (37)
+    /// are not a multiple of the 16-row block, so the padding is exercised too; a wrong
+    /// product (a transposition, padding rows leaking in) gives errors of order 1.
+    #[test]
+    fn bf16_products_match_f32_within_bf16_rounding() {
+        if let Err(e) = crate::engine::onednn::bf16_unit() {
+            eprintln!("SKIP bf16_products_match_f32_within_bf16_rounding: {e}");
+            return;
+        }
+        let (rows, in_dim) = (37, 40);
+        let model = Model::new(in_dim, &LayerSpec::parse_list("48:tanh,dropout:0.25,24:relu,5:softmax").unwrap());
+        let params = model.init_params(5);
+        let x: Vec<f32> = (0..rows * in_dim).map(|i| ((i * 7919 % 1013) as f32 / 506.5) - 1.0).collect();
+        let labels: Vec<u32> = (0..rows as u32).map(|r| r % 5).collect();
+        let row_ids: Vec<u64> = (0..rows as u64).collect();
+        let keys = DropoutKeys { seed: 9, epoch: 0, rows: &row_ids };
+        let run = |precision: Precision| {
+            let mut ws = model.workspace_with(rows, precision).unwrap();
+            ws.refresh_weights(&model, &params);
+            model.forward(&params, &x, rows, &mut ws, Some(&keys));
+            let first = ws.acts[0][..rows * 48].to_vec();
+            let (y, delta) = model.output_and_delta(&mut ws, rows);
+            let y = y.to_vec();
+            loss_and_delta(Loss::Crossentropy, &y, 5, Targets::Labels(&labels), Some(delta));
+            let mut grads = vec![0.0; model.n_params];
+            model.backward(&params, &mut grads, &x, rows, &mut ws, true);
+            (first, y, grads)
+        };
+        let (first32, y32, g32) = run(Precision::Fp32);
+        let (first16, y16, g16) = run(Precision::Bf16);
+        let (_, _, k, _) = model.dense_layers().next().unwrap();
+        let w = &params[k.range()];
+        for r in 0..rows {
+            for j in 0..48 {
+                let scale: f64 = (0..in_dim).map(|i| (x[r * in_dim + i] * w[i * 48 + j]).abs() as f64).sum();
+                let err = (first16[r * 48 + j] - first32[r * 48 + j]).abs() as f64;
+                assert!(err <= scale * 2f64.powi(-7) + 1e-5, "row {r} unit {j}: {err} > 2^-7 x {scale}");
+            }
+        }
+        let rel = |a: &[f32], b: &[f32]| {
+            let d: f64 = a.iter().zip(b).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+            d / b.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt()
+        };
+        let (ey, eg) = (rel(&y16, &y32), rel(&g16, &g32));
+        assert!(ey < 5.0 * 2f64.powi(-7) && eg < 5.0 * 2f64.powi(-7), "outputs {ey:e}, gradients {eg:e}");
+        // The bf16 path really ran: its rounding shows.
+        assert!(eg > 1e-5, "bf16 gradients equal f32's ({eg:e}): the products did not run in bf16");
+        eprintln!("bf16 vs f32: outputs {ey:.2e}, gradients {eg:.2e} (relative, in norm)");
     }
 
     #[test]
