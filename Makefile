@@ -8,9 +8,10 @@ CARGO ?= cargo
 RANKS ?= 4
 
 # Debian packages the project needs (build: MPI, HDF5, OpenBLAS, oneDNN, bindgen's libclang;
-# tests: hdf5-tools for h5dump/h5ls, slurm/munge for the job-script tests, iproute2 for the
-# simulated cluster).
+# run: the HDF5 filter plugins for LZ4, BZip2 and Blosc data files; tests: hdf5-tools for
+# h5dump/h5ls, slurm/munge for the job-script tests, iproute2 for the simulated cluster).
 DEBIAN_PACKAGES := libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev \
+                   hdf5-filter-plugin hdf5-filter-plugin-blosc-serial \
                    libclang-dev pkg-config libdnnl-dev
 TEST_PACKAGES := slurm-wlm munge iproute2
 # make bench-peers: a pip environment (mpi4py builds against Open MPI).

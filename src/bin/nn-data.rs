@@ -74,7 +74,13 @@ struct GenArgs {
     out: PathBuf,
 }
 
-/// Import a table (CSV) to HDF5, with the encoding that nn-predict applies to new rows.
+/// Import a table (CSV, Parquet) or NumPy arrays (.npy, .npz) to HDF5, with the encoding that
+/// nn-predict applies to new rows.
+///
+/// The input's kind is its extension: .npy (x, and y as a second .npy file or --y-column K of
+/// the one array), .npz (the arrays named by --x and --y), .parquet, anything else CSV. NumPy
+/// arrays and Parquet tables are converted a chunk of rows at a time (bounded memory), with a
+/// progress bar on a terminal.
 ///
 /// Columns are typed by their content: numeric; categorical (any non-numeric value, or named in
 /// --categorical), one-hot encoded over the sorted values; or the label. A non-numeric column
@@ -88,11 +94,18 @@ struct GenArgs {
 /// line, column and value, and nothing is written.
 #[derive(clap::Args, Debug)]
 struct ImportArgs {
-    /// The CSV file (gzip-compressed is read directly).
+    /// The input file: CSV (gzip-compressed is read directly), .npy (x), .npz or .parquet.
+    #[arg(value_name = "FILE")]
     csv: PathBuf,
-    /// The label column (by its name in the header).
+    /// With an x .npy file: the .npy file of y ((N,) labels, or (N, K) targets for regress).
+    #[arg(value_name = "Y.npy")]
+    y_file: Option<PathBuf>,
+    /// The label column (by its name in the header; CSV and Parquet).
     #[arg(long, value_name = "COLUMN")]
-    label: String,
+    label: Option<String>,
+    /// With one 2-D .npy array: its column K (from 0) is y, the other columns are x.
+    #[arg(long, value_name = "K")]
+    y_column: Option<usize>,
     /// classify: the label column holds classes; regress: numeric targets. Default classify.
     #[arg(long, value_enum, default_value = "classify")]
     task: LabelTask,
@@ -137,10 +150,13 @@ struct ImportArgs {
     /// Regression: store y as (target - mean) / std of the training rows; nn-predict undoes it.
     #[arg(long)]
     standardize_target: bool,
-    /// Name of the features dataset to write. Default "x".
+    /// Rows converted at a time (NumPy and Parquet input). Default: about 16 MB of x.
+    #[arg(long, value_name = "R")]
+    chunk_rows: Option<usize>,
+    /// Name of the features dataset to write (and, for .npz, the array read). Default "x".
     #[arg(long, default_value = "x", value_name = "NAME")]
     x: String,
-    /// Name of the targets dataset to write. Default "y".
+    /// Name of the targets dataset to write (and, for .npz, the array read). Default "y".
     #[arg(long, default_value = "y", value_name = "NAME")]
     y: String,
 }
@@ -280,9 +296,127 @@ fn info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
+/// The kinds of input `nn-data import` reads, by extension.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum InputKind {
+    Csv,
+    Npy,
+    Npz,
+}
+
+fn input_kind(path: &std::path::Path) -> InputKind {
+    match path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).as_deref() {
+        Some("npy") => InputKind::Npy,
+        Some("npz") => InputKind::Npz,
+        _ => InputKind::Csv,
+    }
+}
+
+/// A progress bar of rows on a terminal (hidden otherwise), as `nn-data gen` shows.
+fn row_bar(verb: &str, what: &std::path::Path) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let template = format!("{verb} {{msg}} [{{bar:30}}] {{pos}}/{{len}} rows, eta {{eta}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.display().to_string());
+    bar
+}
+
+/// `nn-data import` of .npy/.npz arrays.
+fn import_npy(a: ImportArgs, kind: InputKind) -> Result<()> {
+    use nn_train::tools::npy_import::{self, NpyImport, NpySource};
+    let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
+    for (set, name) in [
+        (a.split.is_some(), "split"),
+        (a.label.is_some(), "label"),
+        (a.label_names.is_some(), "label-names"),
+        (!a.drop.is_empty(), "drop"),
+        (a.out_train.is_some(), "out-train"),
+    ] {
+        if set {
+            return Err(flag(
+                name,
+                "is for CSV input (NumPy arrays have no named columns; split the arrays before saving)",
+            ));
+        }
+    }
+    let out = a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?;
+    let source = match (kind, &a.y_file, a.y_column) {
+        (InputKind::Npz, None, None) => NpySource::Npz { path: a.csv.clone(), x: a.x.clone(), y: a.y.clone() },
+        (InputKind::Npz, _, _) => {
+            return Err(flag("y-column", "is for .npy input; a .npz names its arrays with --x and --y"))
+        }
+        (_, Some(y), None) => NpySource::Two { x: a.csv.clone(), y: y.clone() },
+        (_, None, Some(k)) => NpySource::Columns { path: a.csv.clone(), y_column: k },
+        (_, Some(_), Some(_)) => return Err(flag("y-column", "give either a y .npy file or --y-column, not both")),
+        (_, None, None) => {
+            return Err(flag(
+                "y-column",
+                "is required with one .npy file (or give y as a second .npy file: nn-data import x.npy y.npy)",
+            ))
+        }
+    };
+    let spec = NpyImport {
+        source,
+        classify: a.task == LabelTask::Classify,
+        out: out.clone(),
+        x_name: a.x.clone(),
+        y_name: a.y.clone(),
+        chunk_rows: a.chunk_rows,
+    };
+    let start = Instant::now();
+    let bar = row_bar("converting", &a.csv);
+    let summary = npy_import::import(&spec, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let what = if summary.class_counts.is_empty() {
+        "numeric targets".to_string()
+    } else {
+        let names = summary.label_names.clone();
+        let name = |i: usize| names.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
+        let c = &summary.class_counts;
+        if c.len() > 12 {
+            format!("{} classes of {}..{} rows", c.len(), c.iter().min().unwrap_or(&0), c.iter().max().unwrap_or(&0))
+        } else {
+            let list: Vec<String> = c.iter().enumerate().map(|(i, n)| format!("{} {n}", name(i))).collect();
+            format!("{} classes: {}", c.len(), list.join(", "))
+        }
+    };
+    println!(
+        "nn-data: read {} rows x {} features ({}; y {}) from {}; {what}",
+        summary.rows,
+        summary.features,
+        summary.x_dtype,
+        summary.y_dtype,
+        a.csv.display()
+    );
+    println!(
+        "  wrote {}: {} rows in {:.1} s; peak memory {} MB",
+        out.display(),
+        summary.rows,
+        start.elapsed().as_secs_f64(),
+        peak_rss_bytes() >> 20
+    );
+    Ok(())
+}
+
 fn import(a: ImportArgs) -> Result<()> {
     use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, Outputs};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
+    let kind = input_kind(&a.csv);
+    if kind != InputKind::Csv {
+        return import_npy(a, kind);
+    }
+    if a.y_file.is_some() || a.y_column.is_some() {
+        return Err(flag("y-column", "and a second input file are for .npy input"));
+    }
+    if a.chunk_rows.is_some() {
+        return Err(flag("chunk-rows", "is for NumPy and Parquet input (a CSV is read whole)"));
+    }
+    let label = a.label.clone().ok_or_else(|| flag("label", "is required: the label column's name in the header"))?;
     let outputs = match a.split {
         None if a.out_train.is_some() || a.out_test.is_some() => {
             return Err(flag("out-train", "and --out-test are only for --split"))
@@ -312,7 +446,7 @@ fn import(a: ImportArgs) -> Result<()> {
         csv: a.csv.clone(),
         delimiter: a.delimiter,
         fit: FitOptions {
-            label: a.label.clone(),
+            label,
             task: Some(a.task),
             label_names: a.label_names.clone(),
             drop: a.drop.clone(),

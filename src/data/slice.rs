@@ -1,13 +1,15 @@
 //! Reading a rank's slice of an HDF5 data file.
 //!
 //! A data file holds `x`: (N, D) features and `y`: (N,) integer class labels or (N, K) float
-//! targets; any integer or float element type is converted to f32 on read. Rank r of P reads
+//! targets; any integer, float (16, 32 or 64 bits) or bool element type is converted to f32 on
+//! read ([`element`](super::element)), and datasets may be compressed with any filter of
+//! [`filters`](super::filters) (checked before the first read). Rank r of P reads
 //! rows [r*N/P, (r+1)*N/P) of its part with one hyperslab read per dataset, and nothing else.
 
+use super::element;
+use super::filters;
 use crate::engine::loss::{Loss, Targets};
 use crate::{Error, Result};
-use hdf5::types::TypeDescriptor;
-use ndarray::s;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -87,27 +89,20 @@ pub(crate) fn open_file(path: &Path) -> Result<hdf5::File> {
     }
     // Read-only: no HDF5 file lock. Many ranks read the same file at once, and file systems
     // without flock support (some Lustre/NFS mounts) would otherwise refuse to open it.
+    filters::register();
     let mut options = hdf5::File::with_options();
     options.fapl().file_locking(false);
     options.open(path).map_err(|e| Error::data(path, format!("cannot open as HDF5: {e}")))
 }
 
+/// Opens dataset `name` and checks that its filters can be decoded here.
 fn open_dataset(file: &hdf5::File, path: &Path, name: &str, flag: &'static str) -> Result<hdf5::Dataset> {
-    file.dataset(name).map_err(|_| {
+    let ds = file.dataset(name).map_err(|_| {
         let found = file.member_names().unwrap_or_default().join(", ");
         Error::data(path, format!("no dataset '{name}' (choose another with --{flag}; the file has: {found})"))
-    })
-}
-
-fn check_numeric(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<()> {
-    let dtype = ds.dtype().and_then(|t| t.to_descriptor());
-    match dtype {
-        Ok(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_)) => Ok(()),
-        Ok(other) => {
-            Err(Error::data(path, format!("dataset '{name}' has element type {other:?}; expected integers or floats")))
-        }
-        Err(e) => Err(Error::data(path, format!("dataset '{name}': unreadable element type: {e}"))),
-    }
+    })?;
+    filters::check_available(&ds, path, name)?;
+    Ok(ds)
 }
 
 /// Reads the shapes of `x` and `y` and checks that they fit together.
@@ -116,8 +111,8 @@ pub fn inspect(src: &Source) -> Result<Shape> {
     let file = open_file(path)?;
     let x = open_dataset(&file, path, &src.x, "x")?;
     let y = open_dataset(&file, path, &src.y, "y")?;
-    check_numeric(&x, path, &src.x)?;
-    check_numeric(&y, path, &src.y)?;
+    element::element(&x, path, &src.x)?;
+    element::element(&y, path, &src.y)?;
     let xs = x.shape();
     let ys = y.shape();
     if xs.len() != 2 {
@@ -182,12 +177,9 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
         Error::data(path, format!("dataset '{name}': reading rows {lo}..{hi} failed: {e}"))
     };
 
-    let x: Vec<f32> = x_ds
-        .as_reader()
-        .read_slice_2d::<f32, _>(s![lo..hi, ..])
-        .map_err(|e| read_err(&src.x, e))?
-        .into_raw_vec_and_offset()
-        .0;
+    let x_kind = element::element(&x_ds, path, &src.x)?;
+    let y_kind = element::element(&y_ds, path, &src.y)?;
+    let x = element::read_f32(&x_ds, x_kind, lo..hi).map_err(|e| read_err(&src.x, e))?;
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(Error::data(
             path,
@@ -204,12 +196,7 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
     let rows = hi - lo;
     let (targets, target_width) = match kind {
         TargetKind::Labels { classes } => {
-            let raw: Vec<f64> = y_ds
-                .as_reader()
-                .read_slice_1d::<f64, _>(s![lo..hi])
-                .map_err(|e| read_err(&src.y, e))?
-                .into_raw_vec_and_offset()
-                .0;
+            let raw = element::read_f64(&y_ds, y_kind, lo..hi).map_err(|e| read_err(&src.y, e))?;
             let mut labels = Vec::with_capacity(raw.len());
             for (i, &v) in raw.iter().enumerate() {
                 if !(v >= 0.0 && v.fract() == 0.0) {
@@ -233,19 +220,7 @@ pub fn read_rows(src: &Source, kind: TargetKind, range: Range<usize>, part_offse
             (TargetStore::Labels(labels), 1)
         }
         TargetKind::Values { width } => {
-            let values: Vec<f32> = if y_ds.ndim() == 1 {
-                y_ds.as_reader()
-                    .read_slice_1d::<f32, _>(s![lo..hi])
-                    .map_err(|e| read_err(&src.y, e))?
-                    .into_raw_vec_and_offset()
-                    .0
-            } else {
-                y_ds.as_reader()
-                    .read_slice_2d::<f32, _>(s![lo..hi, ..])
-                    .map_err(|e| read_err(&src.y, e))?
-                    .into_raw_vec_and_offset()
-                    .0
-            };
+            let values = element::read_f32(&y_ds, y_kind, lo..hi).map_err(|e| read_err(&src.y, e))?;
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(Error::data(
                     path,
@@ -264,14 +239,10 @@ pub fn read_x_rows(src: &Source, range: Range<usize>) -> Result<Slice> {
     let file = open_file(path)?;
     let x_ds = open_dataset(&file, path, &src.x, "x")?;
     let features = x_ds.shape()[1];
-    let x: Vec<f32> = x_ds
-        .as_reader()
-        .read_slice_2d::<f32, _>(s![range.start..range.end, ..])
-        .map_err(|e| {
-            Error::data(path, format!("dataset '{}': reading rows {}..{} failed: {e}", src.x, range.start, range.end))
-        })?
-        .into_raw_vec_and_offset()
-        .0;
+    let kind = element::element(&x_ds, path, &src.x)?;
+    let x = element::read_f32(&x_ds, kind, range.clone()).map_err(|e| {
+        Error::data(path, format!("dataset '{}': reading rows {}..{} failed: {e}", src.x, range.start, range.end))
+    })?;
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(Error::data(
             path,

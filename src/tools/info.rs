@@ -3,11 +3,12 @@
 //! label names) or target statistics of y. x and y are read in chunks of rows, so a file of
 //! any size is summarised in bounded memory.
 
+use crate::data::element::{self, Element};
+use crate::data::filters;
 use crate::data::slice::open_file;
 use crate::io::metrics::thousands;
 use crate::{Error, Result};
 use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
-use ndarray::s;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -83,25 +84,22 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
         })
         .collect();
 
-    let numeric = |d: &hdf5::Dataset| {
-        matches!(
-            descriptor(d),
-            Some(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_))
-        )
-    };
+    let numeric = |d: &hdf5::Dataset| element::element(d, path, "").ok();
     let mut x = None;
     let mut feature_names = None;
     if let Ok(ds) = file.dataset(x_name) {
-        if numeric(&ds) && ds.ndim() == 2 {
+        if let (Some(kind), 2) = (numeric(&ds), ds.ndim()) {
+            filters::check_available(&ds, path, x_name)?;
             let rows = ds.shape()[0];
-            x = Some((rows, column_stats(&ds, path, x_name)?));
+            x = Some((rows, column_stats(&ds, kind, path, x_name)?));
             feature_names = ds.attr("feature_names").ok().and_then(|a| string_array(&a));
         }
     }
     let mut y = None;
     if let Ok(ds) = file.dataset(y_name) {
-        if numeric(&ds) && (1..=2).contains(&ds.ndim()) {
-            y = Some(target_stats(&ds, path, y_name)?);
+        if let Some(kind) = numeric(&ds).filter(|_| (1..=2).contains(&ds.ndim())) {
+            filters::check_available(&ds, path, y_name)?;
+            y = Some(target_stats(&ds, kind, path, y_name)?);
         }
     }
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -138,17 +136,7 @@ fn chunk_rows(width: usize) -> usize {
     (CHUNK_BYTES / (8 * width.max(1))).max(1)
 }
 
-/// Reads rows [lo, hi) of a 1-D or 2-D dataset as f64, row-major.
-fn read_rows(ds: &hdf5::Dataset, lo: usize, hi: usize) -> hdf5::Result<Vec<f64>> {
-    let r = ds.as_reader();
-    Ok(if ds.ndim() == 1 {
-        r.read_slice_1d::<f64, _>(s![lo..hi])?.into_raw_vec_and_offset().0
-    } else {
-        r.read_slice_2d::<f64, _>(s![lo..hi, ..])?.into_raw_vec_and_offset().0
-    })
-}
-
-fn column_stats(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<ColumnStats> {
+fn column_stats(ds: &hdf5::Dataset, kind: Element, path: &Path, name: &str) -> Result<ColumnStats> {
     let shape = ds.shape();
     let (n, width) = (shape[0], if shape.len() == 2 { shape[1] } else { 1 });
     let mut min = vec![f64::INFINITY; width];
@@ -164,7 +152,7 @@ fn column_stats(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<ColumnSta
     let mut lo = 0;
     while lo < n {
         let hi = (lo + step).min(n);
-        let values = read_rows(ds, lo, hi)
+        let values = element::read_f64(ds, kind, lo..hi)
             .map_err(|e| Error::data(path, format!("dataset '{name}': reading rows {lo}..{hi} failed: {e}")))?;
         for row in values.chunks_exact(width) {
             for (j, &v) in row.iter().enumerate() {
@@ -198,31 +186,29 @@ fn column_stats(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<ColumnSta
     Ok(ColumnStats { min, mean, std, max, non_finite })
 }
 
-fn target_stats(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<Targets> {
-    let integer = matches!(descriptor(ds), Some(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)));
-    if integer && ds.ndim() == 1 {
-        if let Some(counts) = class_counts(ds, path, name)? {
+fn target_stats(ds: &hdf5::Dataset, kind: Element, path: &Path, name: &str) -> Result<Targets> {
+    if kind.is_integer() && ds.ndim() == 1 {
+        if let Some(counts) = class_counts(ds, kind, path, name)? {
             let names = ds.attr("label_names").ok().and_then(|a| string_array(&a));
             return Ok(Targets::Classes { counts, names });
         }
     }
-    Ok(Targets::Values(column_stats(ds, path, name)?))
+    Ok(Targets::Values(column_stats(ds, kind, path, name)?))
 }
 
 /// Rows per label, or None when there are more than [`MAX_CLASSES`] distinct labels.
-fn class_counts(ds: &hdf5::Dataset, path: &Path, name: &str) -> Result<Option<Vec<(i64, u64)>>> {
+fn class_counts(ds: &hdf5::Dataset, kind: Element, path: &Path, name: &str) -> Result<Option<Vec<(i64, u64)>>> {
     let n = ds.shape()[0];
     let mut counts = BTreeMap::<i64, u64>::new();
     let step = chunk_rows(1);
     let mut lo = 0;
     while lo < n {
         let hi = (lo + step).min(n);
-        let labels = ds
-            .as_reader()
-            .read_slice_1d::<i64, _>(s![lo..hi])
+        // Integer labels: exact in f64 (class indices are far below 2^53).
+        let labels = element::read_f64(ds, kind, lo..hi)
             .map_err(|e| Error::data(path, format!("dataset '{name}': reading rows {lo}..{hi} failed: {e}")))?;
         for &l in &labels {
-            *counts.entry(l).or_default() += 1;
+            *counts.entry(l as i64).or_default() += 1;
         }
         if counts.len() > MAX_CLASSES {
             return Ok(None);

@@ -2,8 +2,12 @@
 //! with seeded splits ([`split`]), file summaries ([`info`]) and learning-curve plots
 //! ([`plot`]).
 
+/// The HDF5 data file of an import, filled a chunk of rows at a time.
+pub mod chunked_output;
 pub mod csv_import;
 pub mod datagen;
 pub mod info;
+/// `nn-data import` of NumPy .npy/.npz arrays.
+pub mod npy_import;
 pub mod plot;
 pub mod split;

@@ -1,0 +1,303 @@
+//! The data files users already have: HDF5 written by h5py with every common compression
+//! filter (h5py's gzip and LZF, hdf5plugin's Blosc, LZ4, Bitshuffle and Zstd) and element type
+//! (float16, bool, int8/uint16/int64 labels); NumPy .npy/.npz and Parquet through
+//! `nn-data import`. Each file is written here by the real producer (h5py, numpy, pyarrow)
+//! and must give bit for bit what the same data gives from a plain float32 HDF5 file.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// Trains 2 epochs under `mpirun -n 2` and returns the final parameters.
+fn train(dir: &Path, data: &Path, tag: &str) -> Vec<f32> {
+    let ckpt = dir.join(format!("ckpt-{tag}.h5"));
+    let (c, d) = (ckpt.display().to_string(), data.display().to_string());
+    let args = [
+        "--data",
+        &d,
+        "--checkpoint",
+        &c,
+        "--threads",
+        "1",
+        "--layers",
+        "8:relu,3:softmax",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+    ];
+    let run = mpirun(2, "nn-train", &args, 120);
+    assert!(run.ok(), "training on {tag} failed:\n{}", run.all());
+    checkpoint_params(&ckpt)
+}
+
+fn assert_same_bits(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: parameter counts differ");
+    let differ = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+    assert_eq!(differ, 0, "{what}: {differ} of {} parameters differ from the float32 file's", a.len());
+}
+
+/// Writes the files of the HDF5 tests with h5py and hdf5plugin; prints nothing.
+const WRITE_H5: &str = r#"
+import sys, numpy as np, h5py, hdf5plugin
+d = sys.argv[1]
+rng = np.random.default_rng(7)
+n, f = 160, 6
+x = rng.standard_normal((n, f)).astype(np.float32)
+y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+def save(name, x, y, **kw):
+    with h5py.File(f"{d}/{name}.h5", "w") as h:
+        h.create_dataset("x", data=x, chunks=(32, f), **kw)
+        h.create_dataset("y", data=y, chunks=(32,), **kw)
+save("plain", x, y)
+save("gzip", x, y, compression="gzip")
+save("lzf", x, y, compression="lzf", shuffle=True)
+save("blosc", x, y, **hdf5plugin.Blosc(cname="lz4", shuffle=hdf5plugin.Blosc.SHUFFLE))
+save("blosc-zstd", x, y, **hdf5plugin.Blosc(cname="zstd", shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+save("lz4", x, y, **hdf5plugin.LZ4())
+save("bitshuffle", x, y, **hdf5plugin.Bitshuffle())
+save("bitshuffle-zstd", x, y, **hdf5plugin.Bitshuffle(cname="zstd"))
+save("bitshuffle-none", x, y, **hdf5plugin.Bitshuffle(cname="none"))
+save("zstd", x, y, **hdf5plugin.Zstd())
+save("bzip2", x, y, **hdf5plugin.BZip2())
+save("blosc2", x, y, **hdf5plugin.Blosc2())
+for t in ("int8", "uint16", "int64"):
+    save("y-" + t, x, y.astype(t))
+# float16 features (subnormals and extremes included) and the same values as float32.
+h = (x * 3).astype(np.float16)
+h[0, :4] = [np.float16(6e-8), np.float16(-3e-5), np.float16(65504), np.float16(-0.0)]
+save("f16", h, y, compression="gzip")
+save("f16-as-f32", h.astype(np.float32), y)
+# bool features and bool labels (2 classes), and the same as float32 / int64.
+b = x > 0.3
+save("bool", b, b[:, 3])
+save("bool-as-f32", b.astype(np.float32), b[:, 3].astype(np.int64))
+# An element type that is no number.
+with h5py.File(f"{d}/strings.h5", "w") as hf:
+    hf["x"] = np.array([["a"] * f] * n, dtype="S1")
+    hf["y"] = y
+"#;
+
+/// nn-train reads every filter h5py and hdf5plugin write, and float16, bool and integer
+/// labels of any width, giving the float32 file's model bit for bit; `nn-data info` and
+/// nn-predict read them too; a filter this machine lacks and a string dataset are one-line
+/// errors naming the file, the dataset and the filter or type.
+#[test]
+fn h5py_filters_and_element_types_train_like_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if run_python(WRITE_H5, &[&d.display().to_string()]).is_none() {
+        return;
+    }
+    let reference = train(d, &d.join("plain.h5"), "plain");
+    for name in [
+        "gzip",
+        "lzf",
+        "blosc",
+        "blosc-zstd",
+        "lz4",
+        "bitshuffle",
+        "bitshuffle-zstd",
+        "bitshuffle-none",
+        "zstd",
+        "bzip2",
+        "y-int8",
+        "y-uint16",
+        "y-int64",
+    ] {
+        assert_same_bits(&train(d, &d.join(format!("{name}.h5")), name), &reference, name);
+    }
+    for (name, same_as) in [("f16", "f16-as-f32"), ("bool", "bool-as-f32")] {
+        let got = train(d, &d.join(format!("{name}.h5")), name);
+        assert_same_bits(&got, &train(d, &d.join(format!("{same_as}.h5")), same_as), name);
+    }
+
+    // nn-data info and nn-predict read compressed and float16 files.
+    let zstd = d.join("zstd.h5").display().to_string();
+    let info = direct("nn-data", &["info", &zstd], 60).expect_ok().stdout;
+    assert!(info.contains("160 rows") || info.contains("160"), "{info}");
+    let f16 = d.join("f16.h5").display().to_string();
+    let info = direct("nn-data", &["info", &f16], 60).expect_ok().stdout;
+    assert!(info.contains("65504"), "the float16 maximum is in x's statistics:\n{info}");
+    let model = d.join("ckpt-plain.h5").display().to_string();
+    for data in ["bitshuffle.h5", "lzf.h5"] {
+        let out = d.join(format!("pred-{data}")).display().to_string();
+        let data = d.join(data).display().to_string();
+        mpirun(2, "nn-predict", &["--model", &model, "--data", &data, "--out", &out], 60).expect_ok();
+    }
+
+    // A filter with no decoder here (Blosc2: no Debian package): one line naming it.
+    let blosc2 = d.join("blosc2.h5");
+    let run = mpirun(2, "nn-train", &["--data", &blosc2.display().to_string(), "--layers", "3:softmax"], 60);
+    assert!(!run.ok());
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("error"))
+        .unwrap_or_else(|| panic!("no error line:\n{}", run.all()))
+        .to_string();
+    assert!(
+        line.contains("blosc2.h5")
+            && line.contains("dataset 'x'")
+            && line.contains("blosc2 filter (HDF5 filter id 32026)"),
+        "{line}"
+    );
+    assert!(!run.all().contains("can't open directory"), "HDF5's error stack leaked:\n{}", run.all());
+    let run = direct("nn-data", &["info", &blosc2.display().to_string()], 60);
+    assert!(!run.ok() && run.stderr.contains("filter id 32026"), "{}", run.all());
+
+    // Strings are no numbers: the file, the dataset and the type are named.
+    let strings = d.join("strings.h5").display().to_string();
+    let run = mpirun(2, "nn-train", &["--data", &strings, "--layers", "3:softmax"], 60);
+    assert!(!run.ok());
+    assert!(
+        run.stderr.contains("strings.h5: dataset 'x' has element type")
+            && run.stderr.contains("cannot be read as numbers"),
+        "{}",
+        run.all()
+    );
+}
+
+/// x (rows, features) f32 and y (rows,) i64 or (rows[, k]) f32 of an HDF5 data file.
+fn read_xy(path: &Path) -> (Vec<f32>, Vec<usize>, Vec<i64>, Vec<f32>) {
+    let f = hdf5::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let x = f.dataset("x").unwrap();
+    let shape = x.shape();
+    let x: Vec<f32> = x.read_raw().unwrap();
+    let y = f.dataset("y").unwrap();
+    let is_int = matches!(y.dtype().unwrap().to_descriptor().unwrap(), hdf5::types::TypeDescriptor::Integer(_));
+    if is_int {
+        (x, shape, y.read_raw().unwrap(), Vec::new())
+    } else {
+        (x, shape, Vec::new(), y.read_raw().unwrap())
+    }
+}
+
+fn assert_same_file(got: &Path, want: &Path, what: &str) {
+    let (gx, gs, gl, gt) = read_xy(got);
+    let (wx, ws, wl, wt) = read_xy(want);
+    assert_eq!(gs, ws, "{what}: x shape");
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&gx) == bits(&wx), "{what}: x differs from the float32 reference");
+    assert_eq!(gl, wl, "{what}: labels");
+    assert!(bits(&gt) == bits(&wt), "{what}: targets differ");
+}
+
+/// Writes .npy/.npz files with numpy and their float32/int64 references with h5py.
+const WRITE_NPY: &str = r#"
+import sys, numpy as np, h5py
+d = sys.argv[1]
+rng = np.random.default_rng(11)
+n, f = 300, 5
+x64 = rng.standard_normal((n, f)) * 100
+y = rng.integers(0, 4, n)
+def ref(name, x, y):
+    with h5py.File(f"{d}/{name}.ref.h5", "w") as h:
+        h["x"] = x
+        h["y"] = y
+# x float64 (rounded to float32 as numpy does) and y int64 in two C-order files.
+np.save(f"{d}/x.npy", x64); np.save(f"{d}/y.npy", y)
+ref("two", x64.astype(np.float32), y)
+# One Fortran-order float32 array, y (whole numbers, some negative) in column 2.
+yneg = y - 1
+a = np.asfortranarray(np.column_stack([x64[:, :2], yneg, x64[:, 2:]]).astype(np.float32))
+assert a.flags.f_contiguous
+np.save(f"{d}/cols.npy", a)
+ref("cols", x64.astype(np.float32), np.searchsorted(np.unique(yneg), yneg))
+# .npz, stored: float16 x and uint8 labels, under other names.
+h = (x64 / 50).astype(np.float16)
+np.savez(f"{d}/stored.npz", X_train=h, y_train=y.astype(np.uint8))
+ref("stored", h.astype(np.float32), y)
+# .npz, compressed: big-endian Fortran int16 x and bool y.
+i16 = np.asfortranarray(x64.astype(">i2"))
+np.savez_compressed(f"{d}/packed.npz", x=i16, y=y > 1)
+ref("packed", i16.astype(np.float32), (y > 1).astype(np.int64))
+# Regression targets (rows, 2) float64, x uint32.
+u = rng.integers(0, 2**32 - 1, (n, f), dtype=np.uint32)
+t = rng.standard_normal((n, 2))
+np.savez(f"{d}/reg.npz", x=u, y=t)
+ref("reg", u.astype(np.float32), t.astype(np.float32))
+np.save(f"{d}/text.npy", np.array([["a"] * f] * n))
+"#;
+
+/// `nn-data import` of .npy (two files; one Fortran-order array with --y-column) and .npz
+/// (stored and compressed; float16, int16 big-endian, uint32, bool, uint8): x and y equal,
+/// bit for bit, numpy's own conversion to float32/int64 written by h5py; chunked conversion
+/// (3 chunks) gives the same file as one chunk; bad input names the file and the problem.
+#[test]
+fn numpy_arrays_import_like_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if run_python(WRITE_NPY, &[&d.display().to_string()]).is_none() {
+        return;
+    }
+    let p = |n: &str| d.join(n).display().to_string();
+    let import = |args: &[&str], out: &str| {
+        let out = p(out);
+        let mut a = vec!["import"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--out", &out, "--chunk-rows", "128"]);
+        direct("nn-data", &a, 60).expect_ok().stdout
+    };
+    let said = import(&[&p("x.npy"), &p("y.npy")], "two.h5");
+    assert!(said.contains("300 rows x 5 features (float64; y int64)"), "{said}");
+    assert_same_file(&d.join("two.h5"), &d.join("two.ref.h5"), "x.npy + y.npy");
+    import(&[&p("cols.npy"), "--y-column", "2"], "cols.h5");
+    assert_same_file(&d.join("cols.h5"), &d.join("cols.ref.h5"), "Fortran-order array, --y-column");
+    let names: Vec<String> = hdf5::File::open(d.join("cols.h5"))
+        .unwrap()
+        .dataset("y")
+        .unwrap()
+        .attr("label_names")
+        .unwrap()
+        .read_raw::<hdf5::types::VarLenUnicode>()
+        .unwrap()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(names, ["-1", "0", "1", "2"]);
+    import(&[&p("stored.npz"), "--x", "X_train", "--y", "y_train"], "stored.h5");
+    // The datasets keep the archive's names: compare under them.
+    let f = hdf5::File::open(d.join("stored.h5")).unwrap();
+    let r = hdf5::File::open(d.join("stored.ref.h5")).unwrap();
+    let x: Vec<f32> = f.dataset("X_train").unwrap().read_raw().unwrap();
+    let xr: Vec<f32> = r.dataset("x").unwrap().read_raw().unwrap();
+    assert!(x.iter().zip(&xr).all(|(a, b)| a.to_bits() == b.to_bits()) && x.len() == xr.len(), "float16 npz");
+    let y: Vec<i64> = f.dataset("y_train").unwrap().read_raw().unwrap();
+    assert_eq!(y, r.dataset("y").unwrap().read_raw::<i64>().unwrap());
+    import(&[&p("packed.npz")], "packed.h5");
+    assert_same_file(&d.join("packed.h5"), &d.join("packed.ref.h5"), "compressed npz");
+    import(&[&p("reg.npz"), "--task", "regress"], "reg.h5");
+    assert_same_file(&d.join("reg.h5"), &d.join("reg.ref.h5"), "regression npz");
+    // One chunk gives the same file as three.
+    let out = p("two-1.h5");
+    direct("nn-data", &["import", &p("x.npy"), &p("y.npy"), "--out", &out], 60).expect_ok();
+    assert_same_file(&d.join("two-1.h5"), &d.join("two.ref.h5"), "one chunk");
+
+    // Errors: one line naming the file and what is wrong; no output left behind.
+    let fail = |args: &[&str], want: &[&str]| {
+        let out = p("bad.h5");
+        let mut a = vec!["import"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--out", &out]);
+        let run = direct("nn-data", &a, 60);
+        assert!(!run.ok(), "{args:?} succeeded");
+        for w in want {
+            assert!(run.stderr.contains(w), "{args:?}: no '{w}' in:\n{}", run.stderr);
+        }
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(!d.join("bad.h5").exists());
+    };
+    fail(&[&p("stored.npz")], &["--x: no array 'x' in", "X_train, y_train"]);
+    fail(&[&p("text.npy"), "--y-column", "0"], &["text.npy", "'<U1' is not supported"]);
+    fail(&[&p("x.npy")], &["--y-column"]);
+    fail(&[&p("cols.npy"), "--y-column", "9"], &["--y-column: 9 is not a column", "6 columns"]);
+    fail(&[&p("x.npy"), &p("y.npy"), "--task", "regress", "--y-column", "1"], &["not both"]);
+    let short = d.join("short.npy");
+    let bytes = std::fs::read(d.join("x.npy")).unwrap();
+    std::fs::write(&short, &bytes[..bytes.len() - 8]).unwrap();
+    fail(&[&short.display().to_string(), &p("y.npy")], &["short.npy", "truncated"]);
+}
