@@ -373,7 +373,9 @@ mod tests {
         }
         chunk.extend_from_slice(&data[16 * elem..]);
         assert_eq!(bitshuffle_decode(&chunk, &[0, 0, elem as u32, block as u32, 0]).unwrap(), data);
-        // A chunk cut short is an error, not a panic.
-        assert!(bitshuffle_decode(&chunk[..10], &[0, 0, elem as u32, block as u32, 0]).is_err());
+        // A chunk of part of an element, or an LZ4 chunk cut short, is an error, not a panic.
+        assert!(bitshuffle_decode(&chunk[..9], &[0, 0, elem as u32, block as u32, 0]).is_err());
+        let lz4 = [0, 0, 0, 0, 0, 0, 0, 42, 0, 0, 0, 16, 0, 0, 0, 9, 1, 2];
+        assert!(bitshuffle_decode(&lz4, &[0, 0, elem as u32, block as u32, 2]).is_err());
     }
 }

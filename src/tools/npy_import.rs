@@ -532,7 +532,7 @@ mod tests {
     fn headers_parse_as_numpy_writes_them() {
         let h = parse_header(&npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }")).unwrap();
         assert_eq!(h.dtype, Dtype { kind: Kind::Float, size: 4, big_endian: false });
-        assert_eq!((h.fortran, h.shape.clone(), h.data_offset), (false, vec![3, 4], 64));
+        assert_eq!((h.fortran, h.shape.clone(), h.data_offset), (false, vec![3, 4], 128));
         let h = parse_header(&npy("{'descr': '>i8', 'fortran_order': True, 'shape': (5,), }")).unwrap();
         assert_eq!((h.dtype.kind, h.dtype.big_endian, h.fortran, h.shape), (Kind::Int, true, true, vec![5]));
         assert_eq!(
