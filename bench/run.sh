@@ -189,9 +189,8 @@ variant() {
         blas-unrecognised) VENV=(OPENBLAS_CORETYPE=Prescott NN_TRAIN_TEST_CORETYPE_AS_DETECTED=1) ;;
         blas-hand) VENV=("OPENBLAS_CORETYPE=$BEST_CORE") ;;
         blas-prescott) VENV=(OPENBLAS_CORETYPE=Prescott) ;;
-        # Mixed precision rows go here (W3, both layouts), e.g.:
-        #   bf16) VFLAGS=(--precision bf16) ;;
-        # and in variants() below.
+        # Mixed precision (W3, both layouts): bf16 products on AMX or AVX512-BF16.
+        bf16) VFLAGS=(--precision bf16) ;;
         *) echo "bench: unknown variant '$1'" >&2; exit 2 ;;
     esac
 }
@@ -202,7 +201,14 @@ variants() {
     if [[ $CORETYPE_RUNS == 1 && ($1 == W1 || $1 == W3) ]]; then
         v+=(blas-unrecognised blas-hand blas-prescott)
     fi
-    # --precision bf16 rows: add "bf16" here for W3.
+    # --precision bf16 rows for W3 where the CPU has a bf16 unit (nn-train's own check says).
+    if [[ $1 == W3 ]]; then
+        if "$BIN/nn-train" --data "$DATA" --layers 10:softmax --epochs 0 --precision bf16 >/dev/null 2>"$OUT/.bf16"; then
+            v+=(bf16)
+        else
+            note "W3 bf16 rows skipped: $(grep -m1 error "$OUT/.bf16")" >&2
+        fi
+    fi
     echo "${v[@]}"
 }
 
