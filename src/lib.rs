@@ -28,6 +28,7 @@ pub mod data;
 pub mod dist;
 pub mod engine;
 pub mod error;
+pub mod flag_value;
 pub mod io;
 pub mod tools;
 pub mod train;

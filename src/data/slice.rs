@@ -151,7 +151,7 @@ pub fn target_kind(src: &Source, shape: &Shape, loss: Loss, out_dim: usize) -> R
             format!(
                 "dataset '{}' holds one value per row but the model has {out_dim} outputs; with --loss {} the last layer must have 1 unit, or y must be (rows, {out_dim})",
                 src.y,
-                loss.name()
+                loss
             ),
         )),
         (Some(k), _) if k == out_dim => Ok(TargetKind::Values { width: k }),

@@ -9,7 +9,6 @@
 //! and DDP do; the batches then depend on the rank count).
 
 use crate::engine::rng;
-use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use std::ops::Range;
 
@@ -20,32 +19,19 @@ pub fn slice_range(n: usize, p: usize, r: usize) -> Range<usize> {
     (r * n / p) as usize..((r + 1) * n / p) as usize
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How the rows are ordered each epoch (`--shuffle`; see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Shuffle {
+    /// One seeded permutation of all rows: the same batches on any number of ranks.
     Global,
+    /// Shuffle within each rank's slice.
     Local,
+    /// File order.
     None,
 }
 
-impl Shuffle {
-    pub fn parse(name: &str) -> Result<Shuffle> {
-        match name {
-            "global" => Ok(Shuffle::Global),
-            "local" => Ok(Shuffle::Local),
-            "none" => Ok(Shuffle::None),
-            _ => Err(Error::flag("shuffle", format!("unknown mode '{name}' (expected global, local or none)"))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Shuffle::Global => "global",
-            Shuffle::Local => "local",
-            Shuffle::None => "none",
-        }
-    }
-}
+crate::flag_value_display!(Shuffle);
 
 /// One rank's view of an epoch. Buffers are allocated once and refilled every epoch.
 pub struct EpochPlan {

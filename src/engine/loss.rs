@@ -5,17 +5,19 @@
 //! which makes uneven slices and a ragged last batch exact.
 
 use crate::engine::activation::Activation;
-use crate::{Error, Result};
 
 /// Probabilities are clipped to [EPSILON, 1 - EPSILON] before the log, as Keras does
 /// (`keras.config.epsilon()` = 1e-7), so one confident mistake costs at most -ln(1e-7) = 16.1.
 pub const EPSILON: f32 = 1e-7;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The training loss (`--loss`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Loss {
     /// Categorical cross-entropy over a softmax output; targets are integer labels or one-hot
     /// (or any probability) rows.
+    #[serde(alias = "categorical-crossentropy", alias = "sparse-categorical-crossentropy")]
+    #[value(alias = "categorical-crossentropy", alias = "sparse-categorical-crossentropy")]
     Crossentropy,
     /// Binary cross-entropy over sigmoid outputs (one or several independent labels).
     BinaryCrossentropy,
@@ -23,29 +25,9 @@ pub enum Loss {
     Mse,
 }
 
+crate::flag_value_display!(Loss);
+
 impl Loss {
-    pub fn parse(name: &str) -> Result<Loss> {
-        Ok(match name {
-            "crossentropy" | "categorical-crossentropy" | "sparse-categorical-crossentropy" => Loss::Crossentropy,
-            "binary-crossentropy" => Loss::BinaryCrossentropy,
-            "mse" => Loss::Mse,
-            _ => {
-                return Err(Error::flag(
-                    "loss",
-                    format!("unknown loss '{name}' (expected crossentropy, binary-crossentropy or mse)"),
-                ))
-            }
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Loss::Crossentropy => "crossentropy",
-            Loss::BinaryCrossentropy => "binary-crossentropy",
-            Loss::Mse => "mse",
-        }
-    }
-
     /// Whether accuracy means anything for this loss.
     pub fn is_classification(self) -> bool {
         !matches!(self, Loss::Mse)
@@ -229,7 +211,7 @@ mod tests {
             assert!(
                 (numeric - delta[i] as f64).abs() < 1e-3 * (1.0 + numeric.abs()),
                 "{} with {}: dz[{i}] analytic {} numeric {numeric}",
-                loss.name(),
+                loss,
                 act.name(),
                 delta[i]
             );

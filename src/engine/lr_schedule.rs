@@ -6,8 +6,6 @@
 //! - linear warmup over the first E epochs, rising from near 0 to lr (Goyal et al. 2017, "Accurate,
 //!   Large Minibatch SGD": scale lr with the global batch and warm up), composable with both.
 
-use crate::{Error, Result};
-
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Decay {
@@ -50,19 +48,21 @@ impl LrSchedule {
             decayed
         }
     }
-
-    pub fn parse_kind(name: &str) -> Result<&'static str> {
-        match name {
-            "constant" => Ok("constant"),
-            "step" => Ok("step"),
-            "cosine" => Ok("cosine"),
-            _ => Err(Error::flag(
-                "lr-schedule",
-                format!("unknown schedule '{name}' (expected constant, step or cosine)"),
-            )),
-        }
-    }
 }
+
+/// The schedule named by `--lr-schedule` (its parameters come from other flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// The base rate throughout.
+    Constant,
+    /// Step decay.
+    Step,
+    /// Cosine decay.
+    Cosine,
+}
+
+crate::flag_value_display!(ScheduleKind);
 
 #[cfg(test)]
 mod tests {

@@ -27,14 +27,7 @@ pub enum Precision {
     Bf16,
 }
 
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-}
+crate::flag_value_display!(Precision);
 
 /// Rows are padded to a multiple of this (the height of an AMX tile).
 pub const ROW_BLOCK: usize = 16;

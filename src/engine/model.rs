@@ -619,7 +619,7 @@ mod tests {
             let numeric = (up - down) / (2.0 * h as f64);
             let err = (numeric - grads[i] as f64).abs() / (1.0 + numeric.abs());
             worst = worst.max(err);
-            assert!(err < 2e-3, "{spec} {}: param {i}: analytic {} numeric {numeric}", loss.name(), grads[i]);
+            assert!(err < 2e-3, "{spec} {}: param {i}: analytic {} numeric {numeric}", loss, grads[i]);
         }
         assert!(worst.is_finite());
     }

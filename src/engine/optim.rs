@@ -9,13 +9,13 @@ use crate::{Error, Result};
 
 /// Which optimizer a run uses.
 ///
-/// Adding an optimizer touches this module only: a variant here (with its [`name`](Self::name)
-/// and [`default_lr`](Self::default_lr)), its state slots in [`slots`](Self::slots), its
+/// Adding an optimizer touches this module only: a variant here (its name is the flag value and
+/// the checkpoint's, and [`default_lr`](Self::default_lr)), its state slots in [`slots`](Self::slots), its
 /// constants in [`Update`] (built in [`Optimizer::begin`]) and its kernel call in
 /// [`Optimizer::apply`]. The trainer and the checkpoint see only [`OptimizerState`]: the
 /// checkpoint stores each slot as `/optimizer/<slot>/layer_<i>/{kernel,bias}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
     /// Adam (Keras 3's formulation), AdamW with `weight_decay`.
     Adam,
@@ -29,33 +29,9 @@ pub enum OptimizerKind {
     Adagrad,
 }
 
+crate::flag_value_display!(OptimizerKind);
+
 impl OptimizerKind {
-    /// The kind named by the `--optimizer` flag value.
-    pub fn parse(name: &str) -> Result<OptimizerKind> {
-        match name {
-            "adam" => Ok(OptimizerKind::Adam),
-            "sgd" => Ok(OptimizerKind::Sgd),
-            "rmsprop" => Ok(OptimizerKind::Rmsprop),
-            "nadam" => Ok(OptimizerKind::Nadam),
-            "adagrad" => Ok(OptimizerKind::Adagrad),
-            _ => Err(Error::flag(
-                "optimizer",
-                format!("unknown optimizer '{name}' (expected adam, sgd, rmsprop, nadam or adagrad)"),
-            )),
-        }
-    }
-
-    /// The flag value and checkpoint name of the kind.
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Rmsprop => "rmsprop",
-            OptimizerKind::Nadam => "nadam",
-            OptimizerKind::Adagrad => "adagrad",
-        }
-    }
-
     /// The names of the optimizer's state buffers, each (n_params,) in the parameters'
     /// layout, in the order [`Optimizer`] keeps them. They name the checkpoint's groups
     /// `/optimizer/<slot>`.
@@ -197,7 +173,7 @@ impl Optimizer {
         if state.kind != self.settings.kind {
             return Err(Error::flag(
                 "optimizer",
-                format!("the saved state is {}'s; this run uses {}", state.kind.name(), self.settings.kind.name()),
+                format!("the saved state is {}'s; this run uses {}", state.kind, self.settings.kind),
             ));
         }
         let names: Vec<&str> = state.slots.iter().map(|(name, _)| *name).collect();

@@ -149,7 +149,7 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         }
 
         let g = file.create_group("optimizer").map_err(h5err(path, "optimizer"))?;
-        attr_str(&g, "kind", snap.optimizer.kind.name())?;
+        attr_str(&g, "kind", &snap.optimizer.kind.to_string())?;
         attr!(g, "step", u64, snap.optimizer.step);
         for (name, buf) in &snap.optimizer.slots {
             write_layers(&g.create_group(name).map_err(h5err(path, name))?, buf)?;
@@ -320,7 +320,8 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let opt = file.group("optimizer").map_err(|_| bad("no /optimizer"))?;
     let kind_name =
         opt.attr("kind").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no optimizer kind"))?;
-    let kind = OptimizerKind::parse(kind_name.as_str()).map_err(|_| bad("unknown optimizer kind"))?;
+    let kind = <OptimizerKind as clap::ValueEnum>::from_str(kind_name.as_str(), false)
+        .map_err(|_| bad(&format!("unknown optimizer kind '{}'", kind_name.as_str())))?;
     let slots = kind
         .slots()
         .iter()

@@ -6,10 +6,11 @@
 
 use crate::dist::batch_plan::Shuffle;
 use crate::engine::loss::Loss;
-use crate::engine::lr_schedule::{Decay, LrSchedule};
+use crate::engine::lr_schedule::{Decay, LrSchedule, ScheduleKind};
 use crate::engine::mixed::Precision;
 use crate::engine::model::LayerSpec;
 use crate::engine::optim::{OptimizerKind, OptimizerSettings};
+use crate::flag_value;
 use crate::io::console::one_line;
 use crate::{Error, Result};
 use clap::Parser;
@@ -62,11 +63,11 @@ pub struct TrainArgs {
     pub l1: Option<f32>,
     /// crossentropy (softmax output; integer labels or one-hot rows), binary-crossentropy
     /// (sigmoid output) or mse. Default crossentropy.
-    #[arg(long, value_name = "NAME")]
-    pub loss: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = flag_value::parser::<Loss>("loss"))]
+    pub loss: Option<Loss>,
     /// adam, sgd, rmsprop, nadam or adagrad (Keras 3's formulas and defaults). Default adam.
-    #[arg(long, value_name = "NAME")]
-    pub optimizer: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = flag_value::parser::<OptimizerKind>("optimizer"))]
+    pub optimizer: Option<OptimizerKind>,
     /// Learning rate. Default 0.01 for sgd, else 0.001, as Keras.
     #[arg(long, value_name = "RATE")]
     pub lr: Option<f64>,
@@ -100,8 +101,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "NORM")]
     pub clip_norm: Option<f32>,
     /// constant, step or cosine. Default constant.
-    #[arg(long, value_name = "NAME")]
-    pub lr_schedule: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = flag_value::parser::<ScheduleKind>("schedule"))]
+    pub lr_schedule: Option<ScheduleKind>,
     /// step schedule: decay every this many epochs. Default 10.
     #[arg(long, value_name = "EPOCHS")]
     pub lr_decay_epochs: Option<f64>,
@@ -123,8 +124,8 @@ pub struct TrainArgs {
     pub batch_size: Option<usize>,
     /// global (one seeded permutation of all rows: the same model on any rank count),
     /// local (shuffle within each rank's slice), none (file order). Default global.
-    #[arg(long, value_name = "MODE")]
-    pub shuffle: Option<String>,
+    #[arg(long, value_name = "MODE", value_parser = flag_value::parser::<Shuffle>("mode"))]
+    pub shuffle: Option<Shuffle>,
     /// Seed for initialisation, shuffling and dropout. Default 0.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -143,16 +144,16 @@ pub struct TrainArgs {
     /// Sum gradients on a background thread, layer buckets in reverse order, while the
     /// backward pass goes on: on, off, or auto (on when the ranks span several nodes and the
     /// gradients are at least 1 MB). Default auto.
-    #[arg(long, value_name = "MODE")]
-    pub overlap: Option<String>,
+    #[arg(long, value_name = "MODE", value_parser = flag_value::parser::<Overlap>("mode"))]
+    pub overlap: Option<Overlap>,
     /// How gradients are summed: auto (through a shared-memory window when all ranks are on
     /// one node, else MPI_Allreduce) or mpi (always MPI_Allreduce). Default auto.
-    #[arg(long, value_name = "MODE")]
-    pub allreduce: Option<String>,
+    #[arg(long, value_name = "MODE", value_parser = flag_value::parser::<AllreduceMode>("mode"))]
+    pub allreduce: Option<AllreduceMode>,
     /// fp32, or bf16 (Keras mixed_bfloat16): the dense layers' products take bf16 inputs and
     /// sum in f32 on the CPU's AMX or AVX512-BF16 units (oneDNN); weights, optimizer state,
     /// loss and gradient sums stay f32. Default fp32.
-    #[arg(long, value_enum, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = flag_value::parser::<Precision>("precision"))]
     pub precision: Option<Precision>,
 
     /// Checkpoint file (HDF5), written by rank 0 atomically (temporary file, then rename).
@@ -186,8 +187,8 @@ pub struct TrainArgs {
     pub early_stopping: Option<usize>,
     /// "balanced": weight each class by N / (classes * count of that class), as Keras and
     /// scikit-learn's class_weight="balanced".
-    #[arg(long, value_name = "MODE")]
-    pub class_weight: Option<String>,
+    #[arg(long, value_name = "MODE", value_parser = flag_value::parser::<ClassWeight>("mode"))]
+    pub class_weight: Option<ClassWeight>,
 }
 
 /// The validated configuration a run uses. Recorded in checkpoints as JSON.
@@ -228,18 +229,21 @@ pub struct Config {
 }
 
 /// Whether gradient sums overlap the backward pass (see [`crate::dist::comm::GradientReducer`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Overlap {
+    /// On when the ranks span several nodes and the gradients are large enough.
     #[default]
     Auto,
+    /// Always (with more than one rank).
     On,
+    /// Never.
     Off,
 }
 
 /// How gradients are summed across ranks (see [`crate::dist::comm::SharedSum`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum AllreduceMode {
     /// A shared-memory window when all ranks share a node, else MPI_Allreduce.
     #[default]
@@ -248,16 +252,20 @@ pub enum AllreduceMode {
     Mpi,
 }
 
-impl Overlap {
-    pub fn parse(name: &str) -> Result<Overlap> {
-        match name {
-            "auto" => Ok(Overlap::Auto),
-            "on" => Ok(Overlap::On),
-            "off" => Ok(Overlap::Off),
-            _ => Err(Error::flag("overlap", format!("unknown mode '{name}' (expected auto, on or off)"))),
-        }
-    }
+/// `--class-weight`: how samples are weighted by class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassWeight {
+    /// Every sample counts the same.
+    #[default]
+    None,
+    /// N / (classes * count of the sample's class).
+    Balanced,
+}
 
+crate::flag_value_display!(Overlap, AllreduceMode, ClassWeight);
+
+impl Overlap {
     /// Auto turns overlap on (across nodes) from this many gradient bytes: below it, handing
     /// buckets to a thread costs more than the allreduce it could hide.
     pub const AUTO_MIN_BYTES: usize = 1 << 20;
@@ -348,8 +356,8 @@ impl TrainArgs {
                 *l2 = l2.or(self.l2);
             }
         }
-        let loss = Loss::parse(self.loss.as_deref().unwrap_or("crossentropy"))?;
-        let kind = OptimizerKind::parse(self.optimizer.as_deref().unwrap_or("adam"))?;
+        let loss = self.loss.unwrap_or(Loss::Crossentropy);
+        let kind = self.optimizer.unwrap_or(OptimizerKind::Adam);
         let defaults = OptimizerSettings::default();
         let optimizer = OptimizerSettings {
             kind,
@@ -365,12 +373,12 @@ impl TrainArgs {
         };
         let base_lr = self.lr.unwrap_or(kind.default_lr());
         let epochs = self.epochs.unwrap_or(10);
-        let decay = match LrSchedule::parse_kind(self.lr_schedule.as_deref().unwrap_or("constant"))? {
-            "step" => {
+        let decay = match self.lr_schedule.unwrap_or(ScheduleKind::Constant) {
+            ScheduleKind::Step => {
                 Decay::Step { every: self.lr_decay_epochs.unwrap_or(10.0), factor: self.lr_decay_factor.unwrap_or(0.1) }
             }
-            "cosine" => Decay::Cosine { epochs: epochs.max(1) as f64, min: self.lr_min.unwrap_or(0.0) },
-            _ => Decay::Constant,
+            ScheduleKind::Cosine => Decay::Cosine { epochs: epochs.max(1) as f64, min: self.lr_min.unwrap_or(0.0) },
+            ScheduleKind::Constant => Decay::Constant,
         };
         let lr = LrSchedule { base: base_lr, decay, warmup_epochs: self.warmup_epochs.unwrap_or(0.0) };
         let config = Config {
@@ -385,20 +393,14 @@ impl TrainArgs {
             lr,
             epochs,
             batch_size: self.batch_size.unwrap_or(32),
-            shuffle: Shuffle::parse(self.shuffle.as_deref().unwrap_or("global"))?,
+            shuffle: self.shuffle.unwrap_or(Shuffle::Global),
             seed: self.seed.unwrap_or(0),
             metrics: self.metrics,
             threads: self.threads,
             profile: self.profile,
-            overlap: Overlap::parse(self.overlap.as_deref().unwrap_or("auto"))?,
+            overlap: self.overlap.unwrap_or_default(),
             precision: self.precision.unwrap_or_default(),
-            allreduce: match self.allreduce.as_deref().unwrap_or("auto") {
-                "auto" => AllreduceMode::Auto,
-                "mpi" => AllreduceMode::Mpi,
-                other => {
-                    return Err(Error::flag("allreduce", format!("unknown mode '{other}' (expected auto or mpi)")))
-                }
-            },
+            allreduce: self.allreduce.unwrap_or_default(),
             checkpoint: self.checkpoint,
             checkpoint_every: self.checkpoint_every.unwrap_or(1),
             checkpoint_steps: self.checkpoint_steps,
@@ -407,16 +409,7 @@ impl TrainArgs {
             init_from: self.init_from,
             standardize: self.standardize,
             early_stopping: self.early_stopping,
-            class_weight_balanced: match self.class_weight.as_deref() {
-                None | Some("none") => false,
-                Some("balanced") => true,
-                Some(other) => {
-                    return Err(Error::flag(
-                        "class-weight",
-                        format!("unknown mode '{other}' (expected balanced or none)"),
-                    ))
-                }
-            },
+            class_weight_balanced: self.class_weight == Some(ClassWeight::Balanced),
         };
         config.check()?;
         Ok(config)
@@ -511,7 +504,7 @@ impl Config {
                     "loss",
                     format!(
                         "{} needs a {} output layer, but --layers ends with {}",
-                        self.loss.name(),
+                        self.loss,
                         required.name(),
                         LayerSpec::to_text(&self.layers[self.layers.len() - 1..])
                     ),

@@ -196,8 +196,8 @@ impl<'c> Trainer<'c> {
             "model: {}, {} parameters; loss {}; {} lr {}{}\n",
             self.model.describe(),
             thousands(self.model.n_params as f64),
-            cfg.loss.name(),
-            o.kind.name(),
+            cfg.loss,
+            o.kind,
             cfg.lr.base,
             match cfg.lr.decay {
                 crate::engine::lr_schedule::Decay::Constant => String::new(),
@@ -216,7 +216,7 @@ impl<'c> Trainer<'c> {
             self.plan.steps(),
             cfg.batch_size,
             (cfg.batch_size as f64 / self.comm.size() as f64).ceil(),
-            cfg.shuffle.name(),
+            cfg.shuffle,
             cfg.seed
         );
         for note in &self.start_notes {
@@ -417,8 +417,8 @@ fn load_start(cfg: &Config, model: &Model, notes: &mut Vec<String>) -> Result<Op
                     format!(
                         "the checkpoint {} holds {} state; resume with --optimizer {}",
                         path.display(),
-                        snap.optimizer.kind.name(),
-                        snap.optimizer.kind.name()
+                        snap.optimizer.kind,
+                        snap.optimizer.kind
                     ),
                 ));
             }
