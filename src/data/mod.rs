@@ -5,9 +5,9 @@
 
 pub mod batch;
 pub mod csv_file;
-pub mod encoding;
 /// Element types of data datasets (integers, floats of 16-64 bits, bool) read as numbers.
 pub mod element;
+pub mod encoding;
 /// HDF5 compression filters: decoders registered here, and the check before reading.
 pub mod filters;
 pub mod scaling;
