@@ -14,6 +14,8 @@
 //!   console lines, memory readings.
 //! - [`train`]: the run itself: configuration, the trainer (set-up, step, epoch loop),
 //!   evaluation and prediction.
+//! - [`flag_value`]: typed flag values, spelled the same on the command line, in TOML config
+//!   files and in checkpoints.
 //! - [`tools`]: what only `nn-data` uses: synthetic data, CSV import, splits, file info,
 //!   learning-curve plots.
 //!
