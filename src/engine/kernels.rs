@@ -23,7 +23,9 @@ macro_rules! multiversion {
                     // SAFETY: the CPU supports the features the function was compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                // Compiled for avx2 AND fma, so both must be there (some CPUs and VMs
+                // expose AVX2 without FMA).
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: as above.
                     return unsafe { avx2($($arg),*) };
                 }
