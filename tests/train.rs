@@ -114,6 +114,59 @@ fn l2_penalty_is_rank_independent_and_reported_in_the_loss() {
     assert!(((val1 - val0) - penalty).abs() < 1e-4 * penalty, "val_loss {val1} - {val0} vs penalty {penalty}");
 }
 
+/// --reduce-lr-on-plateau against Keras ReduceLROnPlateau's rule re-applied in the test to the
+/// run's own monitored values (patience 1, factor 0.5, min_lr 2e-4, min_delta 1e-4, mode max
+/// for val_accuracy): the learning rate each epoch reports is the one the rule gives.
+#[test]
+fn reduce_lr_on_plateau_follows_keras_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.h5");
+    write_classification(&data, 120, 5, 3, 9);
+    let m = dir.path().join("m.jsonl");
+    let ms = m.display().to_string();
+    let extra = [
+        "--layers",
+        "8:relu,3:softmax",
+        "--val-split",
+        "0.25",
+        "--monitor",
+        "val_accuracy",
+        "--reduce-lr-on-plateau",
+        "1",
+        "--reduce-lr-factor",
+        "0.5",
+        "--reduce-lr-min",
+        "2e-4",
+        "--epochs",
+        "8",
+        "--lr",
+        "0.01",
+        "--metrics",
+        &ms,
+    ];
+    train_params(dir.path(), &data, 0, &extra);
+    let lines = metrics_lines(&m);
+    let (mut best, mut wait, mut lr) = (f64::NEG_INFINITY, 0, 0.01f64);
+    let mut reductions = 0;
+    for line in &lines {
+        let reported = line["lr"].as_f64().unwrap();
+        assert!((reported - lr).abs() < 1e-12 * lr.max(1.0), "epoch {}: lr {reported}, Keras rule {lr}", line["epoch"]);
+        let current = line["val_accuracy"].as_f64().unwrap();
+        if current > best + 1e-4 {
+            best = current;
+            wait = 0;
+        } else {
+            wait += 1;
+            if wait >= 1 && lr > 2e-4 {
+                lr = (lr * 0.5).max(2e-4);
+                wait = 0;
+                reductions += 1;
+            }
+        }
+    }
+    assert!(reductions >= 1, "no plateau in {lines:?}: the test would not test anything");
+}
+
 /// The same command twice gives the same model bit for bit (same machine, same rank count),
 /// and a different seed gives a different one.
 #[test]

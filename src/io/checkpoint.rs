@@ -25,6 +25,9 @@
 //!                           file, copied verbatim from it, when it has one (nn-data import)
 //! /early_stopping           attrs best_val_loss, best_epoch, wait, stopped; /early_stopping/params:
 //!                           the best parameters, flat, when --early-stopping is on
+//!                           (best_val_loss holds the best value of the --monitor metric)
+//! /reduce_lr_on_plateau     attrs best, wait, lr_scale (the product of the reductions so
+//!                           far), when --reduce-lr-on-plateau is on
 //! ```
 //!
 //! Layer numbering counts dense layers only (dropout has no weights). Files are written to a
@@ -37,7 +40,7 @@ use crate::engine::optim::{OptimizerKind, OptimizerState};
 use crate::io::console::one_line;
 use crate::io::metrics::{EpochRecord, Profile};
 use crate::train::config::Config;
-use crate::train::run_state::{EarlyStopping, Position};
+use crate::train::run_state::{EarlyStopping, Plateau, Position};
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
@@ -63,6 +66,8 @@ pub struct Snapshot {
     /// The training data's `/encoding` JSON, verbatim (see [`crate::data::encoding`]);
     /// None for data without one and for older checkpoints.
     pub encoding: Option<String>,
+    /// ReduceLROnPlateau's state, when --reduce-lr-on-plateau is on.
+    pub plateau: Option<Plateau>,
 }
 
 fn h5err(path: &Path, what: &str) -> impl Fn(hdf5::Error) -> Error {
@@ -199,6 +204,12 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         }
         if let Some(json) = &snap.encoding {
             crate::data::encoding::write_dataset(&file, json).map_err(h5err(path, "encoding"))?;
+        }
+        if let Some(pl) = &snap.plateau {
+            let g = file.create_group("reduce_lr_on_plateau").map_err(h5err(path, "reduce_lr_on_plateau"))?;
+            attr!(g, "best", f64, pl.best);
+            attr!(g, "wait", u64, pl.wait as u64);
+            attr!(g, "lr_scale", f64, pl.lr_scale);
         }
         if let Some(e) = &snap.early {
             let g = file.create_group("early_stopping").map_err(h5err(path, "early_stopping"))?;
@@ -389,6 +400,14 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         Err(_) => None,
     };
     let encoding = crate::data::encoding::read_dataset(&file);
+    let plateau = match file.group("reduce_lr_on_plateau") {
+        Ok(g) => Some(Plateau {
+            best: f64_attr(&g, "best")?,
+            wait: u64_attr(&g, "wait")? as usize,
+            lr_scale: f64_attr(&g, "lr_scale")?,
+        }),
+        Err(_) => None,
+    };
     Ok(Snapshot {
         config,
         config_json,
@@ -401,6 +420,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         scaling,
         early,
         encoding,
+        plateau,
     })
 }
 

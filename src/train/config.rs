@@ -12,6 +12,7 @@ use crate::engine::model::LayerSpec;
 use crate::engine::optim::{OptimizerKind, OptimizerSettings};
 use crate::flag_value;
 use crate::io::console::one_line;
+use crate::train::run_state::Monitor;
 use crate::{Error, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -185,6 +186,20 @@ pub struct TrainArgs {
     /// Stop when val_loss has not improved for this many epochs, and restore the best weights.
     #[arg(long, value_name = "PATIENCE")]
     pub early_stopping: Option<usize>,
+    /// The epoch metric early stopping and --reduce-lr-on-plateau watch: loss, accuracy,
+    /// val_loss or val_accuracy (losses must fall, accuracies rise). Default val_loss.
+    #[arg(long, value_name = "METRIC")]
+    pub monitor: Option<String>,
+    /// Keras ReduceLROnPlateau: multiply the learning rate by --reduce-lr-factor when the
+    /// monitored metric has not improved by 1e-4 for this many epochs.
+    #[arg(long, value_name = "PATIENCE")]
+    pub reduce_lr_on_plateau: Option<usize>,
+    /// --reduce-lr-on-plateau's factor. Default 0.1 (Keras).
+    #[arg(long, value_name = "F")]
+    pub reduce_lr_factor: Option<f64>,
+    /// --reduce-lr-on-plateau's lower bound on the learning rate (Keras min_lr). Default 0.
+    #[arg(long, value_name = "RATE")]
+    pub reduce_lr_min: Option<f64>,
     /// "balanced": weight each class by N / (classes * count of that class), as Keras and
     /// scikit-learn's class_weight="balanced".
     #[arg(long, value_name = "MODE", value_parser = flag_value::parser::<ClassWeight>("mode"))]
@@ -225,6 +240,18 @@ pub struct Config {
     pub init_from: Option<PathBuf>,
     pub standardize: bool,
     pub early_stopping: Option<usize>,
+    /// What early stopping and the plateau watch.
+    #[serde(default)]
+    pub monitor: Monitor,
+    /// ReduceLROnPlateau's patience, when on.
+    #[serde(default)]
+    pub reduce_lr_on_plateau: Option<usize>,
+    /// ReduceLROnPlateau's factor.
+    #[serde(default = "default_reduce_lr_factor")]
+    pub reduce_lr_factor: f64,
+    /// ReduceLROnPlateau's min_lr.
+    #[serde(default)]
+    pub reduce_lr_min: f64,
     pub class_weight_balanced: bool,
 }
 
@@ -334,6 +361,10 @@ impl TrainArgs {
             keep,
             init_from,
             early_stopping,
+            monitor,
+            reduce_lr_on_plateau,
+            reduce_lr_factor,
+            reduce_lr_min,
             class_weight
         )
     }
@@ -409,11 +440,19 @@ impl TrainArgs {
             init_from: self.init_from,
             standardize: self.standardize,
             early_stopping: self.early_stopping,
+            monitor: Monitor::parse(self.monitor.as_deref().unwrap_or("val_loss"))?,
+            reduce_lr_on_plateau: self.reduce_lr_on_plateau,
+            reduce_lr_factor: self.reduce_lr_factor.unwrap_or(default_reduce_lr_factor()),
+            reduce_lr_min: self.reduce_lr_min.unwrap_or(0.0),
             class_weight_balanced: self.class_weight == Some(ClassWeight::Balanced),
         };
         config.check()?;
         Ok(config)
     }
+}
+
+fn default_reduce_lr_factor() -> f64 {
+    0.1
 }
 
 impl Config {
@@ -485,8 +524,31 @@ impl Config {
                 }
             }
         }
-        if self.early_stopping.is_some() && self.val.is_none() && self.val_split == 0.0 {
-            return Err(Error::flag("early-stopping", "watches val_loss and needs --val or --val-split"));
+        let has_val = self.val.is_some() || self.val_split > 0.0;
+        if self.monitor.needs_validation() && !has_val {
+            for (flag, on) in [
+                ("early-stopping", self.early_stopping.is_some()),
+                ("reduce-lr-on-plateau", self.reduce_lr_on_plateau.is_some()),
+            ] {
+                if on {
+                    return Err(Error::flag(
+                        flag,
+                        format!("watches {} and needs --val or --val-split (or --monitor loss)", self.monitor.name()),
+                    ));
+                }
+            }
+        }
+        if self.monitor.maximize() && !self.loss.is_classification() {
+            return Err(Error::flag("monitor", format!("{} needs a classification loss", self.monitor.name())));
+        }
+        if self.reduce_lr_on_plateau == Some(0) {
+            return Err(Error::flag("reduce-lr-on-plateau", "patience must be at least 1"));
+        }
+        if !(self.reduce_lr_factor > 0.0 && self.reduce_lr_factor < 1.0) {
+            return Err(Error::flag("reduce-lr-factor", format!("must be in (0, 1), got {}", self.reduce_lr_factor)));
+        }
+        if !(self.reduce_lr_min >= 0.0 && self.reduce_lr_min.is_finite()) {
+            return Err(Error::flag("reduce-lr-min", format!("must be >= 0, got {}", self.reduce_lr_min)));
         }
         if self.early_stopping == Some(0) {
             return Err(Error::flag("early-stopping", "patience must be at least 1"));

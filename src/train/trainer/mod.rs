@@ -20,7 +20,7 @@ use crate::io::memory::{peak_rss_bytes, rss_bytes};
 use crate::io::metrics::{EpochRecord, MetricsFile, Profile};
 use crate::train::config::Config;
 use crate::train::evaluate::{evaluate, Evaluation};
-use crate::train::run_state::{EarlyStopping, Position};
+use crate::train::run_state::{EarlyStopping, Plateau, Position};
 use crate::{Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,8 @@ pub struct Trainer<'c> {
     early: Option<EarlyStopping>,
     /// The training data's tabular encoding (JSON, verbatim), carried into checkpoints.
     encoding: Option<String>,
+    /// ReduceLROnPlateau's state (--reduce-lr-on-plateau).
+    plateau: Option<Plateau>,
     stopped_early: bool,
     metrics: Option<MetricsFile>,
     threads: ThreadChoice,
@@ -175,7 +177,7 @@ impl<'c> Trainer<'c> {
             samples_per_s: if train_s > 0.0 { self.pos.partial_samples / train_s } else { 0.0 },
             epoch_s,
             ranks: self.comm.size(),
-            lr: self.cfg.lr.at((self.pos.epoch + 1) as f64 - 1e-9),
+            lr: self.lr_at((self.pos.epoch + 1) as f64 - 1e-9),
             profile: Profile { comm_s: self.comm_seconds(), ..self.profile },
             rss_mb: megabytes(&self.comm.all_gather_u64(rss_bytes())),
             peak_rss_mb: megabytes(&self.peak_memory()),
@@ -186,12 +188,18 @@ impl<'c> Trainer<'c> {
             Position { epoch: self.pos.epoch + 1, step: 0, samples_seen: self.pos.samples_seen, ..Position::default() };
         self.profile = Profile::default();
 
-        let mut improved = false;
-        if let (Some(patience), Some(early), Some(val_loss)) =
-            (self.cfg.early_stopping, self.early.as_mut(), record.val_loss)
+        let monitored = self.cfg.monitor.value(&record);
+        let mut reduced_to = None;
+        if let (Some(patience), Some(plateau), Some(value)) =
+            (self.cfg.reduce_lr_on_plateau, self.plateau.as_mut(), monitored)
         {
-            if val_loss < early.best_val_loss {
-                early.best_val_loss = val_loss;
+            let (factor, min_lr) = (self.cfg.reduce_lr_factor, self.cfg.reduce_lr_min);
+            reduced_to = plateau.end_epoch(self.cfg.monitor, value, patience, factor, record.lr, min_lr);
+        }
+        let mut improved = false;
+        if let (Some(patience), Some(early), Some(value)) = (self.cfg.early_stopping, self.early.as_mut(), monitored) {
+            if self.cfg.monitor.improves(value, early.best_val_loss, 0.0) {
+                early.best_val_loss = value;
                 early.best_epoch = record.epoch;
                 early.wait = 0;
                 early.best_params.copy_from_slice(&self.params);
@@ -228,15 +236,32 @@ impl<'c> Trainer<'c> {
             if self.cfg.profile {
                 log(&record.profile_line());
             }
+            if let Some(lr) = reduced_to {
+                log(&format!(
+                    "reduce lr on plateau: {} has not improved for {} epochs; learning rate now {lr:.4e}",
+                    self.cfg.monitor.name(),
+                    self.cfg.reduce_lr_on_plateau.unwrap_or(0)
+                ));
+            }
             if self.stopped_early {
                 let e = self.early.as_ref().expect("early stopping is on");
+                let name = self.cfg.monitor.name();
                 log(&format!(
-                    "early stopping: val_loss has not improved for {} epochs; restored the weights of epoch {} (val_loss {:.4})",
+                    "early stopping: {name} has not improved for {} epochs; restored the weights of epoch {} ({name} {:.4})",
                     e.wait, e.best_epoch, e.best_val_loss
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The learning rate at `progress` epochs: the schedule's, after any plateau reductions.
+    pub(super) fn lr_at(&self, progress: f64) -> f64 {
+        let lr = self.cfg.lr.at(progress);
+        match &self.plateau {
+            Some(p) => p.lr(lr, self.cfg.reduce_lr_min),
+            None => lr,
+        }
     }
 
     /// Writes the checkpoint (rank 0) and the numbered copy for `--keep`; all ranks learn
@@ -288,6 +313,7 @@ impl<'c> Trainer<'c> {
             scaling: self.scaling.clone(),
             early: self.early.clone(),
             encoding: self.encoding.clone(),
+            plateau: self.plateau.clone(),
         }
     }
 

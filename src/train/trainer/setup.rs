@@ -20,7 +20,7 @@ use crate::engine::optim::Optimizer;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
 use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
-use crate::train::run_state::{EarlyStopping, Position};
+use crate::train::run_state::{EarlyStopping, Plateau, Position};
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -127,6 +127,7 @@ impl<'c> Trainer<'c> {
             class_weights,
             early: start.early,
             encoding,
+            plateau: start.plateau,
             stopped_early: start.stopped_early,
             metrics,
             threads,
@@ -235,6 +236,7 @@ struct Start {
     pos: Position,
     history: Vec<EpochRecord>,
     early: Option<EarlyStopping>,
+    plateau: Option<Plateau>,
     stopped_early: bool,
     /// The checkpoint's whole state was restored (not just its weights).
     resumed: bool,
@@ -249,6 +251,7 @@ impl Start {
             pos: Position::default(),
             history: Vec::new(),
             early: None,
+            plateau: None,
             stopped_early: false,
             resumed: false,
         };
@@ -258,6 +261,7 @@ impl Start {
                 comm.agree(start.opt.restore(&snap.optimizer))?;
                 start.pos = snap.position;
                 start.history = snap.history;
+                start.plateau = snap.plateau;
                 if let Some(e) = snap.early {
                     start.stopped_early = e.stopped;
                     start.early = Some(e);
@@ -270,12 +274,15 @@ impl Start {
         comm.broadcast_f32(&mut start.params);
         if cfg.early_stopping.is_some() && start.early.is_none() {
             start.early = Some(EarlyStopping {
-                best_val_loss: f64::INFINITY,
+                best_val_loss: cfg.monitor.worst(),
                 best_epoch: 0,
                 wait: 0,
                 best_params: start.params.clone(),
                 stopped: false,
             });
+        }
+        if cfg.reduce_lr_on_plateau.is_some() && start.plateau.is_none() {
+            start.plateau = Some(Plateau::new(cfg.monitor));
         }
         Ok(start)
     }

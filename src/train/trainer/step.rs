@@ -112,7 +112,7 @@ impl Trainer<'_> {
         clock.lap(&mut profile.backward_s);
 
         // Sum over the ranks, and update.
-        let lr = self.cfg.lr.at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
+        let lr = self.lr_at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
         let waited = self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr);
         // bf16: the one conversion of the weights per step, after the update.
         self.ws.refresh_weights(&self.model, &self.params);
