@@ -521,6 +521,15 @@ fn the_stored_encoding_is_read_back_by_h5py() {
     write_shapes_csv(&csv, 100, 2, true);
     let out = dir.path().join("s.h5");
     nn_data(&["import", p(&csv), "--label", "label", "--missing", "fill", "--out", p(&out)]).expect_ok();
+    // nn-data info shows it too.
+    let info = nn_data(&["info", p(&out)]).expect_ok();
+    for needle in [
+        "\nencoding (/encoding",
+        "\n  shape: categorical, 3 values + missing -> 4 columns\n",
+        "\n  id: dropped (an identifier",
+    ] {
+        assert!(info.stdout.contains(needle), "'{needle}' not in:\n{}", info.stdout);
+    }
     let script = r#"
 import h5py, json, sys
 with h5py.File(sys.argv[1], "r") as f:

@@ -460,12 +460,12 @@ fn import(a: ImportArgs) -> Result<()> {
     };
     let imported = csv_import::import(&spec, &outputs, &DatasetNames { x: a.x.clone(), y: a.y.clone() })?;
     let enc = &imported.encoding;
+    let delimiter = imported.delimiter.map(|d| format!(" (delimiter {d})")).unwrap_or_default();
     println!(
-        "nn-data: read {} rows x {} columns from {} (delimiter {})",
+        "nn-data: read {} rows x {} columns from {}{delimiter}",
         imported.rows_read,
         enc.columns.len(),
-        a.csv.display(),
-        imported.delimiter
+        a.csv.display()
     );
     for line in enc.describe() {
         println!("  {line}");

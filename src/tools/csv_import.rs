@@ -68,8 +68,8 @@ pub struct Written {
 pub struct Imported {
     /// The encoding stored in the files.
     pub encoding: Encoding,
-    /// The delimiter the file was read with.
-    pub delimiter: Delimiter,
+    /// The delimiter the file was read with (None for a table from another reader).
+    pub delimiter: Option<Delimiter>,
     /// Data rows in the file.
     pub rows_read: usize,
     /// Rows written (after `--missing drop`).
@@ -141,27 +141,34 @@ fn keep_rows(
 /// class for labels). Nothing is written unless every row is good.
 pub fn import(spec: &ImportSpec, outputs: &Outputs, names: &DatasetNames) -> Result<Imported> {
     let (table, delimiter) = csv_file::read(&spec.csv, spec.delimiter)?;
-    let opts = &spec.fit;
+    let mut imported = import_table(&table, &spec.fit, outputs, names)?;
+    imported.delimiter = Some(delimiter);
+    Ok(imported)
+}
+
+/// The import of a table already read (by [`csv_file::read`] or another reader that yields a
+/// [`TextTable`]): types, missing values, split, fit, encode and write, as [`import`] does.
+pub fn import_table(table: &TextTable, opts: &FitOptions, outputs: &Outputs, names: &DatasetNames) -> Result<Imported> {
+    let path = table.source.as_path();
     let all: Vec<usize> = (0..table.rows()).collect();
-    let first = Encoding::infer(&table, opts, &all)?;
-    let missing = first.missing(&table, &all);
+    let first = Encoding::infer(table, opts, &all)?;
+    let missing = first.missing(table, &all);
     let label_col = table.column(&opts.label).expect("infer checked the label column");
-    let kept = keep_rows(&table, &missing, opts.missing, label_col, all)?;
+    let kept = keep_rows(table, &missing, opts.missing, label_col, all)?;
     if kept.is_empty() {
-        return Err(Error::data(&spec.csv, format!("every row has a missing value ({})", missing.columns_text())));
+        return Err(Error::data(path, format!("every row has a missing value ({})", missing.columns_text())));
     }
     // Dropped rows no longer count for the column types and vocabularies.
-    let mut encoding = if kept.len() == table.rows() { first } else { Encoding::infer(&table, opts, &kept)? };
+    let mut encoding = if kept.len() == table.rows() { first } else { Encoding::infer(table, opts, &kept)? };
     // Labels of every kept row, for the stratified split (checks every label).
-    let labels = encoding.apply_labels(&table, &kept)?;
-    let source =
-        spec.csv.file_name().map_or_else(|| spec.csv.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let labels = encoding.apply_labels(table, &kept)?;
+    let source = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let base = format!("nn-data import {source} --label {}", opts.label);
     let written = match outputs {
         Outputs::One(path) => {
-            encoding.fit_statistics(&table, &kept, opts.standardize_target);
+            encoding.fit_statistics(table, &kept, opts.standardize_target);
             let file = PendingFile::new(path)?;
-            let w = write(&table, &encoding, &kept, &file, names, &base, "all rows, in file order")?;
+            let w = write(table, &encoding, &kept, &file, names, &base, "all rows, in file order")?;
             file.commit()?;
             vec![w]
         }
@@ -173,18 +180,18 @@ pub fn import(spec: &ImportSpec, outputs: &Outputs, names: &DatasetNames) -> Res
             let (train_rows, test_rows): (Vec<usize>, Vec<usize>) =
                 (train_at.iter().map(|&i| kept[i]).collect(), test_at.iter().map(|&i| kept[i]).collect());
             // Fill values and target statistics from the training rows only.
-            encoding.fit_statistics(&table, &train_rows, opts.standardize_target);
+            encoding.fit_statistics(table, &train_rows, opts.standardize_target);
             let how = if matches!(labels, LabelValues::Classes(_)) { "stratified" } else { "random" };
             let (train_file, test_file) = (PendingFile::new(train)?, PendingFile::new(test)?);
             let part = |which: &str| format!("{which} part of a {how} split, --split {fraction} --seed {seed}");
-            let w_train = write(&table, &encoding, &train_rows, &train_file, names, &base, &part("train"))?;
-            let w_test = write(&table, &encoding, &test_rows, &test_file, names, &base, &part("test"))?;
+            let w_train = write(table, &encoding, &train_rows, &train_file, names, &base, &part("train"))?;
+            let w_test = write(table, &encoding, &test_rows, &test_file, names, &base, &part("test"))?;
             train_file.commit()?;
             test_file.commit()?;
             vec![w_train, w_test]
         }
     };
-    Ok(Imported { encoding, delimiter, rows_read: table.rows(), rows_kept: kept.len(), missing, written })
+    Ok(Imported { encoding, delimiter: None, rows_read: table.rows(), rows_kept: kept.len(), missing, written })
 }
 
 /// Encodes `rows` of `table` (in that order) and writes them to `file`'s temporary path.

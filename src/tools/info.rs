@@ -66,6 +66,9 @@ pub struct Report {
     pub x: Option<(usize, ColumnStats)>,
     pub feature_names: Option<Vec<String>>,
     pub y: Option<Targets>,
+    /// How each column of the imported table was read (from `/encoding`), or why the
+    /// stored encoding cannot be read.
+    pub encoding: Option<Vec<String>>,
 }
 
 /// Reads the file's structure and summarises `x_name` and `y_name`.
@@ -102,6 +105,10 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
             y = Some(target_stats(&ds, kind, path, y_name)?);
         }
     }
+    let encoding = crate::data::encoding::read_dataset(&file).map(|json| {
+        crate::data::encoding::Encoding::from_json(path, &json)
+            .map_or_else(|e| vec![format!("unreadable: {e}")], |e| e.describe())
+    });
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(Report {
         path: path.to_path_buf(),
@@ -113,6 +120,7 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
         x,
         feature_names,
         y,
+        encoding,
     })
 }
 
@@ -314,6 +322,15 @@ impl Report {
             Some(t) => self.render_y(&mut out, t),
             None => {
                 let _ = writeln!(out, "y: no 1-D or 2-D numeric dataset '{}' (choose another with --y)", self.y_name);
+            }
+        }
+        if let Some(lines) = &self.encoding {
+            let _ = writeln!(
+                out,
+                "encoding (/encoding: how nn-data import read each column; nn-predict applies it to CSV):"
+            );
+            for line in lines {
+                let _ = writeln!(out, "  {line}");
             }
         }
         out
