@@ -4,12 +4,15 @@
 //! numbers by a stored tabular encoding ([`encoding`]).
 
 pub mod batch;
+/// CSV files (delimiter detection, quotes, CRLF, BOM, gzip) read into a text table.
 pub mod csv_file;
 /// Element types of data datasets (integers, floats of 16-64 bits, bool) read as numbers.
 pub mod element;
+/// The tabular encoding: typed columns, one-hot vocabularies, fill values; stored as `/encoding`.
 pub mod encoding;
 /// HDF5 compression filters: decoders registered here, and the check before reading.
 pub mod filters;
 pub mod scaling;
 pub mod slice;
+/// Rows of text cells with named columns, as readers hand them to the encoding.
 pub mod table;
