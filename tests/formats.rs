@@ -301,3 +301,138 @@ fn numpy_arrays_import_like_float32() {
     std::fs::write(&short, &bytes[..bytes.len() - 8]).unwrap();
     fail(&[&short.display().to_string(), &p("y.npy")], &["short.npy", "truncated"]);
 }
+
+/// Writes Parquet tables with pyarrow, and the float32/int64 data they must give with h5py.
+const WRITE_PARQUET: &str = r#"
+import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq, h5py
+d = sys.argv[1]
+rng = np.random.default_rng(5)
+n = 500
+a = rng.standard_normal(n)
+b = rng.integers(-1000, 1000, n).astype(np.int32)
+c = rng.integers(0, 60000, n).astype(np.uint16)
+flag = rng.random(n) > 0.5
+colors = np.array(["red", "green", "blue"])[rng.integers(0, 3, n)]
+sizes = np.array(["S", "M", "L", "XL"])[rng.integers(0, 4, n)]
+label = np.array(["cat", "dog", "bird"])[rng.integers(0, 3, n)]
+ident = np.arange(n)
+t = pa.table({
+    "id": pa.array(ident),
+    "a": pa.array(a),
+    "b": pa.array(b),
+    "c": pa.array(c),
+    "flag": pa.array(flag),
+    "color": pa.array(colors).dictionary_encode(),
+    "size": pa.array(sizes),
+    "label": pa.array(label),
+})
+# Several row groups and data pages, snappy (pyarrow's default) and zstd.
+pq.write_table(t, f"{d}/t.parquet", row_group_size=128, data_page_size=1024)
+pq.write_table(t, f"{d}/t-zstd.parquet", compression="zstd", use_dictionary=False)
+def onehot(v):
+    vocab = sorted(set(v))
+    return np.stack([(v == w) for w in vocab], 1).astype(np.float32)
+x = np.column_stack([a.astype(np.float32), b.astype(np.float32), c.astype(np.float32),
+                     flag.astype(np.float32), onehot(colors), onehot(sizes)])
+with h5py.File(f"{d}/t.ref.h5", "w") as h:
+    h["x"] = x
+    h["y"] = np.searchsorted(sorted(set(label)), label).astype(np.int64)
+# Regression on a float column, the rest numeric.
+pq.write_table(pa.table({"a": a, "b": b, "target": a * 2 + 1}), f"{d}/r.parquet")
+with h5py.File(f"{d}/r.ref.h5", "w") as h:
+    h["x"] = np.column_stack([a.astype(np.float32), b.astype(np.float32)])
+    h["y"] = (a * 2 + 1).astype(np.float32)
+# Bad inputs: a null feature, a timestamp column.
+pq.write_table(pa.table({"a": pa.array([1.0, None, 3.0]), "y": [0, 1, 0]}), f"{d}/null.parquet")
+pq.write_table(pa.table({"when": pa.array(np.array(["2020-01-01"] * 3, dtype="datetime64[ns]")), "a": [1.0, 2, 3], "y": [0, 1, 0]}), f"{d}/time.parquet")
+"#;
+
+/// `nn-data import` of Parquet (pyarrow; several row groups and pages, snappy and zstd,
+/// dictionary-encoded and plain strings, bool, int32, uint16, float64, an ID dropped with
+/// --drop): x and y equal the float32/int64 data written by h5py bit for bit, one-hot columns
+/// in sorted order; a null and a timestamp are one-line errors naming the column.
+#[test]
+fn parquet_tables_import_like_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if run_python(WRITE_PARQUET, &[&d.display().to_string()]).is_none() {
+        return;
+    }
+    let p = |n: &str| d.join(n).display().to_string();
+    for (input, chunk) in [("t.parquet", "100"), ("t-zstd.parquet", "1000")] {
+        let out = p(&format!("{input}.h5"));
+        let run = direct(
+            "nn-data",
+            &["import", &p(input), "--label", "label", "--drop", "id", "--out", &out, "--chunk-rows", chunk],
+            60,
+        )
+        .expect_ok();
+        assert!(run.stdout.contains("500 rows, 6 feature columns -> 11 features"), "{}", run.stdout);
+        assert!(run.stdout.contains("column 'color': categorical (3 values, one-hot)"), "{}", run.stdout);
+        assert_same_file(Path::new(&out), &d.join("t.ref.h5"), input);
+        let f = hdf5::File::open(&out).unwrap();
+        let names: Vec<String> = f
+            .dataset("x")
+            .unwrap()
+            .attr("feature_names")
+            .unwrap()
+            .read_raw::<hdf5::types::VarLenUnicode>()
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(names[4..7], ["color=blue", "color=green", "color=red"]);
+    }
+    let out = p("r.h5");
+    direct("nn-data", &["import", &p("r.parquet"), "--label", "target", "--task", "regress", "--out", &out], 60)
+        .expect_ok();
+    assert_same_file(Path::new(&out), &d.join("r.ref.h5"), "regression");
+    let run = direct("nn-data", &["import", &p("null.parquet"), "--label", "y", "--out", &p("bad.h5")], 60);
+    assert!(!run.ok() && run.stderr.contains("null.parquet: column 'a': row 1 is missing"), "{}", run.all());
+    let run = direct("nn-data", &["import", &p("time.parquet"), "--label", "y", "--out", &p("bad.h5")], 60);
+    assert!(
+        !run.ok() && run.stderr.contains("column 'when' is a timestamp") && run.stderr.contains("--drop when"),
+        "{}",
+        run.all()
+    );
+    assert!(!d.join("bad.h5").exists());
+    let run = direct("nn-data", &["import", &p("t.parquet"), "--label", "nope", "--out", &p("bad.h5")], 60);
+    assert!(!run.ok() && run.stderr.contains("--label: no column 'nope'"), "{}", run.all());
+}
+
+/// A Parquet table of about 100 MB (uncompressed float32 columns, 8 row groups) imports with
+/// a peak resident memory well under its size: the conversion holds one batch of rows.
+#[test]
+fn parquet_import_memory_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+n, f = 1_000_000, 24
+rng = np.random.default_rng(1)
+cols = {f"f{j}": rng.standard_normal(n, dtype=np.float32) for j in range(f)}
+cols["y"] = rng.integers(0, 5, n)
+pq.write_table(pa.table(cols), sys.argv[1], compression="none", use_dictionary=False, row_group_size=n // 8)
+"#;
+    let input = d.join("big.parquet");
+    if run_python(script, &[&input.display().to_string()]).is_none() {
+        return;
+    }
+    let size = std::fs::metadata(&input).unwrap().len();
+    let bound: u64 = 64 << 20;
+    assert!(size > bound + (32 << 20), "the table ({size} bytes) must be larger than the bound");
+    let out = d.join("big.h5").display().to_string();
+    let run =
+        direct("nn-data", &["import", &input.display().to_string(), "--label", "y", "--out", &out], 120).expect_ok();
+    let peak: u64 = run
+        .stdout
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in:\n{}", run.stdout));
+    assert!(peak << 20 < bound, "peak resident memory {peak} MB for a {} MB table:\n{}", size >> 20, run.stdout);
+    let f = hdf5::File::open(&out).unwrap();
+    assert_eq!(f.dataset("x").unwrap().shape(), [1_000_000, 24]);
+    eprintln!("{}", run.stdout);
+}

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Gen(GenArgs),
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     Info(InfoArgs),
     Plot(PlotArgs),
 }
@@ -210,7 +210,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Gen(a) => gen(a),
-        Command::Import(a) => import(a),
+        Command::Import(a) => import(*a),
         Command::Info(a) => info(a),
         Command::Plot(a) => plot(a),
     };
@@ -304,12 +304,14 @@ enum InputKind {
     Csv,
     Npy,
     Npz,
+    Parquet,
 }
 
 fn input_kind(path: &std::path::Path) -> InputKind {
     match path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).as_deref() {
         Some("npy") => InputKind::Npy,
         Some("npz") => InputKind::Npz,
+        Some("parquet" | "pq") => InputKind::Parquet,
         _ => InputKind::Csv,
     }
 }
@@ -405,10 +407,83 @@ fn import_npy(a: ImportArgs, kind: InputKind) -> Result<()> {
     Ok(())
 }
 
+/// `nn-data import` of a Parquet table.
+fn import_parquet(a: ImportArgs) -> Result<()> {
+    use nn_train::tools::parquet_import::{self, ParquetImport};
+    let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
+    if a.split.is_some() || a.out_train.is_some() {
+        return Err(flag("split", "is for CSV input; a Parquet table is converted whole, in file order"));
+    }
+    if a.y_file.is_some() || a.y_column.is_some() {
+        return Err(flag("y-column", "and a second input file are for .npy input"));
+    }
+    let out = a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?;
+    let label = a.label.clone().ok_or_else(|| flag("label", "is required: the label column's name"))?;
+    if let (Some(names), LabelTask::Regress) = (&a.label_names, a.task) {
+        if !names.is_empty() {
+            return Err(flag("label-names", "is for --task classify"));
+        }
+    }
+    let spec = ParquetImport {
+        path: a.csv.clone(),
+        label,
+        classify: a.task == LabelTask::Classify,
+        label_names: a.label_names.clone(),
+        drop: a.drop.clone(),
+        out: out.clone(),
+        x_name: a.x.clone(),
+        y_name: a.y.clone(),
+        chunk_rows: a.chunk_rows,
+    };
+    let start = Instant::now();
+    let bar = row_bar("converting", &a.csv);
+    let summary = parquet_import::import(&spec, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let what = if summary.class_counts.is_empty() {
+        "numeric targets".to_string()
+    } else {
+        let names = summary.label_names.clone();
+        let name = |i: usize| names.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
+        let c = &summary.class_counts;
+        if c.len() > 12 {
+            format!("{} classes of {}..{} rows", c.len(), c.iter().min().unwrap_or(&0), c.iter().max().unwrap_or(&0))
+        } else {
+            let list: Vec<String> = c.iter().enumerate().map(|(i, n)| format!("{} {n}", name(i))).collect();
+            format!("{} classes: {}", c.len(), list.join(", "))
+        }
+    };
+    println!(
+        "nn-data: read {} rows, {} feature columns -> {} features from {}; {what}",
+        summary.rows,
+        summary.columns.len(),
+        summary.feature_names.len(),
+        a.csv.display()
+    );
+    for (name, kind) in summary.columns.iter().filter(|(_, k)| k != "numeric") {
+        println!("  column '{name}': {kind}");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mb = std::fs::metadata(&a.csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    println!(
+        "  wrote {}: {} rows in {secs:.1} s ({:.0} MB/s of Parquet); peak memory {} MB",
+        out.display(),
+        summary.rows,
+        mb / secs.max(1e-9),
+        peak_rss_bytes() >> 20
+    );
+    Ok(())
+}
+
 fn import(a: ImportArgs) -> Result<()> {
     use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, Outputs};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
     let kind = input_kind(&a.csv);
+    if kind == InputKind::Parquet {
+        return import_parquet(a);
+    }
     if kind != InputKind::Csv {
         return import_npy(a, kind);
     }

@@ -69,7 +69,8 @@ impl ChunkedOutput {
         self.written
     }
 
-    /// Writes y, the names and the attributes, closes the file and renames it into place.
+    /// Writes y, the names, the attributes and the tabular encoding's JSON (the `/encoding`
+    /// dataset, when given), closes the file and renames it into place.
     /// Returns the destination and the rows per class (empty for float targets).
     pub fn finish(
         self,
@@ -77,6 +78,7 @@ impl ChunkedOutput {
         feature_names: Option<&[String]>,
         source: &str,
         split: &str,
+        encoding_json: Option<&str>,
     ) -> Result<(PathBuf, Vec<u64>)> {
         let err = self.err();
         if self.written != self.rows {
@@ -116,6 +118,9 @@ impl ChunkedOutput {
             let v: VarLenUnicode =
                 value.replace('\0', "").parse().map_err(|_| Error::output(&self.file.dest, "bad attribute text"))?;
             self.h5.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&v)).map_err(&err)?;
+        }
+        if let Some(json) = encoding_json {
+            crate::data::encoding::write_dataset(&self.h5, json).map_err(&err)?;
         }
         drop(err);
         let ChunkedOutput { file, h5, x, .. } = self;

@@ -9,5 +9,7 @@ pub mod datagen;
 pub mod info;
 /// `nn-data import` of NumPy .npy/.npz arrays.
 pub mod npy_import;
+/// `nn-data import` of Parquet tables.
+pub mod parquet_import;
 pub mod plot;
 pub mod split;

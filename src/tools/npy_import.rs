@@ -504,7 +504,7 @@ pub fn import(spec: &NpyImport, mut progress: impl FnMut(usize, usize)) -> Resul
         Targets::Classes { names, .. } => names.clone(),
         Targets::Values { .. } => None,
     };
-    let (_, class_counts) = out.finish(&targets, None, &source, "all rows, in file order")?;
+    let (_, class_counts) = out.finish(&targets, None, &source, "all rows, in file order", None)?;
     Ok(NpySummary { rows, features, class_counts, label_names, x_dtype: x_dtype.name(), y_dtype: y_dtype.name() })
 }
 
