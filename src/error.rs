@@ -27,9 +27,10 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Output { path: PathBuf, message: String },
 
-    /// A failure on some ranks but not all: names the lowest failing rank.
-    #[error("rank {rank}: {source}")]
-    Rank { rank: usize, source: Box<Error> },
+    /// A failure on some ranks but not all: names the lowest failing rank. (The inner error
+    /// is not an error "source": anyhow's `{:#}` would print its text a second time.)
+    #[error("rank {rank}: {error}")]
+    Rank { rank: usize, error: Box<Error> },
 
     /// Something went wrong on another rank; that rank has printed the reason.
     #[error("stopped because rank {rank} failed")]

@@ -353,9 +353,12 @@ fn bad_checkpoint_files_fail_clearly() {
     let bytes = std::fs::read(&ck).unwrap();
     let truncated = dir.path().join("truncated.h5");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // A data file (not the run's own --data, which no output may name).
+    let other = dir.path().join("other.h5");
+    std::fs::copy(&data, &other).unwrap();
     let cases: [(&Path, &str); 3] = [
         (&truncated, "cannot open as HDF5"),
-        (&data, "not a complete nn-train checkpoint: no 'format' attribute"),
+        (&other, "not a complete nn-train checkpoint: no 'format' attribute"),
         (dir.path(), "is a directory"),
     ];
     for (file, needle) in cases {

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use nn_train::data::csv_file::Delimiter;
 use nn_train::data::encoding::{FitOptions, LabelTask, MissingPolicy};
+use nn_train::io::file_identity;
 use nn_train::io::memory::peak_rss_bytes;
 use nn_train::io::metrics::thousands;
 use nn_train::tools::datagen::{self, GenSpec, Task};
@@ -511,6 +512,14 @@ fn import(a: ImportArgs) -> Result<()> {
             Outputs::Split { train, test, fraction, seed: a.seed }
         }
     };
+    let out_flags: Vec<(&'static str, &std::path::Path)> = match &outputs {
+        Outputs::One(out) => vec![("out", out)],
+        Outputs::Split { train, test, .. } => vec![
+            (if a.out_train.is_some() { "out-train" } else { "out" }, train),
+            (if a.out_test.is_some() { "out-test" } else { "out" }, test),
+        ],
+    };
+    file_identity::check_outputs(&out_flags, &[("the CSV file", &a.csv)])?;
     if let (Some(names), LabelTask::Regress) = (&a.label_names, a.task) {
         if !names.is_empty() {
             return Err(flag("label-names", "is for --task classify"));
@@ -588,6 +597,7 @@ fn split_names(out: &std::path::Path) -> (PathBuf, PathBuf) {
 }
 
 fn plot(a: PlotArgs) -> Result<()> {
+    file_identity::check_outputs(&[("out", &a.out)], &[("the metrics file", &a.metrics)])?;
     let epochs = nn_train::tools::plot::plot(&a.metrics, &a.out, a.width, a.height)?;
     println!(
         "nn-data: plotted {} epochs of {} -> {} ({}x{} PNG)",

@@ -10,6 +10,7 @@ use nn_train::dist::threads;
 use nn_train::engine::mixed::Precision;
 use nn_train::engine::onednn;
 use nn_train::io::console::parse_args;
+use nn_train::io::file_identity;
 use nn_train::train::config::check_output_path;
 use nn_train::train::predict::{has_targets, is_hdf5, write_outputs, Predictor, RankOutputs};
 use nn_train::Error;
@@ -91,7 +92,12 @@ fn run() -> i32 {
 }
 
 fn predict(comm: &Comm, args: &Args) -> Result<i32> {
-    comm.agree(if comm.is_root() { check_output_path("out", &args.out) } else { Ok(()) })?;
+    comm.agree_root(if comm.is_root() {
+        file_identity::check_outputs(&[("out", &args.out)], &[("--model", &args.model), ("--data", &args.data)])
+            .and_then(|()| check_output_path("out", &args.out))
+    } else {
+        Ok(())
+    })?;
     let mut predictor = comm.agree(Predictor::load(&args.model))?;
     comm.agree(predictor.set_precision(args.precision))?;
     onednn::set_threads(threads::choose(None, comm.ranks_on_node()).threads);

@@ -121,8 +121,17 @@ impl Comm {
         match result {
             Ok(v) if failures == 0 => Ok(v),
             Err(e) if first == self.rank as f64 && failures == self.size => Err(e),
-            Err(e) if first == self.rank as f64 => Err(Error::Rank { rank: self.rank, source: Box::new(e) }),
+            Err(e) if first == self.rank as f64 => Err(Error::Rank { rank: self.rank, error: Box::new(e) }),
             _ => Err(Error::OtherRank { rank: first as usize }),
+        }
+    }
+
+    /// [`Comm::agree`] for a check that only rank 0 makes (other ranks pass Ok): its error is
+    /// about the run, not about rank 0, so it is not prefixed with the rank.
+    pub fn agree_root<T>(&self, result: Result<T>) -> Result<T> {
+        match self.agree(result) {
+            Err(Error::Rank { rank: 0, error }) => Err(*error),
+            other => other,
         }
     }
 
@@ -130,6 +139,16 @@ impl Comm {
     pub fn broadcast_f32(&self, buf: &mut [f32]) {
         if self.size > 1 {
             self.world.process_at_rank(0).broadcast_into(buf);
+        }
+    }
+
+    /// Copies rank 0's bytes to every rank (any length; the others' `buf` is replaced).
+    pub fn broadcast_bytes(&self, buf: &mut Vec<u8>) {
+        if self.size > 1 {
+            let mut len = buf.len() as u64;
+            self.world.process_at_rank(0).broadcast_into(&mut len);
+            buf.resize(len as usize, 0);
+            self.world.process_at_rank(0).broadcast_into(&mut buf[..]);
         }
     }
 

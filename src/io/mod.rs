@@ -3,6 +3,8 @@
 
 pub mod checkpoint;
 pub mod console;
+pub mod file_identity;
 pub mod memory;
 pub mod metrics;
 pub mod output_file;
+pub mod run_lock;

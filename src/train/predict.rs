@@ -18,9 +18,11 @@ use crate::engine::mixed::Precision;
 use crate::engine::model::{Model, Workspace};
 use crate::engine::onednn;
 use crate::io::checkpoint::{self, Snapshot};
+use crate::io::output_file::PendingFile;
 use crate::train::evaluate::{evaluate, Evaluation};
 use crate::{Error, Result};
 use ndarray::s;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// A trained model ready to run.
@@ -276,7 +278,7 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Op
         return write_csv_outputs(comm, out, part);
     }
     let RankOutputs { total_rows, k, first_row, outputs, labels, class_names } = *part;
-    let tmp = temp_name(out);
+    let (pending, tmp) = shared_pending(comm, out)?;
     let err = |e: hdf5::Error| Error::output(out, format!("cannot write predictions: {e}"));
     comm.agree(if comm.is_root() {
         (|| -> Result<()> {
@@ -326,10 +328,9 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Op
         };
         comm.agree(result)?;
     }
-    comm.agree(if comm.is_root() {
-        std::fs::rename(&tmp, out).map_err(|e| Error::output(out, format!("cannot move predictions into place: {e}")))
-    } else {
-        Ok(())
+    comm.agree(match pending {
+        Some(p) => p.commit(),
+        None => Ok(()),
     })
 }
 
@@ -339,7 +340,7 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Op
 /// turn to a temporary file that rank 0 renames into place. Collective.
 fn write_csv_outputs(comm: &Comm, out: &Path, part: &RankOutputs) -> Result<()> {
     let RankOutputs { k, first_row, outputs, labels, class_names, .. } = *part;
-    let tmp = temp_name(out);
+    let (pending, tmp) = shared_pending(comm, out)?;
     let err = |e: std::io::Error| Error::output(out, format!("cannot write predictions: {e}"));
     let name = |i: usize| class_names.and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
     let write = |create: bool, rows: &mut dyn FnMut(&mut csv::Writer<std::fs::File>) -> csv::Result<()>| {
@@ -391,10 +392,9 @@ fn write_csv_outputs(comm: &Comm, out: &Path, part: &RankOutputs) -> Result<()> 
         };
         comm.agree(result)?;
     }
-    comm.agree(if comm.is_root() {
-        std::fs::rename(&tmp, out).map_err(|e| Error::output(out, format!("cannot move predictions into place: {e}")))
-    } else {
-        Ok(())
+    comm.agree(match pending {
+        Some(p) => p.commit(),
+        None => Ok(()),
     })
 }
 
@@ -408,8 +408,12 @@ fn csv_number(v: f32) -> String {
     }
 }
 
-fn temp_name(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // The same on every rank (a pid would differ); ranks take turns on it.
-    out.with_file_name(format!(".{name}.partial"))
+/// The temporary file all ranks write their rows of `out` into: rank 0 chooses its name
+/// (unique to this run, see [`PendingFile`]) and tells the others. Rank 0 gets the pending
+/// file to commit. Collective.
+fn shared_pending(comm: &Comm, out: &Path) -> Result<(Option<PendingFile>, PathBuf)> {
+    let pending = comm.agree(if comm.is_root() { PendingFile::new(out).map(Some) } else { Ok(None) })?;
+    let mut name = pending.as_ref().map(|p| p.tmp.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+    comm.broadcast_bytes(&mut name);
+    Ok((pending, PathBuf::from(std::ffi::OsString::from_vec(name))))
 }

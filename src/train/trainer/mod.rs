@@ -18,6 +18,7 @@ use crate::engine::optim::Optimizer;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::memory::{peak_rss_bytes, rss_bytes};
 use crate::io::metrics::{EpochRecord, MetricsFile, Profile};
+use crate::io::run_lock::RunLock;
 use crate::train::config::Config;
 use crate::train::evaluate::{evaluate, Evaluation};
 use crate::train::run_state::{EarlyStopping, Plateau, Position};
@@ -80,6 +81,9 @@ pub struct Trainer<'c> {
     start_notes: Vec<String>,
     /// For the summary's first line: where the bf16 products run, or empty in f32.
     precision_note: String,
+    /// Rank 0: the lock that makes this run the checkpoint's only writer (see io::run_lock).
+    /// Last, so it is released after everything else.
+    _run_lock: Option<RunLock>,
 }
 
 impl<'c> Trainer<'c> {

@@ -17,8 +17,14 @@ use crate::engine::loss::class_of;
 use crate::engine::model::Model;
 use crate::engine::onednn;
 use crate::engine::optim::Optimizer;
+<<<<<<< HEAD
 use crate::io::checkpoint::{self, Snapshot};
+=======
+use crate::io::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
+use crate::io::file_identity;
+>>>>>>> 300ffe5 (One checkpoint, one writer: rank 0 holds an OFD lock on .NAME.lock beside the checkpoint for the run's life (a second run refuses, naming the holder's pid and host; a killed run leaves nothing stuck). Outputs compared with inputs by file identity (st_dev, st_ino; canonical folder + name for new files) in nn-train, nn-predict and nn-data. Unique temporary names per writer (.NAME.tmp-PID-NONCE.HOST); the next writer of a destination removes dead writers' temporary files; nn-predict's shared temporary file chosen by rank 0 (was the fixed .NAME.partial). A rank-only error's text no longer printed twice. Tests in tests/reliability.rs)
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
+use crate::io::run_lock::RunLock;
 use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
 use crate::train::run_state::{EarlyStopping, Plateau, Position};
 use crate::{Error, Result};
@@ -40,8 +46,9 @@ impl<'c> Trainer<'c> {
         fpu::flush_denormals_to_zero();
         signals::install();
 
-        // Output paths fail now, not after the first epoch.
-        comm.agree(check_outputs(comm, &cfg))?;
+        // Output paths fail now, not after the first epoch; rank 0 holds the checkpoint's
+        // lock from here to the end of the run.
+        let run_lock = comm.agree_root(check_outputs(comm, &cfg))?;
 
         let src = Source { path: cfg.data.clone(), x: cfg.x.clone(), y: cfg.y.clone() };
         let shape = comm.agree(data::inspect(&src))?;
@@ -109,6 +116,7 @@ impl<'c> Trainer<'c> {
         let sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node);
         let fused = cfg.loss.required_activation().is_some();
         Ok(Trainer {
+            _run_lock: run_lock,
             sum,
             comm,
             model,
@@ -345,19 +353,32 @@ fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: 
     chosen.unwrap_or_else(|| GradientSum::mpi(n + STATS))
 }
 
-/// Output files rank 0 will write: their folders must exist and take a new file.
-fn check_outputs(comm: &Comm, cfg: &Config) -> Result<()> {
+/// Output files rank 0 will write: their folders must exist and take a new file, none may
+/// be an input or another output, and the checkpoint must not be another run's. Returns the
+/// checkpoint's lock (rank 0, with --checkpoint).
+fn check_outputs(comm: &Comm, cfg: &Config) -> Result<Option<RunLock>> {
     if !comm.is_root() {
-        return Ok(());
+        return Ok(None);
     }
+    let mut inputs: Vec<(&str, &Path)> = vec![("--data", &cfg.data)];
+    inputs.extend(cfg.val.as_deref().map(|p| ("--val", p)));
+    inputs.extend(cfg.init_from.as_deref().map(|p| ("--init-from", p)));
+    let best = cfg.checkpoint.as_deref().filter(|_| cfg.early_stopping.is_some()).map(checkpoint::best_path);
+    let mut outputs: Vec<(&'static str, &Path)> = Vec::new();
+    outputs.extend(cfg.checkpoint.as_deref().map(|p| ("checkpoint", p)));
+    outputs.extend(best.as_deref().map(|p| ("checkpoint", p)));
+    outputs.extend(cfg.metrics.as_deref().map(|p| ("metrics", p)));
+    file_identity::check_outputs(&outputs, &inputs)?;
+    let mut lock = None;
     if let Some(p) = &cfg.checkpoint {
         check_output_path("checkpoint", p)?;
+        lock = Some(RunLock::acquire("checkpoint", p)?);
         checkpoint::remove_stale_temps(p);
     }
     if let Some(p) = &cfg.metrics {
         check_output_path("metrics", p)?;
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Splits the data into its training part and optional validation part and checks that they

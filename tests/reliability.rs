@@ -1,0 +1,258 @@
+//! Never lose work, never hang, never report a wrong result as success. One test per failure
+//! mode found by a red-team pass, each through the real binaries (under mpirun where they run
+//! under it), each checking that nothing was lost (inputs byte-identical, the last good
+//! checkpoint loads and is finite), that every rank exited within a bound, and that exactly
+//! one clear error line was printed.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Seconds within which every rank of a failing run must have exited.
+const BOUND_S: u64 = 60;
+
+/// Runs `binary args` on `ranks` ranks under mpirun (or directly when ranks is 0), each rank
+/// reporting its own exit status through a shell wrapper. Asserts: every rank exited non-zero
+/// within BOUND_S, no panic, exactly one `PROGRAM: error:` line, containing every needle.
+/// Returns that line.
+fn fails(ranks: usize, binary: &str, args: &[&str], needles: &[&str]) -> String {
+    let run = if ranks == 0 {
+        direct(binary, args, BOUND_S)
+    } else {
+        let mut cmd = Command::new("mpirun");
+        mpi_env(&mut cmd)
+            .args(["--mca", "orte_abort_on_non_zero_status", "0"])
+            .args([
+                "--bind-to",
+                "none",
+                "-n",
+                &ranks.to_string(),
+                "sh",
+                "-c",
+                "\"$0\" \"$@\"; code=$?; echo \"rank $OMPI_COMM_WORLD_RANK exit $code\" >&2; exit $code",
+            ])
+            .arg(bin(binary))
+            .args(args);
+        run_with_timeout(&mut cmd, Duration::from_secs(BOUND_S))
+    };
+    if ranks == 0 {
+        assert!(!run.ok() && run.code.is_some(), "{binary} {args:?} did not fail cleanly\n{}", run.all());
+    }
+    for r in 0..ranks {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("rank {r} exit ")))
+            .unwrap_or_else(|| panic!("rank {r} did not report\n{}", run.all()));
+        assert!(!line.ends_with(" exit 0"), "rank {r} exited 0 for {args:?}\n{}", run.all());
+    }
+    let prefix = format!("{binary}: error:");
+    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(errors.len(), 1, "want one error line for {args:?}, got:\n{}", run.all());
+    assert!(!run.all().contains("panicked"), "panic for {args:?}\n{}", run.all());
+    for n in needles {
+        assert!(errors[0].contains(n), "error line lacks '{n}': {}", errors[0]);
+    }
+    errors[0].to_string()
+}
+
+/// A small classification file and the flags that train on it.
+fn setup(dir: &Path) -> (PathBuf, Vec<String>) {
+    let data = dir.join("d.h5");
+    write_classification(&data, 200, 5, 3, 7);
+    let flags = ["--data", &s(&data), "--layers", "8:relu,3:softmax", "--batch-size", "20", "--threads", "1"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    (data, flags)
+}
+
+fn with<'a>(flags: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    flags.iter().map(String::as_str).chain(extra.iter().copied()).collect()
+}
+
+/// The checkpoint at `path` loads and every parameter is finite.
+fn loads_finite(path: &Path) -> Vec<f32> {
+    let p = checkpoint_params(path);
+    assert!(p.iter().all(|v| v.is_finite()), "{} holds non-finite parameters", path.display());
+    p
+}
+
+/// Starts `mpirun -n ranks nn-train args` in its own process group (not waited for).
+fn spawn_train(ranks: usize, args: &[&str]) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("mpirun");
+    mpi_env(&mut cmd)
+        .args(["--bind-to", "none", "-n", &ranks.to_string()])
+        .arg(bin("nn-train"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    cmd.spawn().unwrap()
+}
+
+fn kill_group(child: &mut Child) {
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Failure 1: two runs with one --checkpoint at once. The second refuses on one line naming
+/// the file and the holder; a killed run leaves nothing stuck.
+#[test]
+fn one_checkpoint_has_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, flags) = setup(dir.path());
+    let before = std::fs::read(&data).unwrap();
+    let ck = dir.path().join("m.h5");
+    let lock = dir.path().join(".m.h5.lock");
+    let mut first = spawn_train(2, &with(&flags, &["--epochs", "100000", "--checkpoint", &s(&ck)]));
+    wait_for("the first run's checkpoint", Duration::from_secs(60), || ck.exists());
+    let line = fails(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "2", "--checkpoint", &s(&ck)]),
+        &["--checkpoint", "m.h5 is in use by another run", "pid "],
+    );
+    assert!(line.contains(".m.h5.lock"), "{line}");
+    // The second run did not touch the checkpoint; the first one still owns it.
+    assert!(first.try_wait().unwrap().is_none(), "the first run stopped");
+    // Kill it as a node failure or the OOM killer would: SIGKILL to a rank (rank 0, the
+    // lock's holder, whose pid the lock file names); mpirun then ends the rest.
+    let holder = std::fs::read_to_string(&lock).unwrap();
+    let pid: i32 = holder.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("pid in the lock file");
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let start = Instant::now();
+    while first.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(BOUND_S), "mpirun did not end after a rank was killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_group(&mut first);
+    loads_finite(&ck);
+    // The killed run's lock is not stuck: a new run resumes and finishes.
+    assert!(lock.exists(), "a killed run cannot have removed its lock file");
+    let run = mpirun(2, "nn-train", &with(&flags, &["--epochs", "1", "--checkpoint", &s(&ck), "--resume"]), 60);
+    run.expect_ok();
+    assert!(!lock.exists(), "a finished run removes its lock file");
+    loads_finite(&ck);
+    assert_eq!(std::fs::read(&data).unwrap(), before);
+}
+
+/// Failure 2: an output that names an input (by any spelling) is refused before anything is
+/// written, in nn-train, nn-predict and nn-data.
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, flags) = setup(dir.path());
+    let val = dir.path().join("v.h5");
+    write_classification(&val, 50, 5, 3, 8);
+    let model = dir.path().join("model.h5");
+    mpirun(2, "nn-train", &with(&flags, &["--epochs", "1", "--checkpoint", &s(&model)]), 60).expect_ok();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let link = dir.path().join("link.h5");
+    std::os::unix::fs::symlink(&data, &link).unwrap();
+    let hard = dir.path().join("hard.h5");
+    std::fs::hard_link(&model, &hard).unwrap();
+    let dotdot = dir.path().join("sub/../v.h5");
+    let files = [&data, &val, &model];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+
+    fails(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "1", "--checkpoint", &s(&link)]),
+        &["--checkpoint", "same file as --data"],
+    );
+    fails(
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "1", "--val", &s(&val), "--metrics", &s(&dotdot)]),
+        &["--metrics", "same file as --val"],
+    );
+    fails(
+        2,
+        "nn-predict",
+        &["--model", &s(&model), "--data", &s(&val), "--out", &s(&hard)],
+        &["--out", "same file as --model"],
+    );
+    // A relative spelling of the data file, from its folder.
+    let mut cmd = Command::new("mpirun");
+    mpi_env(&mut cmd)
+        .current_dir(dir.path().join("sub"))
+        .args(["--bind-to", "none", "-n", "2"])
+        .arg(bin("nn-predict"))
+        .args(["--model", &s(&model), "--data", &s(&val), "--out", "../v.h5"]);
+    let run = run_with_timeout(&mut cmd, Duration::from_secs(BOUND_S));
+    assert!(!run.ok() && run.stderr.contains("same file as --data"), "{}", run.all());
+
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, "a,b,label\n1,2,0\n3,4,1\n5,6,0\n").unwrap();
+    let csv_before = std::fs::read(&csv).unwrap();
+    fails(0, "nn-data", &["import", &s(&csv), "--label", "label", "--out", &s(&csv)], &["--out", "same file as"]);
+    assert_eq!(std::fs::read(&csv).unwrap(), csv_before);
+    let metrics = dir.path().join("m.jsonl");
+    mpirun(1, "nn-train", &with(&flags, &["--epochs", "1", "--metrics", &s(&metrics)]), 60).expect_ok();
+    let m_before = std::fs::read(&metrics).unwrap();
+    fails(0, "nn-data", &["plot", &s(&metrics), "--out", &s(&metrics)], &["--out", "same file as"]);
+    assert_eq!(std::fs::read(&metrics).unwrap(), m_before);
+
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&std::fs::read(f).unwrap(), b, "{} changed", f.display());
+    }
+    loads_finite(&model);
+}
+
+/// Failure 4: temporary names are unique per run (another writer's temporary file of the same
+/// destination is left alone), and a killed writer's temporary file is removed by the next
+/// writer of that destination.
+#[test]
+fn temporary_files_are_private_and_stale_ones_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, flags) = setup(dir.path());
+    let model = dir.path().join("model.h5");
+    mpirun(2, "nn-train", &with(&flags, &["--epochs", "1", "--checkpoint", &s(&model)]), 60).expect_ok();
+    let out = dir.path().join("pred.h5");
+    // What a concurrent nn-predict of the same --out was writing under the old shared name.
+    let theirs = dir.path().join(".pred.h5.partial");
+    std::fs::write(&theirs, b"another run's rows").unwrap();
+    mpirun(2, "nn-predict", &["--model", &s(&model), "--data", &s(&data), "--out", &s(&out)], 60).expect_ok();
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"another run's rows", "nn-predict wrote another run's temp file");
+    let probs = hdf5::File::open(&out).unwrap().dataset("probabilities").unwrap().read_raw::<f32>().unwrap();
+    assert_eq!(probs.len(), 200 * 3);
+
+    // A killed `nn-data gen` left its temporary file (pid 4194305 exceeds any Linux pid_max);
+    // a live writer's (this test's pid) must stay.
+    let gen = dir.path().join("g.h5");
+    let dead = dir.path().join(".g.h5.tmp-4194305");
+    let live = dir.path().join(format!(".g.h5.tmp-{}", std::process::id()));
+    std::fs::write(&dead, vec![0u8; 4096]).unwrap();
+    std::fs::write(&live, b"live").unwrap();
+    direct("nn-data", &["gen", "--rows", "100", "--features", "4", "--classes", "2", "--out", &s(&gen)], 60)
+        .expect_ok();
+    assert!(!dead.exists(), "the killed run's temporary file was left behind");
+    assert!(live.exists(), "a running writer's temporary file was removed");
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-") && !n.ends_with(&format!("tmp-{}", std::process::id())))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
