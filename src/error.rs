@@ -36,6 +36,13 @@ pub enum Error {
     #[error("stopped because rank {rank} failed")]
     OtherRank { rank: usize },
 
+    /// Training diverged: the summed loss or gradients became NaN or infinite. Nothing is
+    /// saved after it; the checkpoint, if any, keeps the last good state.
+    #[error(
+        "training diverged: {what} is not finite in epoch {epoch}, step {step} of {steps}; nothing was saved after the last good checkpoint; use a lower --lr (was {lr}) or --clip-norm"
+    )]
+    Diverged { what: String, epoch: usize, step: usize, steps: usize, lr: f64 },
+
     /// The ranks disagree about something that must be identical on all of them.
     #[error("{0}")]
     Consistency(String),

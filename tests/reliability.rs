@@ -256,3 +256,224 @@ fn temporary_files_are_private_and_stale_ones_removed() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `fails` that also requires every rank's exit status to be `code`.
+fn fails_with(code: i32, ranks: usize, binary: &str, args: &[&str], needles: &[&str]) -> String {
+    let mut cmd = Command::new("mpirun");
+    mpi_env(&mut cmd)
+        .args(["--mca", "orte_abort_on_non_zero_status", "0"])
+        .args([
+            "--bind-to",
+            "none",
+            "-n",
+            &ranks.to_string(),
+            "sh",
+            "-c",
+            "\"$0\" \"$@\"; code=$?; echo \"rank $OMPI_COMM_WORLD_RANK exit $code\" >&2; exit $code",
+        ])
+        .arg(bin(binary))
+        .args(args);
+    let run = run_with_timeout(&mut cmd, Duration::from_secs(BOUND_S));
+    for r in 0..ranks {
+        assert!(run.stderr.contains(&format!("rank {r} exit {code}\n")), "rank {r} did not exit {code}\n{}", run.all());
+    }
+    fails(ranks, binary, args, needles)
+}
+
+/// Failure 3: divergence stops every rank at the first non-finite loss or gradient sum, with
+/// its own exit code, and the good checkpoint is not overwritten; f32-overflowing flags are
+/// flag errors.
+#[test]
+fn divergence_stops_and_keeps_the_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, flags) = setup(dir.path());
+    let ck = dir.path().join("m.h5");
+    mpirun(2, "nn-train", &with(&flags, &["--epochs", "2", "--checkpoint", &s(&ck)]), 60).expect_ok();
+    let good = std::fs::read(&ck).unwrap();
+    let line = fails_with(
+        4,
+        2,
+        "nn-train",
+        &with(&flags, &["--epochs", "6", "--checkpoint", &s(&ck), "--resume", "--lr", "1e30"]),
+        &["training diverged", "in epoch 3, step ", "--lr", "--clip-norm"],
+    );
+    assert!(line.contains("not finite"), "{line}");
+    assert_eq!(std::fs::read(&ck).unwrap(), good, "the good checkpoint was overwritten");
+    loads_finite(&ck);
+    fails(2, "nn-train", &with(&flags, &["--epochs", "1", "--lr", "1e300"]), &["--lr", "too large"]);
+    fails(0, "nn-train", &with(&flags, &["--epochs", "1", "--epsilon", "1e39"]), &["--epsilon"]);
+    let _ = data;
+}
+
+/// Failure 5: a panic on one rank ends the whole job promptly with the panic's message; and a
+/// checkpoint path that is not UTF-8 is a one-line flag error, not a panic.
+#[test]
+fn a_panic_ends_the_whole_job_at_once() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, flags) = setup(dir.path());
+    let before = std::fs::read(&data).unwrap();
+    let mut cmd = Command::new("mpirun");
+    mpi_env(&mut cmd)
+        .env("NN_TRAIN_TEST_PANIC_ON_RANK", "1")
+        .args(["--bind-to", "none", "-n", "2"])
+        .arg(bin("nn-train"))
+        .args(with(&flags, &["--epochs", "1"]));
+    let run = run_with_timeout(&mut cmd, Duration::from_secs(BOUND_S));
+    assert!(!run.ok(), "{}", run.all());
+    assert!(run.elapsed < Duration::from_secs(30), "took {:?}", run.elapsed);
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("nn-train: internal error")).collect();
+    assert_eq!(lines.len(), 1, "{}", run.all());
+    assert!(lines[0].contains("NN_TRAIN_TEST_PANIC_ON_RANK"), "{}", lines[0]);
+
+    let bad = std::ffi::OsStr::from_bytes(b"/tmp/ck\xff.h5").to_owned();
+    let mut cmd = Command::new("mpirun");
+    mpi_env(&mut cmd)
+        .args(["--bind-to", "none", "-n", "2"])
+        .arg(bin("nn-train"))
+        .args(with(&flags, &["--epochs", "1", "--checkpoint"]))
+        .arg(&bad);
+    let run = run_with_timeout(&mut cmd, Duration::from_secs(BOUND_S));
+    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("nn-train: error:")).collect();
+    assert!(!run.ok() && errors.len() == 1 && errors[0].contains("not valid UTF-8"), "{}", run.all());
+    assert!(!run.all().contains("panicked"));
+    assert_eq!(std::fs::read(&data).unwrap(), before);
+}
+
+/// Failure 6: ranks that see different data shapes (the file replaced while they start)
+/// stop with one line instead of hanging. Each rank is given its own file to simulate it.
+#[test]
+fn ranks_agree_on_the_data_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    write_classification(&dir.path().join("d0.h5"), 200, 5, 3, 7);
+    write_classification(&dir.path().join("d1.h5"), 240, 5, 3, 7);
+    let mut cmd = Command::new("mpirun");
+    mpi_env(&mut cmd)
+        .args(["--mca", "orte_abort_on_non_zero_status", "0", "--bind-to", "none", "-n", "2", "sh", "-c"])
+        .arg(
+            "\"$0\" --data \"$1/d$OMPI_COMM_WORLD_RANK.h5\" --layers 8:relu,3:softmax --batch-size 20; \
+             code=$?; echo \"rank $OMPI_COMM_WORLD_RANK exit $code\" >&2; exit $code",
+        )
+        .arg(bin("nn-train"))
+        .arg(dir.path());
+    let run = run_with_timeout(&mut cmd, Duration::from_secs(BOUND_S));
+    for r in 0..2 {
+        assert!(run.stderr.contains(&format!("rank {r} exit ")), "{}", run.all());
+        assert!(!run.stderr.contains(&format!("rank {r} exit 0")), "{}", run.all());
+    }
+    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("nn-train: error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", run.all());
+    assert!(errors[0].contains("ranks read different") && errors[0].contains("200") && errors[0].contains("240"));
+}
+
+/// Failure 7: an empty validation set and an empty nn-predict input are errors, not a
+/// val_loss or accuracy of 0.
+#[test]
+fn empty_inputs_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, flags) = setup(dir.path());
+    let empty = dir.path().join("empty.h5");
+    write_xy(&empty, &[], 0, 5, &[]);
+    fails(2, "nn-train", &with(&flags, &["--epochs", "1", "--val", &s(&empty)]), &["empty.h5", "no rows"]);
+    let model = dir.path().join("model.h5");
+    mpirun(1, "nn-train", &with(&flags, &["--epochs", "1", "--checkpoint", &s(&model)]), 60).expect_ok();
+    let out = dir.path().join("p.h5");
+    fails(2, "nn-predict", &["--model", &s(&model), "--data", &s(&empty), "--out", &s(&out)], &["empty.h5", "no rows"]);
+    assert!(!out.exists());
+    loads_finite(&model);
+}
+
+/// Replaces dataset `name` of the HDF5 file `path` with `values`.
+fn replace_dataset(path: &Path, name: &str, values: &[f64]) {
+    let f = hdf5::File::open_rw(path).unwrap();
+    let ty = f.dataset(name).unwrap().dtype().unwrap();
+    f.unlink(name).unwrap();
+    if ty.size() == 4 {
+        let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+        f.new_dataset_builder().with_data(&v).create(name).unwrap();
+    } else {
+        f.new_dataset_builder().with_data(values).create(name).unwrap();
+    }
+}
+
+/// Failures 8 and 9: a damaged checkpoint (feature scaling of the wrong length, zero or NaN;
+/// history columns of different lengths; best parameters of the wrong length) is refused on
+/// one line by resume and by nn-predict.
+#[test]
+fn damaged_checkpoints_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, flags) = setup(dir.path());
+    let ck = dir.path().join("m.h5");
+    let val = dir.path().join("v.h5");
+    write_classification(&val, 40, 5, 3, 9);
+    mpirun(
+        2,
+        "nn-train",
+        &with(
+            &flags,
+            &["--epochs", "2", "--standardize", "--val", &s(&val), "--early-stopping", "3", "--checkpoint", &s(&ck)],
+        ),
+        60,
+    )
+    .expect_ok();
+    let out = dir.path().join("p.h5");
+    let cases: [(&str, Vec<f64>, &str); 6] = [
+        ("scaling/std", vec![1.0; 4], "/scaling/std has 4 values"),
+        ("scaling/std", vec![1.0, 0.0, 1.0, 1.0, 1.0], "/scaling/std[1] is 0"),
+        ("scaling/std", vec![1.0, 1.0, f64::NAN, 1.0, 1.0], "/scaling/std[2] is NaN"),
+        ("scaling/mean", vec![0.0; 6], "/scaling/mean has 6 values"),
+        ("history/loss", vec![0.5], "/history columns differ in length"),
+        ("early_stopping/params", vec![0.0; 3], "/early_stopping/params has 3 values"),
+    ];
+    for (i, (name, values, needle)) in cases.iter().enumerate() {
+        let bad = dir.path().join(format!("bad{i}.h5"));
+        std::fs::copy(&ck, &bad).unwrap();
+        replace_dataset(&bad, name, values);
+        let before = std::fs::read(&bad).unwrap();
+        fails(
+            2,
+            "nn-train",
+            &with(&flags, &["--epochs", "3", "--checkpoint", &s(&bad), "--resume"]),
+            &["not a complete nn-train checkpoint", needle],
+        );
+        if name.starts_with("scaling") {
+            fails(
+                2,
+                "nn-predict",
+                &["--model", &s(&bad), "--data", &s(&data), "--out", &s(&out)],
+                &["not a complete nn-train checkpoint", needle],
+            );
+        }
+        assert_eq!(std::fs::read(&bad).unwrap(), before, "case {i}: the checkpoint was changed");
+    }
+    loads_finite(&ck);
+}
+
+/// Failure 10: huge whole-number labels are a one-line error naming the line and the value,
+/// at once (no attempt to allocate billions of class counts).
+#[test]
+fn huge_labels_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, needle) in
+        [("99999999999999999999", "too large"), ("1e300", "too large"), ("4000000000", "too large for a class index")]
+    {
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, format!("a,b,y\n1,2,0\n3,4,{label}\n5,6,1\n")).unwrap();
+        let out = dir.path().join("t.h5");
+        let line =
+            fails(0, "nn-data", &["import", &s(&csv), "--label", "y", "--out", &s(&out)], &["line 3", label, needle]);
+        assert!(!out.exists(), "{line}");
+    }
+}
+
+/// Failure 12: an error hit on only some ranks is printed once, naming the rank, its text once.
+#[test]
+fn rank_only_errors_print_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nan = dir.path().join("nan.h5");
+    let mut x = uniform(40 * 3, 3);
+    x[33 * 3 + 1] = f32::NAN;
+    write_xy(&nan, &x, 40, 3, &[0; 40]);
+    let line = fails(2, "nn-train", &["--data", &s(&nan), "--layers", "2:softmax"], &["rank 1", "row 33 column 1"]);
+    assert_eq!(line.matches("row 33 column 1").count(), 1, "{line}");
+}

@@ -61,6 +61,9 @@ struct Args {
 
 const EXIT_BELOW_MIN_ACCURACY: i32 = 3;
 
+/// The name in error lines.
+const PROGRAM: &str = "nn-predict";
+
 fn main() {
     nn_train::engine::blas_core::prepare();
     std::process::exit(run());
@@ -71,6 +74,7 @@ fn run() -> i32 {
         Ok(a) => a,
         Err(code) => return code,
     };
+    nn_train::dist::comm::abort_job_on_panic(PROGRAM);
     let comm = match Comm::init() {
         Ok(c) => c,
         Err(e) => {

@@ -8,6 +8,12 @@ use nn_train::train::config::TrainArgs;
 use nn_train::train::trainer::{Outcome, Trainer};
 use nn_train::Error;
 
+/// Exit code when training diverged (non-finite loss or gradients; nothing saved after it).
+const EXIT_DIVERGED: i32 = 4;
+
+/// The name in error lines.
+const PROGRAM: &str = "nn-train";
+
 fn main() {
     nn_train::engine::blas_core::prepare();
     std::process::exit(run());
@@ -32,6 +38,7 @@ fn run() -> i32 {
     };
     // Before MPI starts, so a signal during start-up is not lost.
     signals::install();
+    nn_train::dist::comm::abort_job_on_panic(PROGRAM);
     let comm = match Comm::init() {
         Ok(c) => c,
         Err(e) => {
@@ -42,8 +49,11 @@ fn run() -> i32 {
     let code = match train(&comm, cfg) {
         Ok(code) => code,
         Err(e) => {
-            report(&e);
-            1
+            report(&e, comm.is_root());
+            match e.downcast_ref::<Error>() {
+                Some(Error::Diverged { .. }) => EXIT_DIVERGED,
+                _ => 1,
+            }
         }
     };
     drop(comm);
@@ -54,6 +64,10 @@ fn train(comm: &Comm, cfg: nn_train::train::config::Config) -> Result<i32> {
     let root = comm.is_root();
     let mut log = |line: &str| println!("{line}");
     let mut trainer = Trainer::new(comm, cfg)?;
+    // For the tests of the panic hook: a panic on one rank while the others go on.
+    if std::env::var("NN_TRAIN_TEST_PANIC_ON_RANK").ok().and_then(|r| r.parse().ok()) == Some(comm.rank()) {
+        panic!("NN_TRAIN_TEST_PANIC_ON_RANK={} asked for a panic here", comm.rank());
+    }
     let summary = trainer.summary();
     if root {
         println!("{summary}");
@@ -106,9 +120,12 @@ fn train(comm: &Comm, cfg: nn_train::train::config::Config) -> Result<i32> {
 
 /// Prints an error once: the lowest failing rank prints it (naming itself when other ranks
 /// did not fail); ranks that only learned of another rank's failure stay quiet.
-fn report(e: &anyhow::Error) {
-    if let Some(Error::OtherRank { .. }) = e.downcast_ref::<Error>() {
-        return;
+/// An error every rank found alike in the same summed values (divergence) is printed by rank 0.
+fn report(e: &anyhow::Error, root: bool) {
+    match e.downcast_ref::<Error>() {
+        Some(Error::OtherRank { .. }) => return,
+        Some(Error::Diverged { .. }) if !root => return,
+        _ => {}
     }
     nn_train::errorln!("nn-train: error: {e:#}");
 }

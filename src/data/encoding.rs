@@ -759,6 +759,25 @@ fn infer_label(
                     ),
                 ));
             }
+            // Beyond 2^53 whole numbers are not exact in f64 (nor distinct after the cast).
+            if let Some(i) = values.iter().position(|v| v.abs() > 9_007_199_254_740_992.0) {
+                return Err(fail(
+                    present[i],
+                    format!("label '{}' is too large for a class label", table.cell(present[i], j)),
+                ));
+            }
+            // A class index is an output unit: a huge one would ask for that many classes.
+            if let Some(i) = values.iter().position(|&v| v > MAX_CLASS_INDEX as f64) {
+                if values.iter().all(|&v| v >= 0.0) {
+                    return Err(fail(
+                        present[i],
+                        format!(
+                            "label '{}' is too large for a class index (at most {MAX_CLASS_INDEX}); whole-number labels are used as class indices, so renumber them or give --label-names",
+                            table.cell(present[i], j)
+                        ),
+                    ));
+                }
+            }
             if values.iter().all(|&v| v >= 0.0) {
                 // Already class indices: 0..=max.
                 let k = values.iter().fold(0.0f64, |m, &v| m.max(v)) as usize + 1;
@@ -777,6 +796,10 @@ fn infer_label(
     }
     Ok(label)
 }
+
+/// The largest whole-number label kept as a class index (a network with more output units
+/// than this is not what a CSV import is for).
+pub const MAX_CLASS_INDEX: u32 = 65_535;
 
 /// Writes `json` as the scalar string dataset `/encoding` of `file`.
 pub fn write_dataset(file: &hdf5::File, json: &str) -> hdf5::Result<()> {

@@ -37,6 +37,41 @@ pub fn launch_rank() -> usize {
         .unwrap_or(0)
 }
 
+/// Exit status of a job ended by a panic (EX_SOFTWARE from sysexits.h).
+pub const EXIT_PANIC: i32 = 70;
+
+/// Makes a panic on any rank end the whole job at once: prints the panic's message on one
+/// line (`PROGRAM: internal error (a bug, please report it): MESSAGE at FILE:LINE`), then
+/// MPI_Abort, which Open MPI and Slurm turn into the end of every rank. Without it the other
+/// ranks would wait in their next collective until the job's time limit.
+pub fn abort_job_on_panic(program: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        crate::io::console::write_stderr_line(&format!(
+            "{program}: internal error (a bug, please report it): {}{place}",
+            message.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+        let mut initialised = 0;
+        let mut finalised = 0;
+        // SAFETY: these two may be called at any time, from any thread, even before MPI_Init.
+        unsafe {
+            ffi::MPI_Initialized(&mut initialised);
+            ffi::MPI_Finalized(&mut finalised);
+        }
+        if initialised != 0 && finalised == 0 {
+            // SAFETY: MPI is initialised; MPI_Abort ends every process of the job.
+            unsafe { ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, EXIT_PANIC) };
+        }
+        std::process::exit(EXIT_PANIC);
+    }));
+}
+
 impl Comm {
     pub fn init() -> Result<Comm> {
         let (universe, provided) = mpi::initialize_with_threading(Threading::Multiple)

@@ -424,6 +424,23 @@ multiversion! {
     }
 }
 
+/// Whether every value is finite (no NaN, no infinity). Branch-free over 16 lanes: x * 0 is 0
+/// for a finite x and NaN otherwise, and a NaN stays NaN through the sums.
+pub fn all_finite(x: &[f32]) -> bool {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v * 0.0;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += v * 0.0;
+    }
+    acc.iter().all(|a| *a == 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -351,6 +351,14 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let (ds, fs, bs, ars, os) =
         (col("data_s")?, col("forward_s")?, col("backward_s")?, col("allreduce_s")?, col("optimizer_s")?);
     let cs = col("comm_s")?;
+    let columns = [&loss, &acc, &vl, &va, &sps, &es, &ranks, &lr, &ds, &fs, &bs, &ars, &os, &cs];
+    if columns.iter().any(|c| c.len() != epochs.len()) {
+        return Err(bad(&format!(
+            "the /history columns differ in length (/history/epoch has {}; others {:?})",
+            epochs.len(),
+            columns.iter().map(|c| c.len()).collect::<Vec<_>>()
+        )));
+    }
     let history = (0..epochs.len())
         .map(|i| EpochRecord {
             epoch: epochs[i] as usize,
@@ -399,6 +407,18 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         }),
         Err(_) => None,
     };
+    if let Some(s) = &scaling {
+        check_scaling(s, in_dim).map_err(|what| bad(&what))?;
+    }
+    if let Some(e) = &early {
+        if e.best_params.len() != params.len() {
+            return Err(bad(&format!(
+                "/early_stopping/params has {} values, the model has {} parameters",
+                e.best_params.len(),
+                params.len()
+            )));
+        }
+    }
     let encoding = crate::data::encoding::read_dataset(&file);
     let plateau = match file.group("reduce_lr_on_plateau") {
         Ok(g) => Some(Plateau {
@@ -422,6 +442,23 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         encoding,
         plateau,
     })
+}
+
+/// A stored feature scaling must fit the model's input (`in_dim` features) and be usable:
+/// finite means, finite positive standard deviations (the divisors).
+fn check_scaling(s: &Scaling, in_dim: usize) -> std::result::Result<(), String> {
+    for (name, v) in [("mean", &s.mean), ("std", &s.std)] {
+        if v.len() != in_dim {
+            return Err(format!("/scaling/{name} has {} values, the model has {in_dim} input features", v.len()));
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("/scaling/{name}[{i}] is {}", v[i]));
+        }
+    }
+    if let Some(i) = s.std.iter().position(|&x| x <= 0.0) {
+        return Err(format!("/scaling/std[{i}] is {} (a standard deviation must be positive)", s.std[i]));
+    }
+    Ok(())
 }
 
 /// Checks that a checkpoint's network is the one this run builds.

@@ -457,14 +457,32 @@ fn default_reduce_lr_factor() -> f64 {
 
 impl Config {
     fn check(&self) -> Result<()> {
+        // Values are used as f32: one that overflows it (1e300 as f32 is inf) is no number.
         let positive = |flag, v: f64| {
-            if v.is_finite() && v > 0.0 {
+            if (v as f32).is_finite() && v > 0.0 {
                 Ok(())
+            } else if v.is_finite() && v > 0.0 {
+                Err(Error::flag(flag, format!("{v} is too large (at most {:e})", f32::MAX)))
             } else {
                 Err(Error::flag(flag, format!("must be a positive number, got {v}")))
             }
         };
         positive("lr", self.lr.base)?;
+        // The checkpoint records the configuration as JSON text, which holds only UTF-8.
+        for (flag, path) in [
+            ("data", Some(&self.data)),
+            ("val", self.val.as_ref()),
+            ("metrics", self.metrics.as_ref()),
+            ("checkpoint", self.checkpoint.as_ref()),
+            ("init-from", self.init_from.as_ref()),
+        ] {
+            if let Some(p) = path.filter(|p| p.to_str().is_none()) {
+                return Err(Error::flag(
+                    flag,
+                    format!("{} is not valid UTF-8 (checkpoints record paths as UTF-8 text); rename it", p.display()),
+                ));
+            }
+        }
         if self.batch_size == 0 {
             return Err(Error::flag("batch-size", "must be at least 1"));
         }

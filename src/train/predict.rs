@@ -164,6 +164,9 @@ impl Predictor {
     /// checkpoint's feature scaling. Returns the slice and the total row count.
     pub fn read_slice(&self, src: &Source, comm: &Comm, with_targets: bool) -> Result<(Slice, usize)> {
         let shape = if with_targets { data::inspect(src)? } else { inspect_x_only(src)? };
+        if shape.rows == 0 {
+            return Err(Error::data(&src.path, format!("dataset '{}' has no rows: nothing to predict", src.x)));
+        }
         if shape.features != self.model.in_dim {
             return Err(Error::data(
                 &src.path,

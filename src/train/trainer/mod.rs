@@ -5,6 +5,8 @@
 mod setup;
 mod step;
 
+pub use step::StepEnd;
+
 use crate::data::batch::Batch;
 use crate::data::scaling::Scaling;
 use crate::data::slice::Slice;
@@ -115,12 +117,25 @@ impl<'c> Trainer<'c> {
                 b.set_message(format!("epoch {}/{}", self.pos.epoch + 1, self.cfg.epochs));
             }
             for s in self.pos.step..steps {
-                let stop = self.step(s);
+                let end = self.step(s);
+                if let StepEnd::NonFinite(what) = end {
+                    // Nothing is saved: the checkpoint keeps the last good state.
+                    if let Some(b) = &bar {
+                        b.finish_and_clear();
+                    }
+                    return Err(Error::Diverged {
+                        what: what.to_string(),
+                        epoch: self.pos.epoch + 1,
+                        step: s + 1,
+                        steps,
+                        lr: self.cfg.lr.base,
+                    });
+                }
                 self.pos.step = s + 1;
                 if let Some(b) = &bar {
                     b.set_position(self.pos.step as u64);
                 }
-                if stop {
+                if end == StepEnd::Stop {
                     if let Some(b) = &bar {
                         b.finish_and_clear();
                     }

@@ -17,12 +17,8 @@ use crate::engine::loss::class_of;
 use crate::engine::model::Model;
 use crate::engine::onednn;
 use crate::engine::optim::Optimizer;
-<<<<<<< HEAD
 use crate::io::checkpoint::{self, Snapshot};
-=======
-use crate::io::checkpoint::{self, EarlyStopping, Position, Scaling, Snapshot};
 use crate::io::file_identity;
->>>>>>> 300ffe5 (One checkpoint, one writer: rank 0 holds an OFD lock on .NAME.lock beside the checkpoint for the run's life (a second run refuses, naming the holder's pid and host; a killed run leaves nothing stuck). Outputs compared with inputs by file identity (st_dev, st_ino; canonical folder + name for new files) in nn-train, nn-predict and nn-data. Unique temporary names per writer (.NAME.tmp-PID-NONCE.HOST); the next writer of a destination removes dead writers' temporary files; nn-predict's shared temporary file chosen by rank 0 (was the fixed .NAME.partial). A rank-only error's text no longer printed twice. Tests in tests/reliability.rs)
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
 use crate::io::run_lock::RunLock;
 use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
@@ -54,6 +50,25 @@ impl<'c> Trainer<'c> {
         let shape = comm.agree(data::inspect(&src))?;
         let model = Model::new(shape.features, &cfg.layers);
         let (train_part, val_part) = comm.agree(plan_parts(&cfg, &src, &shape, &model, comm.size()))?;
+        // Each rank read the shapes itself; a file replaced or appended to while the ranks
+        // start would give them different batch plans (and a hang in the first sum).
+        let seen = [shape.rows, shape.features, val_part.as_ref().map_or(0, |p| p.rows)];
+        let mut differ = Vec::new();
+        for (what, v) in ["rows", "features", "validation rows"].iter().zip(seen) {
+            let (lo, hi) = (comm.min_u64(v as u64), comm.max_u64(v as u64));
+            if lo != hi {
+                differ.push(format!("{what} {lo} vs {hi}"));
+            }
+        }
+        if !differ.is_empty() {
+            comm.agree::<()>(Err(Error::data(
+                &cfg.data,
+                format!(
+                    "the ranks read different shapes ({}): was the file replaced or written to while the run started?",
+                    differ.join(", ")
+                ),
+            )))?;
+        }
         let n_train = train_part.rows;
 
         let mut start_notes = Vec::new();
@@ -407,6 +422,9 @@ fn plan_parts(cfg: &Config, src: &Source, shape: &Shape, model: &Model, ranks: u
                     shape.features
                 ),
             ));
+        }
+        if vshape.rows == 0 {
+            return Err(Error::data(path, "has no rows: a validation set needs at least one"));
         }
         let vkind = data::target_kind(&vsrc, &vshape, cfg.loss, model.out_dim())?;
         (shape.rows, Some(Part { src: vsrc, offset: 0, rows: vshape.rows, kind: vkind }))

@@ -32,6 +32,16 @@ impl StepStats {
     }
 }
 
+/// How a step ended (the same on every rank).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepEnd {
+    Continue,
+    /// Some rank received a stop signal.
+    Stop,
+    /// The summed loss or gradients are NaN or infinite: the run diverged. Names which.
+    NonFinite(&'static str),
+}
+
 /// Times the phases of one step into the epoch's [`Profile`].
 struct PhaseClock(Instant);
 
@@ -61,9 +71,10 @@ impl Trainer<'_> {
         self.plan.steps()
     }
 
-    /// One training step on step `s` of the current epoch's plan. Returns true when some rank
-    /// received a stop signal (all ranks return the same).
-    pub fn step(&mut self, s: usize) -> bool {
+    /// One training step on step `s` of the current epoch's plan. Returns whether to go on,
+    /// stop for a signal some rank received, or stop because the summed loss or gradients are
+    /// not finite (every rank returns the same: each looks at the same summed values).
+    pub fn step(&mut self, s: usize) -> StepEnd {
         let n = self.model.n_params;
         let start = Instant::now();
         let mut clock = PhaseClock(start);
@@ -129,6 +140,18 @@ impl Trainer<'_> {
         self.pos.samples_seen += count as u64;
         self.pos.partial_train_s += (clock.0 - start).as_secs_f64();
         self.profile = profile;
-        summed.stop > 0.0
+        // Divergence: the first non-finite loss or gradient sum stops the run (the check
+        // reads the summed values every rank holds, so all decide alike without a collective).
+        if !summed.loss.is_finite() {
+            return StepEnd::NonFinite("the loss");
+        }
+        if !crate::engine::kernels::all_finite(&self.sum.summed()[..n]) {
+            return StepEnd::NonFinite("the gradient sum");
+        }
+        if summed.stop > 0.0 {
+            StepEnd::Stop
+        } else {
+            StepEnd::Continue
+        }
     }
 }
