@@ -132,7 +132,7 @@ fn bad_flags() {
     write_classification(&good, 40, 3, 2, 1);
     let g = s(&good);
     fails(2, &["--data", &g, "--batch-size", "0", "--layers", "2:softmax"], &["--batch-size", "at least 1"]);
-    fails(2, &["--data", &g, "--layers", "8:swish,2:softmax"], &["--layers", "unknown activation 'swish'"]);
+    fails(2, &["--data", &g, "--layers", "8:mish,2:softmax"], &["--layers", "unknown activation 'mish'"]);
     fails(2, &["--data", &g, "--layers", "8:relu;2:softmax"], &["--layers", "unknown activation 'relu;2:softmax'"]);
     fails(2, &["--data", &g, "--layers", "relu:8,2:softmax"], &["--layers", "'relu' is not a layer width"]);
     fails(2, &["--data", &g, "--layers", "2:softmax", "--loss", "hinge"], &["--loss", "unknown loss 'hinge'"]);
