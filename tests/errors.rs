@@ -133,7 +133,7 @@ fn bad_flags() {
     let g = s(&good);
     fails(2, &["--data", &g, "--batch-size", "0", "--layers", "2:softmax"], &["--batch-size", "at least 1"]);
     fails(2, &["--data", &g, "--layers", "8:mish,2:softmax"], &["--layers", "unknown activation 'mish'"]);
-    fails(2, &["--data", &g, "--layers", "8:relu;2:softmax"], &["--layers", "unknown activation 'relu;2:softmax'"]);
+    fails(2, &["--data", &g, "--layers", "8:relu;2:softmax"], &["--layers", "unknown activation 'relu;2'"]);
     fails(2, &["--data", &g, "--layers", "relu:8,2:softmax"], &["--layers", "'relu' is not a layer width"]);
     fails(2, &["--data", &g, "--layers", "2:softmax", "--loss", "hinge"], &["--loss", "unknown loss 'hinge'"]);
     fails(2, &["--data", &g, "--layers", "2:linear"], &["--loss", "crossentropy needs a softmax output layer"]);
