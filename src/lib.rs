@@ -16,6 +16,8 @@
 //!   evaluation and prediction.
 //! - [`flag_value`]: typed flag values, spelled the same on the command line, in TOML config
 //!   files and in checkpoints.
+//! - [`export`]: what only `nn-export` uses: a checkpoint written as a Keras 3 model, an
+//!   ONNX model or a safetensors file.
 //! - [`tools`]: what only `nn-data` uses: synthetic data, CSV import, splits, file info,
 //!   learning-curve plots.
 //!
@@ -30,6 +32,7 @@ pub mod data;
 pub mod dist;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod flag_value;
 pub mod io;
 pub mod tools;

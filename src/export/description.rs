@@ -1,0 +1,270 @@
+//! The model as the exporters see it: read once from a checkpoint, then handed to each
+//! format's writer. Holds only what inference needs (layers, weights in Keras orientation,
+//! the feature scaling, label names), and only layer kinds and activations that every
+//! format can express: anything else is rejected here, in one line naming it, before any
+//! writer runs.
+
+use crate::io::checkpoint::{self, Scaling};
+use crate::{Error, Result};
+use hdf5::types::VarLenUnicode;
+use std::path::{Path, PathBuf};
+
+/// The activations the exporters know how to write, with nn-train's definitions (which are
+/// Keras 3's: see `engine::activation`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Relu,
+    Tanh,
+    Sigmoid,
+    /// Along the last axis (each row).
+    Softmax,
+    Linear,
+    /// Exact GELU: 0.5 z (1 + erf(z / sqrt 2)).
+    Gelu,
+    /// z for z >= 0, slope * z below.
+    LeakyRelu(f32),
+    /// z for z >= 0, e^z - 1 below.
+    Elu,
+    /// SELU_SCALE * (z for z >= 0, SELU_ALPHA (e^z - 1) below).
+    Selu,
+    /// ln(1 + e^z).
+    Softplus,
+    /// z * sigmoid(z).
+    Swish,
+}
+
+impl Activation {
+    /// From nn-train's serialized activation ("relu", "leaky_relu=0.1", ...). Activations are
+    /// matched by name rather than by the engine's enum so that an activation added to the
+    /// engine later is rejected here, in one line, until the exporters learn its definition.
+    fn from_engine_text(text: &str) -> Option<Activation> {
+        let (name, arg) = match text.split_once('=') {
+            Some((n, a)) => (n, Some(a)),
+            None => (text, None),
+        };
+        let act = match name {
+            "relu" => Activation::Relu,
+            "tanh" => Activation::Tanh,
+            "sigmoid" => Activation::Sigmoid,
+            "softmax" => Activation::Softmax,
+            "linear" => Activation::Linear,
+            "gelu" => Activation::Gelu,
+            "leaky_relu" => {
+                let slope = match arg {
+                    Some(a) => a.parse().ok()?,
+                    None => crate::engine::activation::LEAKY_RELU_SLOPE,
+                };
+                return Some(Activation::LeakyRelu(slope));
+            }
+            "elu" => Activation::Elu,
+            "selu" => Activation::Selu,
+            "softplus" => Activation::Softplus,
+            "swish" | "silu" => Activation::Swish,
+            _ => return None,
+        };
+        arg.is_none().then_some(act)
+    }
+
+    /// The Keras name, without parameters ("relu", "leaky_relu", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Softmax => "softmax",
+            Activation::Linear => "linear",
+            Activation::Gelu => "gelu",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Elu => "elu",
+            Activation::Selu => "selu",
+            Activation::Softplus => "softplus",
+            Activation::Swish => "swish",
+        }
+    }
+
+    /// The name with its parameter, as nn-train writes it ("leaky_relu=0.1").
+    pub fn text(self) -> String {
+        match self {
+            Activation::LeakyRelu(s) => format!("leaky_relu={}", shortest(s)),
+            other => other.name().to_string(),
+        }
+    }
+}
+
+/// One layer of the Sequential model, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layer {
+    /// y = activation(x W + b).
+    Dense {
+        /// Input width.
+        in_dim: usize,
+        /// Output width.
+        units: usize,
+        activation: Activation,
+        /// W: (in_dim, units) row-major, Keras orientation.
+        kernel: Vec<f32>,
+        /// b: (units,)
+        bias: Vec<f32>,
+    },
+    /// Identity at inference; the rate is kept for formats that record training layers.
+    Dropout { rate: f32 },
+}
+
+/// A trained model, ready to be written in any export format.
+#[derive(Clone, Debug)]
+pub struct Description {
+    /// The checkpoint it was read from (for messages).
+    pub source: PathBuf,
+    /// Features per input row.
+    pub in_dim: usize,
+    pub layers: Vec<Layer>,
+    /// x' = (x - mean) / std applied to the input first, when trained with --standardize.
+    pub scaling: Option<Scaling>,
+    /// Class names, index i naming output i, from the checkpoint's `/encoding` when present.
+    pub label_names: Option<Vec<String>>,
+    /// The training loss by nn-train's name ("crossentropy", "mse", ...), for metadata.
+    pub loss: String,
+}
+
+impl Description {
+    /// Reads `path` through the checkpoint loader. A layer kind or activation that the
+    /// exporters cannot express is an error naming it.
+    pub fn from_checkpoint(path: &Path) -> Result<Description> {
+        let snap = checkpoint::load(path)?;
+        let model = crate::engine::model::Model::new(snap.in_dim, &snap.config.layers);
+        let mut dense = model.dense_layers();
+        let mut layers = Vec::with_capacity(snap.config.layers.len());
+        for (i, spec) in snap.config.layers.iter().enumerate() {
+            // The spec's serialized form names its kind; see Activation::from_engine_text for
+            // why this goes by names.
+            let value = serde_json::to_value(spec).map_err(|e| Error::checkpoint(path, format!("layer {i}: {e}")))?;
+            let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or("?");
+            match kind {
+                "dense" => {
+                    let name = value.get("activation").and_then(|a| a.as_str()).unwrap_or("?");
+                    let activation = Activation::from_engine_text(name).ok_or_else(|| {
+                        Error::checkpoint(
+                            path,
+                            format!("layer {i} has activation '{name}', which nn-export cannot write yet"),
+                        )
+                    })?;
+                    let (_, layer, kernel, bias) =
+                        dense.next().ok_or_else(|| Error::checkpoint(path, "fewer dense layers than the config"))?;
+                    layers.push(Layer::Dense {
+                        in_dim: layer.in_dim,
+                        units: layer.out_dim,
+                        activation,
+                        kernel: snap.params[kernel.range()].to_vec(),
+                        bias: snap.params[bias.range()].to_vec(),
+                    });
+                }
+                "dropout" => {
+                    let rate = value.get("rate").and_then(|r| r.as_f64()).unwrap_or(0.0) as f32;
+                    layers.push(Layer::Dropout { rate });
+                }
+                other => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("layer {i} is a '{other}' layer, which nn-export cannot write yet"),
+                    ))
+                }
+            }
+        }
+        let label_names = read_label_names(path)?;
+        let out_dim = layers.iter().rev().find_map(|l| match l {
+            Layer::Dense { units, .. } => Some(*units),
+            Layer::Dropout { .. } => None,
+        });
+        if let (Some(names), Some(k)) = (&label_names, out_dim) {
+            if names.len() != k {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("/encoding has {} label names but the model has {k} outputs", names.len()),
+                ));
+            }
+        }
+        let loss = serde_json::to_value(snap.config.loss)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        Ok(Description {
+            source: path.to_path_buf(),
+            in_dim: snap.in_dim,
+            layers,
+            scaling: snap.scaling,
+            label_names,
+            loss,
+        })
+    }
+
+    /// Outputs per row: the last dense layer's width.
+    pub fn out_dim(&self) -> usize {
+        self.layers
+            .iter()
+            .rev()
+            .find_map(|l| match l {
+                Layer::Dense { units, .. } => Some(*units),
+                Layer::Dropout { .. } => None,
+            })
+            .unwrap_or(self.in_dim)
+    }
+
+    /// The dense layers in order: (index among dense layers, the layer).
+    pub fn dense(&self) -> impl Iterator<Item = (usize, &Layer)> {
+        self.layers.iter().filter(|l| matches!(l, Layer::Dense { .. })).enumerate()
+    }
+
+    /// The layer list as JSON, for the metadata of the ONNX and safetensors files:
+    /// `[{"type": "dense", "units": 64, "activation": "relu"}, {"type": "dropout", "rate": 0.2}, ...]`.
+    pub fn layers_json(&self) -> String {
+        let layers: Vec<serde_json::Value> = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Dense { units, activation, .. } => {
+                    serde_json::json!({"type": "dense", "units": units, "activation": activation.text()})
+                }
+                // The rate as written (0.2, not 0.20000000298...).
+                Layer::Dropout { rate } => serde_json::json!({"type": "dropout", "rate": shortest(*rate)}),
+            })
+            .collect();
+        serde_json::to_string(&layers).expect("JSON values serialize")
+    }
+
+    /// "64 -> 128 relu -> dropout 0.2 -> 10 softmax", for messages.
+    pub fn summary(&self) -> String {
+        let mut s = self.in_dim.to_string();
+        for l in &self.layers {
+            match l {
+                Layer::Dense { units, activation, .. } => s += &format!(" -> {units} {}", activation.text()),
+                Layer::Dropout { rate } => s += &format!(" -> dropout {rate}"),
+            }
+        }
+        s
+    }
+}
+
+/// The shortest decimal that reads back as the same f32, as an f64 (for JSON).
+pub fn shortest(v: f32) -> f64 {
+    format!("{v}").parse().unwrap_or(v as f64)
+}
+
+/// The label names of the checkpoint's `/encoding` (a scalar JSON string, written by
+/// `nn-data import` and copied by nn-train), when it has them: its `label_names` array, or
+/// `names` inside a `label` object. Absent in checkpoints of data without an encoding.
+fn read_label_names(path: &Path) -> Result<Option<Vec<String>>> {
+    let file = hdf5::File::open(path).map_err(|e| Error::checkpoint(path, format!("cannot open: {e}")))?;
+    if !file.link_exists("encoding") {
+        return Ok(None);
+    }
+    let text = file
+        .dataset("encoding")
+        .and_then(|d| d.read_scalar::<VarLenUnicode>())
+        .map_err(|e| Error::checkpoint(path, format!("/encoding is not a scalar string: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(text.as_str())
+        .map_err(|e| Error::checkpoint(path, format!("/encoding is not valid JSON: {e}")))?;
+    let names = json
+        .get("label_names")
+        .or_else(|| json.get("label").and_then(|l| l.get("names").or_else(|| l.get("label_names"))));
+    Ok(names.and_then(|n| n.as_array()).and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect()))
+}
