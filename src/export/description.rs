@@ -4,9 +4,9 @@
 //! format can express: anything else is rejected here, in one line naming it, before any
 //! writer runs.
 
-use crate::io::checkpoint::{self, Scaling};
+use crate::data::scaling::Scaling;
+use crate::io::checkpoint;
 use crate::{Error, Result};
-use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
 
 /// The activations the exporters know how to write, with nn-train's definitions (which are
@@ -120,7 +120,8 @@ pub struct Description {
     pub layers: Vec<Layer>,
     /// x' = (x - mean) / std applied to the input first, when trained with --standardize.
     pub scaling: Option<Scaling>,
-    /// Class names, index i naming output i, from the checkpoint's `/encoding` when present.
+    /// Class names, index i naming output i, from the checkpoint's `/encoding` when present
+    /// (and the classes are not just their indices).
     pub label_names: Option<Vec<String>>,
     /// The training loss by nn-train's name ("crossentropy", "mse", ...), for metadata.
     pub loss: String,
@@ -170,7 +171,7 @@ impl Description {
                 }
             }
         }
-        let label_names = read_label_names(path)?;
+        let label_names = label_names(path, snap.encoding.as_deref())?;
         let out_dim = layers.iter().rev().find_map(|l| match l {
             Layer::Dense { units, .. } => Some(*units),
             Layer::Dropout { .. } => None,
@@ -249,22 +250,22 @@ pub fn shortest(v: f32) -> f64 {
     format!("{v}").parse().unwrap_or(v as f64)
 }
 
-/// The label names of the checkpoint's `/encoding` (a scalar JSON string, written by
-/// `nn-data import` and copied by nn-train), when it has them: its `label_names` array, or
-/// `names` inside a `label` object. Absent in checkpoints of data without an encoding.
-fn read_label_names(path: &Path) -> Result<Option<Vec<String>>> {
-    let file = hdf5::File::open(path).map_err(|e| Error::checkpoint(path, format!("cannot open: {e}")))?;
-    if !file.link_exists("encoding") {
-        return Ok(None);
+/// The class names of the checkpoint's tabular encoding (`/encoding`, written by `nn-data
+/// import` and copied by nn-train), when it has one and the label has names. A regression
+/// target standardized at import (`--standardize-target`) is undone by nn-predict on the
+/// model's outputs; no writer expresses that yet, so it is an error rather than a model
+/// whose outputs silently differ from nn-predict's.
+fn label_names(path: &Path, encoding: Option<&str>) -> Result<Option<Vec<String>>> {
+    let Some(text) = encoding else { return Ok(None) };
+    let encoding = crate::data::encoding::Encoding::from_json(path, text)?;
+    if encoding.label.standardize.is_some() {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "its target '{}' was standardized at import (--standardize-target), which nn-export cannot write yet",
+                encoding.label.name
+            ),
+        ));
     }
-    let text = file
-        .dataset("encoding")
-        .and_then(|d| d.read_scalar::<VarLenUnicode>())
-        .map_err(|e| Error::checkpoint(path, format!("/encoding is not a scalar string: {e}")))?;
-    let json: serde_json::Value = serde_json::from_str(text.as_str())
-        .map_err(|e| Error::checkpoint(path, format!("/encoding is not valid JSON: {e}")))?;
-    let names = json
-        .get("label_names")
-        .or_else(|| json.get("label").and_then(|l| l.get("names").or_else(|| l.get("label_names"))));
-    Ok(names.and_then(|n| n.as_array()).and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect()))
+    Ok(if encoding.label.indices { None } else { encoding.label.classes })
 }
