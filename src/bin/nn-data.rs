@@ -377,19 +377,7 @@ fn import_npy(a: ImportArgs, kind: InputKind) -> Result<()> {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
-    let what = if summary.class_counts.is_empty() {
-        "numeric targets".to_string()
-    } else {
-        let names = summary.label_names.clone();
-        let name = |i: usize| names.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
-        let c = &summary.class_counts;
-        if c.len() > 12 {
-            format!("{} classes of {}..{} rows", c.len(), c.iter().min().unwrap_or(&0), c.iter().max().unwrap_or(&0))
-        } else {
-            let list: Vec<String> = c.iter().enumerate().map(|(i, n)| format!("{} {n}", name(i))).collect();
-            format!("{} classes: {}", c.len(), list.join(", "))
-        }
-    };
+    let what = label_summary(&summary.class_counts, summary.label_names.as_deref());
     println!(
         "nn-data: read {} rows x {} features ({}; y {}) from {}; {what}",
         summary.rows,
@@ -406,6 +394,26 @@ fn import_npy(a: ImportArgs, kind: InputKind) -> Result<()> {
         peak_rss_bytes() >> 20
     );
     Ok(())
+}
+
+/// What an import wrote as labels: "numeric targets", "K classes: name count, ..." or, for
+/// more than 12 classes, "K classes of min..max rows".
+fn label_summary(class_counts: &[u64], label_names: Option<&[String]>) -> String {
+    if class_counts.is_empty() {
+        return "numeric targets".to_string();
+    }
+    let c = class_counts;
+    if c.len() > 12 {
+        return format!(
+            "{} classes of {}..{} rows",
+            c.len(),
+            c.iter().min().unwrap_or(&0),
+            c.iter().max().unwrap_or(&0)
+        );
+    }
+    let name = |i: usize| label_names.and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
+    let list: Vec<String> = c.iter().enumerate().map(|(i, n)| format!("{} {n}", name(i))).collect();
+    format!("{} classes: {}", c.len(), list.join(", "))
 }
 
 /// `nn-data import` of a Parquet table.
@@ -443,19 +451,7 @@ fn import_parquet(a: ImportArgs) -> Result<()> {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
-    let what = if summary.class_counts.is_empty() {
-        "numeric targets".to_string()
-    } else {
-        let names = summary.label_names.clone();
-        let name = |i: usize| names.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
-        let c = &summary.class_counts;
-        if c.len() > 12 {
-            format!("{} classes of {}..{} rows", c.len(), c.iter().min().unwrap_or(&0), c.iter().max().unwrap_or(&0))
-        } else {
-            let list: Vec<String> = c.iter().enumerate().map(|(i, n)| format!("{} {n}", name(i))).collect();
-            format!("{} classes: {}", c.len(), list.join(", "))
-        }
-    };
+    let what = label_summary(&summary.class_counts, summary.label_names.as_deref());
     println!(
         "nn-data: read {} rows, {} feature columns -> {} features from {}; {what}",
         summary.rows,
