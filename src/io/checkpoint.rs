@@ -39,6 +39,7 @@ use crate::engine::model::Model;
 use crate::engine::optim::{OptimizerKind, OptimizerState};
 use crate::io::console::one_line;
 use crate::io::metrics::{EpochRecord, Profile};
+use crate::io::output_file::PendingFile;
 use crate::train::config::Config;
 use crate::train::run_state::{EarlyStopping, Plateau, Position};
 use crate::{Error, Result};
@@ -79,30 +80,17 @@ fn string(s: &str) -> VarLenUnicode {
     s.parse().expect("strings without NUL parse")
 }
 
-/// Writes `snap` to `path` atomically: a temporary file in the same folder, fsync, rename,
-/// fsync of the folder. Returns the size of the file in bytes.
+/// Writes `snap` to `path` atomically through [`PendingFile`] (a temporary file in the same
+/// folder, fsync, rename, fsync of the folder). Returns the size of the file in bytes.
 pub fn save(path: &Path, model: &Model, snap: &Snapshot) -> Result<u64> {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = folder.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write_file(&tmp, model, snap).and_then(|()| {
-        let f = std::fs::File::open(&tmp).map_err(|e| Error::checkpoint(path, format!("reopen for fsync: {e}")))?;
-        f.sync_all().map_err(|e| Error::checkpoint(path, format!("fsync: {e}")))?;
-        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-        std::fs::rename(&tmp, path).map_err(|e| Error::checkpoint(path, format!("rename into place: {e}")))?;
-        if let Ok(dir) = std::fs::File::open(&folder) {
-            let _ = dir.sync_all();
-        }
+    let written = PendingFile::new(path).and_then(|pending| {
+        write_file(&pending.tmp, model, snap)?;
+        let size = std::fs::metadata(&pending.tmp).map(|m| m.len()).unwrap_or(0);
+        pending.commit()?;
         Ok(size)
     });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| match e {
-        Error::Checkpoint { message, .. } => Error::Checkpoint {
+    written.map_err(|e| match e {
+        Error::Checkpoint { message, .. } | Error::Output { message, .. } => Error::Checkpoint {
             path: path.to_path_buf(),
             message: format!("write failed: {message} (the previous checkpoint, if any, is intact)"),
         },
@@ -225,27 +213,6 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         file.flush().map_err(h5err(path, "flush"))?;
     }
     file.close().map_err(h5err(path, "close"))
-}
-
-/// Removes temporary files that killed writers left beside `path` (`.NAME.tmp-PID` whose
-/// process is gone). Returns how many were removed.
-pub fn remove_stale_temps(path: &Path) -> usize {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let prefix = format!(".{name}.tmp-");
-    let Ok(entries) = std::fs::read_dir(&folder) else { return 0 };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
 }
 
 /// Reads a checkpoint written by [`save`]. Checks the format marker and version; the caller

@@ -20,6 +20,7 @@ use crate::engine::optim::Optimizer;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::file_identity;
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
+use crate::io::output_file;
 use crate::io::run_lock::RunLock;
 use crate::train::config::{check_output_path, AllreduceMode, Config, Overlap};
 use crate::train::run_state::{EarlyStopping, Plateau, Position};
@@ -388,7 +389,7 @@ fn check_outputs(comm: &Comm, cfg: &Config) -> Result<Option<RunLock>> {
     if let Some(p) = &cfg.checkpoint {
         check_output_path("checkpoint", p)?;
         lock = Some(RunLock::acquire("checkpoint", p)?);
-        checkpoint::remove_stale_temps(p);
+        output_file::remove_stale_temps(p);
     }
     if let Some(p) = &cfg.metrics {
         check_output_path("metrics", p)?;
