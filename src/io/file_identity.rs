@@ -23,10 +23,7 @@ pub fn file_id(path: &Path) -> Option<FileId> {
         return Some(FileId::Inode(meta.dev(), meta.ino()));
     }
     let name = path.file_name()?;
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let folder = crate::io::output_file::folder_of(path);
     Some(FileId::Path(std::fs::canonicalize(folder).ok()?.join(name)))
 }
 

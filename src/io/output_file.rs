@@ -107,16 +107,22 @@ pub fn remove_stale_temps(dest: &Path) -> usize {
     removed
 }
 
-fn folder_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+/// The folder that holds `path`: its parent, or `.` for a bare file name (whose parent is
+/// the empty path, which no file system call accepts).
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folder_of_a_bare_name_is_the_current_folder() {
+        assert_eq!(folder_of(Path::new("out.h5")), Path::new("."));
+        assert_eq!(folder_of(Path::new("runs/out.h5")), Path::new("runs"));
+        assert_eq!(folder_of(Path::new("/out.h5")), Path::new("/"));
+    }
 
     #[test]
     fn temporary_names_are_unique_and_stale_ones_go() {

@@ -381,15 +381,12 @@ pub struct NpySummary {
 /// `progress(rows_done, rows)` is called after each chunk. Nothing is written under
 /// `spec.out` unless every value is good.
 pub fn import(spec: &NpyImport, mut progress: impl FnMut(usize, usize)) -> Result<NpySummary> {
-    let scratch = match spec.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let scratch = crate::io::output_file::folder_of(&spec.out);
     let (mut xa, mut ya, y_column) = match &spec.source {
         NpySource::Two { x, y } => (open_npy(x)?, Some(open_npy(y)?), None),
         NpySource::Columns { path, y_column } => (open_npy(path)?, None, Some(*y_column)),
         NpySource::Npz { path, x, y } => {
-            (open_npz(path, x, "x", &scratch)?, Some(open_npz(path, y, "y", &scratch)?), None)
+            (open_npz(path, x, "x", scratch)?, Some(open_npz(path, y, "y", scratch)?), None)
         }
     };
     if xa.header.shape.len() != 2 {

@@ -606,10 +606,7 @@ impl Config {
 /// path is not itself a folder. Run before training, so a typo fails at once rather than
 /// after the first epoch.
 pub fn check_output_path(flag: &'static str, path: &Path) -> Result<()> {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let folder = crate::io::output_file::folder_of(path);
     if !folder.is_dir() {
         return Err(Error::flag(flag, format!("{}: folder {} does not exist", path.display(), folder.display())));
     }

@@ -388,9 +388,9 @@ fn keep_numbered(path: &Path, epoch: usize, step: usize, keep: usize) -> Result<
         .or_else(|_| std::fs::copy(path, &numbered).map(|_| ()))
         .map_err(|e| Error::checkpoint(&numbered, format!("cannot keep numbered copy: {e}")))?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or(PathBuf::from("."), Path::to_path_buf);
+    let folder = crate::io::output_file::folder_of(path);
     let prefix = format!("{stem}.epoch");
-    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(&folder)
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(folder)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
