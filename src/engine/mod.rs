@@ -8,6 +8,9 @@ pub mod activation;
 pub mod bf16;
 /// Which OpenBLAS kernels run: the CPU's features against the library's own pick.
 pub mod blas_core;
+/// Evaluation metrics (Keras 3 definitions): top-k accuracy, confusion matrix, precision,
+/// recall, F1, exact ROC AUC, MAE.
+pub mod eval_metrics;
 pub mod fpu;
 pub mod gemm;
 pub mod kernels;
