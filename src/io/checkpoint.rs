@@ -38,7 +38,7 @@ use crate::data::scaling::Scaling;
 use crate::engine::model::Model;
 use crate::engine::optim::{OptimizerKind, OptimizerState};
 use crate::io::console::one_line;
-use crate::io::metrics::{EpochRecord, Profile};
+use crate::io::metrics::EpochRecord;
 use crate::io::output_file::PendingFile;
 use crate::train::config::Config;
 use crate::train::run_state::{EarlyStopping, Plateau, Position};
@@ -50,7 +50,7 @@ pub const FORMAT: &str = "nn-train-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Everything a checkpoint holds.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
     pub config: Config,
     pub config_json: String,
@@ -79,6 +79,62 @@ fn h5err(path: &Path, what: &str) -> impl Fn(hdf5::Error) -> Error {
 fn string(s: &str) -> VarLenUnicode {
     s.parse().expect("strings without NUL parse")
 }
+
+/// One `/history` column: a field of the metrics lines, (epochs,) f64, NaN where absent.
+struct Column {
+    /// The dataset's name, the metrics line's field name.
+    name: &'static str,
+    get: fn(&EpochRecord) -> f64,
+    set: fn(&mut EpochRecord, f64),
+}
+
+/// A [`Column`] for a field of [`EpochRecord`]: `f64` as is, `opt` an `Option<f64>` (NaN for
+/// None), `count` a `usize`.
+macro_rules! column {
+    ($($field:ident).+, f64) => {
+        Column { name: last!($($field)+), get: |r| r.$($field).+, set: |r, v| r.$($field).+ = v }
+    };
+    ($field:ident, opt) => {
+        Column {
+            name: stringify!($field),
+            get: |r| r.$field.unwrap_or(f64::NAN),
+            set: |r, v| r.$field = (!v.is_nan()).then_some(v),
+        }
+    };
+    ($field:ident, count) => {
+        Column { name: stringify!($field), get: |r| r.$field as f64, set: |r, v| r.$field = v as usize }
+    };
+}
+
+/// The name of a field path's last part (`profile.data_s` -> "data_s").
+macro_rules! last {
+    ($first:ident) => {
+        stringify!($first)
+    };
+    ($first:ident $($rest:ident)+) => {
+        last!($($rest)+)
+    };
+}
+
+/// The `/history` columns, written and read by this one table. `epoch` first: the others
+/// must have its length. (Per-rank memory readings are not kept.)
+const HISTORY: &[Column] = &[
+    column!(epoch, count),
+    column!(loss, f64),
+    column!(accuracy, opt),
+    column!(val_loss, opt),
+    column!(val_accuracy, opt),
+    column!(samples_per_s, f64),
+    column!(epoch_s, f64),
+    column!(ranks, count),
+    column!(lr, f64),
+    column!(profile.data_s, f64),
+    column!(profile.forward_s, f64),
+    column!(profile.backward_s, f64),
+    column!(profile.allreduce_s, f64),
+    column!(profile.optimizer_s, f64),
+    column!(profile.comm_s, f64),
+];
 
 /// Writes `snap` to `path` atomically through [`PendingFile`] (a temporary file in the same
 /// folder, fsync, rename, fsync of the folder). Returns the size of the file in bytes.
@@ -162,27 +218,12 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         attr!(g, "partial_train_s", f64, p.partial_train_s);
 
         let g = file.create_group("history").map_err(h5err(path, "history"))?;
-        let h = &snap.history;
-        let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
-        let columns: [(&str, Vec<f64>); 15] = [
-            ("epoch", h.iter().map(|r| r.epoch as f64).collect()),
-            ("loss", h.iter().map(|r| r.loss).collect()),
-            ("accuracy", h.iter().map(|r| opt(r.accuracy)).collect()),
-            ("val_loss", h.iter().map(|r| opt(r.val_loss)).collect()),
-            ("val_accuracy", h.iter().map(|r| opt(r.val_accuracy)).collect()),
-            ("samples_per_s", h.iter().map(|r| r.samples_per_s).collect()),
-            ("epoch_s", h.iter().map(|r| r.epoch_s).collect()),
-            ("ranks", h.iter().map(|r| r.ranks as f64).collect()),
-            ("lr", h.iter().map(|r| r.lr).collect()),
-            ("data_s", h.iter().map(|r| r.profile.data_s).collect()),
-            ("forward_s", h.iter().map(|r| r.profile.forward_s).collect()),
-            ("backward_s", h.iter().map(|r| r.profile.backward_s).collect()),
-            ("allreduce_s", h.iter().map(|r| r.profile.allreduce_s).collect()),
-            ("optimizer_s", h.iter().map(|r| r.profile.optimizer_s).collect()),
-            ("comm_s", h.iter().map(|r| r.profile.comm_s).collect()),
-        ];
-        for (name, values) in &columns {
-            g.new_dataset_builder().with_data(values.as_slice()).create(*name).map_err(h5err(path, name))?;
+        for column in HISTORY {
+            let values: Vec<f64> = snap.history.iter().map(column.get).collect();
+            g.new_dataset_builder()
+                .with_data(values.as_slice())
+                .create(column.name)
+                .map_err(h5err(path, column.name))?;
         }
 
         if let Some(s) = &snap.scaling {
@@ -218,183 +259,22 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
 /// Reads a checkpoint written by [`save`]. Checks the format marker and version; the caller
 /// checks that the model matches (see [`check_model`]).
 pub fn load(path: &Path) -> Result<Snapshot> {
-    if path.is_dir() {
-        return Err(Error::checkpoint(path, "is a directory, not a checkpoint file"));
-    }
-    if !path.exists() {
-        return Err(Error::checkpoint(path, "no such file"));
-    }
-    let file = hdf5::File::open(path)
-        .map_err(|e| Error::checkpoint(path, format!("cannot open as HDF5 (truncated or not an HDF5 file?): {e}")))?;
-    let bad = |what: &str| Error::checkpoint(path, format!("not a complete nn-train checkpoint: {what}"));
-    let format =
-        file.attr("format").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no 'format' attribute"))?;
-    if format.as_str() != FORMAT {
-        return Err(bad(&format!("format is '{}', expected '{FORMAT}'", format.as_str())));
-    }
-    let version: u32 =
-        file.attr("format_version").and_then(|a| a.read_scalar()).map_err(|_| bad("no format_version"))?;
-    if version != FORMAT_VERSION {
-        return Err(Error::checkpoint(
-            path,
-            format!("format_version {version} is not supported (this nn-train reads {FORMAT_VERSION})"),
-        ));
-    }
-    let config_json = file
-        .dataset("config")
-        .and_then(|d| d.read_scalar::<VarLenUnicode>())
-        .map_err(|_| bad("no /config"))?
-        .to_string();
-    let config: Config =
-        serde_json::from_str(&config_json).map_err(|e| bad(&format!("/config is not a valid configuration: {e}")))?;
-
-    let u64_attr = |loc: &hdf5::Location, name: &str| -> Result<u64> {
-        loc.attr(name).and_then(|a| a.read_scalar::<u64>()).map_err(|_| bad(&format!("missing attribute {name}")))
-    };
-    let f64_attr = |loc: &hdf5::Location, name: &str| -> Result<f64> {
-        loc.attr(name).and_then(|a| a.read_scalar::<f64>()).map_err(|_| bad(&format!("missing attribute {name}")))
-    };
-    let state = file.group("state").map_err(|_| bad("no /state"))?;
-    let world_size = u64_attr(&state, "world_size")? as usize;
-    let position = Position {
-        epoch: u64_attr(&state, "epoch")? as usize,
-        step: u64_attr(&state, "step")? as usize,
-        samples_seen: u64_attr(&state, "samples_seen")?,
-        partial_loss: f64_attr(&state, "partial_loss")?,
-        partial_correct: f64_attr(&state, "partial_correct")?,
-        partial_samples: f64_attr(&state, "partial_samples")?,
-        partial_train_s: f64_attr(&state, "partial_train_s")?,
-    };
-
+    let r = Reader::open(path)?;
+    let (config, config_json) = r.config()?;
+    let state = r.group("state")?;
+    let world_size = r.u64_attr(&state, "world_size")? as usize;
+    let position = r.position(&state)?;
     // The layer shapes come from the stored config; the first kernel gives the input width.
-    let k0 = file.dataset("model/layer_0/kernel").map_err(|_| bad("no /model/layer_0/kernel"))?;
-    let shape = k0.shape();
-    if shape.len() != 2 {
-        return Err(bad("/model/layer_0/kernel is not 2-D"));
-    }
-    let in_dim = shape[0];
+    let k0 = r.file.dataset("model/layer_0/kernel").map_err(|_| r.bad("no /model/layer_0/kernel"))?;
+    let &[in_dim, _] = k0.shape().as_slice() else { return Err(r.bad("/model/layer_0/kernel is not 2-D")) };
     let model = Model::new(in_dim, &config.layers);
-    let read_layers = |group: &str| -> Result<Vec<f32>> {
-        let mut buf = vec![0.0f32; model.n_params];
-        for (i, (_, layer, kernel, bias)) in model.dense_layers().enumerate() {
-            for (name, span, want) in
-                [("kernel", kernel, vec![layer.in_dim, layer.out_dim]), ("bias", bias, vec![layer.out_dim])]
-            {
-                let ds_path = format!("{group}/layer_{i}/{name}");
-                let ds = file.dataset(&ds_path).map_err(|_| bad(&format!("no /{ds_path}")))?;
-                if ds.shape() != want {
-                    return Err(bad(&format!(
-                        "/{ds_path} has shape {:?}, the stored config implies {want:?}",
-                        ds.shape()
-                    )));
-                }
-                let values: Vec<f32> = ds.read_raw().map_err(|e| bad(&format!("/{ds_path}: {e}")))?;
-                buf[span.range()].copy_from_slice(&values);
-            }
-        }
-        Ok(buf)
-    };
-    let params = read_layers("model")?;
-    let opt = file.group("optimizer").map_err(|_| bad("no /optimizer"))?;
-    let kind_name =
-        opt.attr("kind").and_then(|a| a.read_scalar::<VarLenUnicode>()).map_err(|_| bad("no optimizer kind"))?;
-    let kind = <OptimizerKind as clap::ValueEnum>::from_str(kind_name.as_str(), false)
-        .map_err(|_| bad(&format!("unknown optimizer kind '{}'", kind_name.as_str())))?;
-    let slots = kind
-        .slots()
-        .iter()
-        .map(|&name| Ok((name, read_layers(&format!("optimizer/{name}"))?)))
-        .collect::<Result<_>>()?;
-    let optimizer = OptimizerState { kind, step: u64_attr(&opt, "step")?, slots };
-
-    let hist = file.group("history").map_err(|_| bad("no /history"))?;
-    let col = |name: &str| -> Result<Vec<f64>> {
-        hist.dataset(name).and_then(|d| d.read_raw()).map_err(|_| bad(&format!("no /history/{name}")))
-    };
-    let some = |v: f64| if v.is_nan() { None } else { Some(v) };
-    let (epochs, loss, acc, vl, va) =
-        (col("epoch")?, col("loss")?, col("accuracy")?, col("val_loss")?, col("val_accuracy")?);
-    let (sps, es, ranks, lr) = (col("samples_per_s")?, col("epoch_s")?, col("ranks")?, col("lr")?);
-    let (ds, fs, bs, ars, os) =
-        (col("data_s")?, col("forward_s")?, col("backward_s")?, col("allreduce_s")?, col("optimizer_s")?);
-    let cs = col("comm_s")?;
-    let columns = [&loss, &acc, &vl, &va, &sps, &es, &ranks, &lr, &ds, &fs, &bs, &ars, &os, &cs];
-    if columns.iter().any(|c| c.len() != epochs.len()) {
-        return Err(bad(&format!(
-            "the /history columns differ in length (/history/epoch has {}; others {:?})",
-            epochs.len(),
-            columns.iter().map(|c| c.len()).collect::<Vec<_>>()
-        )));
-    }
-    let history = (0..epochs.len())
-        .map(|i| EpochRecord {
-            epoch: epochs[i] as usize,
-            loss: loss[i],
-            accuracy: some(acc[i]),
-            val_loss: some(vl[i]),
-            val_accuracy: some(va[i]),
-            samples_per_s: sps[i],
-            epoch_s: es[i],
-            ranks: ranks[i] as usize,
-            lr: lr[i],
-            profile: Profile {
-                data_s: ds[i],
-                forward_s: fs[i],
-                backward_s: bs[i],
-                allreduce_s: ars[i],
-                optimizer_s: os[i],
-                comm_s: cs[i],
-            },
-            rss_mb: Vec::new(),
-            peak_rss_mb: Vec::new(),
-        })
-        .collect();
-
-    let scaling = match file.group("scaling") {
-        Ok(g) => Some(Scaling {
-            mean: g.dataset("mean").and_then(|d| d.read_raw()).map_err(|_| bad("no /scaling/mean"))?,
-            std: g.dataset("std").and_then(|d| d.read_raw()).map_err(|_| bad("no /scaling/std"))?,
-        }),
-        Err(_) => None,
-    };
-    let early = match file.group("early_stopping") {
-        Ok(g) => Some(EarlyStopping {
-            best_val_loss: f64_attr(&g, "best_val_loss")?,
-            best_epoch: u64_attr(&g, "best_epoch")? as usize,
-            wait: u64_attr(&g, "wait")? as usize,
-            best_params: g
-                .dataset("params")
-                .and_then(|d| d.read_raw())
-                .map_err(|_| bad("no /early_stopping/params"))?,
-            stopped: g
-                .attr("stopped")
-                .and_then(|a| a.read_scalar::<u8>())
-                .map_err(|_| bad("missing attribute stopped"))?
-                != 0,
-        }),
-        Err(_) => None,
-    };
-    if let Some(s) = &scaling {
-        check_scaling(s, in_dim).map_err(|what| bad(&what))?;
-    }
-    if let Some(e) = &early {
-        if e.best_params.len() != params.len() {
-            return Err(bad(&format!(
-                "/early_stopping/params has {} values, the model has {} parameters",
-                e.best_params.len(),
-                params.len()
-            )));
-        }
-    }
-    let encoding = crate::data::encoding::read_dataset(&file);
-    let plateau = match file.group("reduce_lr_on_plateau") {
-        Ok(g) => Some(Plateau {
-            best: f64_attr(&g, "best")?,
-            wait: u64_attr(&g, "wait")? as usize,
-            lr_scale: f64_attr(&g, "lr_scale")?,
-        }),
-        Err(_) => None,
-    };
+    let params = r.layers(&model, "model")?;
+    let optimizer = r.optimizer(&model)?;
+    let history = r.history()?;
+    let scaling = r.scaling(in_dim)?;
+    let early = r.early_stopping(params.len())?;
+    let plateau = r.plateau()?;
+    let encoding = crate::data::encoding::read_dataset(&r.file);
     Ok(Snapshot {
         config,
         config_json,
@@ -409,6 +289,198 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         encoding,
         plateau,
     })
+}
+
+/// An open checkpoint file being read by [`load`]: one method per part of the layout, each
+/// failing with a message that names what is missing or wrong.
+struct Reader<'a> {
+    path: &'a Path,
+    file: hdf5::File,
+}
+
+impl<'a> Reader<'a> {
+    /// Opens `path` and checks the format marker and version.
+    fn open(path: &'a Path) -> Result<Reader<'a>> {
+        if path.is_dir() {
+            return Err(Error::checkpoint(path, "is a directory, not a checkpoint file"));
+        }
+        if !path.exists() {
+            return Err(Error::checkpoint(path, "no such file"));
+        }
+        let file = hdf5::File::open(path).map_err(|e| {
+            Error::checkpoint(path, format!("cannot open as HDF5 (truncated or not an HDF5 file?): {e}"))
+        })?;
+        let r = Reader { path, file };
+        let format = r.string_attr(&r.file, "format").map_err(|_| r.bad("no 'format' attribute"))?;
+        if format != FORMAT {
+            return Err(r.bad(&format!("format is '{format}', expected '{FORMAT}'")));
+        }
+        let version: u32 =
+            r.file.attr("format_version").and_then(|a| a.read_scalar()).map_err(|_| r.bad("no format_version"))?;
+        if version != FORMAT_VERSION {
+            return Err(Error::checkpoint(
+                path,
+                format!("format_version {version} is not supported (this nn-train reads {FORMAT_VERSION})"),
+            ));
+        }
+        Ok(r)
+    }
+
+    /// The error for a file that lacks something or holds something wrong.
+    fn bad(&self, what: &str) -> Error {
+        Error::checkpoint(self.path, format!("not a complete nn-train checkpoint: {what}"))
+    }
+
+    fn group(&self, name: &str) -> Result<hdf5::Group> {
+        self.file.group(name).map_err(|_| self.bad(&format!("no /{name}")))
+    }
+
+    fn u64_attr(&self, loc: &hdf5::Location, name: &str) -> Result<u64> {
+        loc.attr(name).and_then(|a| a.read_scalar::<u64>()).map_err(|_| self.bad(&format!("missing attribute {name}")))
+    }
+
+    fn f64_attr(&self, loc: &hdf5::Location, name: &str) -> Result<f64> {
+        loc.attr(name).and_then(|a| a.read_scalar::<f64>()).map_err(|_| self.bad(&format!("missing attribute {name}")))
+    }
+
+    fn string_attr(&self, loc: &hdf5::Location, name: &str) -> Result<String> {
+        loc.attr(name)
+            .and_then(|a| a.read_scalar::<VarLenUnicode>())
+            .map(|s| s.to_string())
+            .map_err(|_| self.bad(&format!("missing attribute {name}")))
+    }
+
+    /// A 1-D dataset, whole.
+    fn values<T: hdf5::H5Type>(&self, name: &str) -> Result<Vec<T>> {
+        self.file.dataset(name).and_then(|d| d.read_raw()).map_err(|_| self.bad(&format!("no /{name}")))
+    }
+
+    /// `/config`, parsed, and its JSON text as stored.
+    fn config(&self) -> Result<(Config, String)> {
+        let json = self
+            .file
+            .dataset("config")
+            .and_then(|d| d.read_scalar::<VarLenUnicode>())
+            .map_err(|_| self.bad("no /config"))?
+            .to_string();
+        let config =
+            serde_json::from_str(&json).map_err(|e| self.bad(&format!("/config is not a valid configuration: {e}")))?;
+        Ok((config, json))
+    }
+
+    /// The attributes of `/state` that say where training stopped.
+    fn position(&self, state: &hdf5::Group) -> Result<Position> {
+        Ok(Position {
+            epoch: self.u64_attr(state, "epoch")? as usize,
+            step: self.u64_attr(state, "step")? as usize,
+            samples_seen: self.u64_attr(state, "samples_seen")?,
+            partial_loss: self.f64_attr(state, "partial_loss")?,
+            partial_correct: self.f64_attr(state, "partial_correct")?,
+            partial_samples: self.f64_attr(state, "partial_samples")?,
+            partial_train_s: self.f64_attr(state, "partial_train_s")?,
+        })
+    }
+
+    /// `group/layer_<i>/{kernel,bias}` for every dense layer of `model`, as one flat buffer
+    /// (n_params,); each dataset must have the shape the model gives it.
+    fn layers(&self, model: &Model, group: &str) -> Result<Vec<f32>> {
+        let mut buf = vec![0.0f32; model.n_params];
+        for (i, (_, layer, kernel, bias)) in model.dense_layers().enumerate() {
+            for (name, span, want) in
+                [("kernel", kernel, vec![layer.in_dim, layer.out_dim]), ("bias", bias, vec![layer.out_dim])]
+            {
+                let ds_path = format!("{group}/layer_{i}/{name}");
+                let ds = self.file.dataset(&ds_path).map_err(|_| self.bad(&format!("no /{ds_path}")))?;
+                if ds.shape() != want {
+                    return Err(
+                        self.bad(&format!("/{ds_path} has shape {:?}, the stored config implies {want:?}", ds.shape()))
+                    );
+                }
+                let values: Vec<f32> = ds.read_raw().map_err(|e| self.bad(&format!("/{ds_path}: {e}")))?;
+                buf[span.range()].copy_from_slice(&values);
+            }
+        }
+        Ok(buf)
+    }
+
+    /// `/optimizer`: its kind, step count and one buffer per slot of that kind.
+    fn optimizer(&self, model: &Model) -> Result<OptimizerState> {
+        let opt = self.group("optimizer")?;
+        let kind_name = self.string_attr(&opt, "kind").map_err(|_| self.bad("no optimizer kind"))?;
+        let kind = <OptimizerKind as clap::ValueEnum>::from_str(&kind_name, false)
+            .map_err(|_| self.bad(&format!("unknown optimizer kind '{kind_name}'")))?;
+        let slots = kind
+            .slots()
+            .iter()
+            .map(|&name| Ok((name, self.layers(model, &format!("optimizer/{name}"))?)))
+            .collect::<Result<_>>()?;
+        Ok(OptimizerState { kind, step: self.u64_attr(&opt, "step")?, slots })
+    }
+
+    /// `/history`: one record per epoch from the columns of [`HISTORY`], all of one length.
+    fn history(&self) -> Result<Vec<EpochRecord>> {
+        self.group("history")?;
+        let columns =
+            HISTORY.iter().map(|c| self.values::<f64>(&format!("history/{}", c.name))).collect::<Result<Vec<_>>>()?;
+        let epochs = columns[0].len();
+        if columns.iter().any(|c| c.len() != epochs) {
+            return Err(self.bad(&format!(
+                "the /history columns differ in length (/history/epoch has {epochs}; others {:?})",
+                columns[1..].iter().map(|c| c.len()).collect::<Vec<_>>()
+            )));
+        }
+        let record = |i: usize| {
+            let mut r = EpochRecord::default();
+            for (column, values) in HISTORY.iter().zip(&columns) {
+                (column.set)(&mut r, values[i]);
+            }
+            r
+        };
+        Ok((0..epochs).map(record).collect())
+    }
+
+    /// `/scaling`, when the run standardized its features; checked against the input width.
+    fn scaling(&self, in_dim: usize) -> Result<Option<Scaling>> {
+        if self.file.group("scaling").is_err() {
+            return Ok(None);
+        }
+        let s = Scaling { mean: self.values("scaling/mean")?, std: self.values("scaling/std")? };
+        check_scaling(&s, in_dim).map_err(|what| self.bad(&what))?;
+        Ok(Some(s))
+    }
+
+    /// `/early_stopping`, when it is on; its best parameters must fit the model's `n_params`.
+    fn early_stopping(&self, n_params: usize) -> Result<Option<EarlyStopping>> {
+        let Ok(g) = self.file.group("early_stopping") else { return Ok(None) };
+        let e = EarlyStopping {
+            best_val_loss: self.f64_attr(&g, "best_val_loss")?,
+            best_epoch: self.u64_attr(&g, "best_epoch")? as usize,
+            wait: self.u64_attr(&g, "wait")? as usize,
+            best_params: self.values("early_stopping/params")?,
+            stopped: g
+                .attr("stopped")
+                .and_then(|a| a.read_scalar::<u8>())
+                .map_err(|_| self.bad("missing attribute stopped"))?
+                != 0,
+        };
+        if e.best_params.len() != n_params {
+            return Err(self.bad(&format!(
+                "/early_stopping/params has {} values, the model has {n_params} parameters",
+                e.best_params.len()
+            )));
+        }
+        Ok(Some(e))
+    }
+
+    /// `/reduce_lr_on_plateau`, when it is on.
+    fn plateau(&self) -> Result<Option<Plateau>> {
+        let Ok(g) = self.file.group("reduce_lr_on_plateau") else { return Ok(None) };
+        Ok(Some(Plateau {
+            best: self.f64_attr(&g, "best")?,
+            wait: self.u64_attr(&g, "wait")? as usize,
+            lr_scale: self.f64_attr(&g, "lr_scale")?,
+        }))
+    }
 }
 
 /// A stored feature scaling must fit the model's input (`in_dim` features) and be usable:
@@ -462,4 +534,87 @@ pub fn best_path(path: &Path) -> PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "h5".into());
     path.with_file_name(format!("{stem}.best.{ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::metrics::Profile;
+    use clap::Parser;
+
+    /// A value for parameter `i` of buffer `tag`: every stored number distinct, none round.
+    fn value(tag: usize, i: usize) -> f32 {
+        (tag * 1000 + i) as f32 * 0.37 - 11.0
+    }
+
+    /// Every field of a snapshot with every optional part present survives save -> load,
+    /// bit for bit (NaN only where a metric is absent, which loads back as None).
+    #[test]
+    fn save_then_load_gives_back_every_field() {
+        let args = ["nn-train", "--data", "d.h5", "--layers", "3:relu,dropout:0.5,2:softmax", "--optimizer", "rmsprop"];
+        let config = crate::train::config::TrainArgs::try_parse_from(args).unwrap().resolve().unwrap();
+        let model = Model::new(4, &config.layers);
+        let buffer = |tag: usize| (0..model.n_params).map(|i| value(tag, i)).collect::<Vec<f32>>();
+        let slots = OptimizerKind::Rmsprop.slots().iter().enumerate().map(|(j, &n)| (n, buffer(j + 2))).collect();
+        let record = |epoch: usize, val: Option<f64>| EpochRecord {
+            epoch,
+            loss: 0.5 / epoch as f64,
+            accuracy: Some(0.25 * epoch as f64),
+            val_loss: val,
+            val_accuracy: val.map(|v| v / 3.0),
+            samples_per_s: 12345.5,
+            epoch_s: 1.25,
+            ranks: 3,
+            lr: 1e-3 / epoch as f64,
+            profile: Profile {
+                data_s: 0.1,
+                forward_s: 0.2,
+                backward_s: 0.3,
+                allreduce_s: 0.4,
+                optimizer_s: 0.5,
+                comm_s: 0.6,
+            },
+            rss_mb: Vec::new(),
+            peak_rss_mb: Vec::new(),
+        };
+        let snap = Snapshot {
+            config_json: serde_json::to_string(&config).unwrap(),
+            config,
+            world_size: 3,
+            in_dim: 4,
+            params: buffer(1),
+            optimizer: OptimizerState { kind: OptimizerKind::Rmsprop, step: 17, slots },
+            position: Position {
+                epoch: 2,
+                step: 5,
+                samples_seen: 640,
+                partial_loss: 1.5,
+                partial_correct: 7.0,
+                partial_samples: 10.0,
+                partial_train_s: 0.75,
+            },
+            history: vec![record(1, Some(0.9)), record(2, None)],
+            scaling: Some(Scaling { mean: vec![1.0, -2.0, 3.5, 0.0], std: vec![0.5, 2.0, 1.0, 4.0] }),
+            early: Some(EarlyStopping {
+                best_val_loss: 0.9,
+                best_epoch: 1,
+                wait: 1,
+                best_params: buffer(9),
+                stopped: false,
+            }),
+            encoding: Some(r#"{"features":[]}"#.to_string()),
+            plateau: Some(Plateau { best: 0.9, wait: 1, lr_scale: 0.5 }),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.h5");
+        let size = save(&path, &model, &snap).unwrap();
+        assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(load(&path).unwrap(), snap);
+        // Without the optional parts, they load back absent.
+        let bare = Snapshot { scaling: None, early: None, encoding: None, plateau: None, history: vec![], ..snap };
+        save(&path, &model, &bare).unwrap();
+        assert_eq!(load(&path).unwrap(), bare);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["ck.h5"], "only the checkpoint is left: no temporary file");
+    }
 }

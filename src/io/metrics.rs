@@ -24,7 +24,7 @@ pub struct Profile {
 }
 
 /// One epoch, as written to `--metrics` (field names are part of the contract).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// 1-based epoch number.
     pub epoch: usize,
