@@ -255,11 +255,8 @@ fn gen(a: GenArgs) -> Result<()> {
     };
     spec.validate()?;
     let start = Instant::now();
-    let bar = indicatif::ProgressBar::new(spec.rows as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("writing {msg} [{bar:30}] {pos}/{len} rows, eta {eta}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(a.out.display().to_string());
+    let bar = row_bar("writing", &a.out);
+    bar.set_length(spec.rows as u64);
     let summary = datagen::generate(&spec, &a.out, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let what = match task {
@@ -319,12 +316,8 @@ fn input_kind(path: &std::path::Path) -> InputKind {
 
 /// A progress bar of rows on a terminal (hidden otherwise), as `nn-data gen` shows.
 fn row_bar(verb: &str, what: &std::path::Path) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
-    let template = format!("{verb} {{msg}} [{{bar:30}}] {{pos}}/{{len}} rows, eta {{eta}}");
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.display().to_string());
+    let bar = nn_train::io::console::progress_bar(0, "rows");
+    bar.set_message(format!("{verb} {}", what.display()));
     bar
 }
 

@@ -49,6 +49,17 @@ pub fn clap_one_line(e: &clap::Error) -> String {
     first.trim_start_matches("error: ").to_string()
 }
 
+/// A progress bar of `len` `unit`s (steps, rows) drawn on stderr when it is a terminal:
+/// `{message} [=====>    ] 120/500 rows, eta 3s`. The caller sets the message and position.
+pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let template = format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}, eta {{eta}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
 /// A message that spans lines (HDF5's, TOML's) as one line: whitespace runs become one space.
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")

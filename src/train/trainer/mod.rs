@@ -18,6 +18,7 @@ use crate::dist::threads::ThreadChoice;
 use crate::engine::model::{Model, Workspace};
 use crate::engine::optim::Optimizer;
 use crate::io::checkpoint::{self, Snapshot};
+use crate::io::console::progress_bar;
 use crate::io::memory::{peak_rss_bytes, rss_bytes};
 use crate::io::metrics::{EpochRecord, MetricsFile, Profile};
 use crate::io::run_lock::RunLock;
@@ -107,7 +108,7 @@ impl<'c> Trainer<'c> {
             }
             return Ok(Outcome::Completed);
         }
-        let bar = (root && std::io::stdout().is_terminal()).then(|| progress_bar(self.plan.steps()));
+        let bar = (root && std::io::stdout().is_terminal()).then(|| progress_bar(self.plan.steps() as u64, "steps"));
         while self.pos.epoch < self.cfg.epochs {
             let epoch_start = Instant::now();
             let resumed_s = self.pos.partial_train_s;
@@ -370,14 +371,6 @@ impl<'c> Trainer<'c> {
     pub fn peak_memory(&self) -> Vec<u64> {
         self.comm.all_gather_u64(peak_rss_bytes())
     }
-}
-
-fn progress_bar(steps: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, eta {eta}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
 }
 
 /// Hard-links the fresh checkpoint as a numbered snapshot and removes the oldest beyond `keep`.
