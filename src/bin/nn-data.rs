@@ -1,13 +1,13 @@
 //! nn-data: make, import and inspect nn-train data files. See `nn-data --help`.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use nn_train::data::csv_file::Delimiter;
 use nn_train::data::encoding::{FitOptions, LabelTask, MissingPolicy};
 use nn_train::io::file_identity;
 use nn_train::io::memory::peak_rss_bytes;
 use nn_train::io::metrics::thousands;
-use nn_train::tools::datagen::{self, GenSpec, Task};
+use nn_train::tools::datagen::{self, GenSpec};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -29,12 +29,6 @@ enum Command {
     Plot(PlotArgs),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
-enum TaskName {
-    Classify,
-    Regress,
-}
-
 /// Generate a seeded synthetic data set of any size (classification or regression).
 ///
 /// Written in chunks: memory is bounded by one chunk. x (N, D) float32 is uniform with mean 0 and variance 1; y comes from a
@@ -54,7 +48,7 @@ struct GenArgs {
     classes: Option<usize>,
     /// classify: y (N,) int64 labels; regress: y float32 targets. Default classify.
     #[arg(long, value_enum, default_value = "classify")]
-    task: TaskName,
+    task: LabelTask,
     /// Targets per row for regress: y is (N,) for 1, (N, K) otherwise. Default 1.
     #[arg(long, value_name = "K")]
     targets: Option<usize>,
@@ -222,18 +216,16 @@ fn main() {
 }
 
 fn gen(a: GenArgs) -> Result<()> {
-    let task = match a.task {
-        TaskName::Classify => {
+    let outputs = match a.task {
+        LabelTask::Classify => {
             if a.targets.is_some() {
                 return Err(
                     nn_train::Error::flag("targets", "is for --task regress; classification uses --classes").into()
                 );
             }
-            let classes =
-                a.classes.ok_or_else(|| nn_train::Error::flag("classes", "is required for --task classify"))?;
-            Task::Classify { classes }
+            a.classes.ok_or_else(|| nn_train::Error::flag("classes", "is required for --task classify"))?
         }
-        TaskName::Regress => {
+        LabelTask::Regress => {
             if a.classes.is_some() {
                 return Err(nn_train::Error::flag(
                     "classes",
@@ -241,13 +233,14 @@ fn gen(a: GenArgs) -> Result<()> {
                 )
                 .into());
             }
-            Task::Regress { targets: a.targets.unwrap_or(1) }
+            a.targets.unwrap_or(1)
         }
     };
     let spec = GenSpec {
         rows: a.rows,
         features: a.features,
-        task,
+        task: a.task,
+        outputs,
         seed: a.seed,
         first_row: a.first_row,
         noise: a.noise,
@@ -259,10 +252,10 @@ fn gen(a: GenArgs) -> Result<()> {
     bar.set_length(spec.rows as u64);
     let summary = datagen::generate(&spec, &a.out, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    let what = match task {
-        Task::Classify { classes } => format!("{classes} classes"),
-        Task::Regress { targets: 1 } => "1 target".to_string(),
-        Task::Regress { targets } => format!("{targets} targets"),
+    let what = match (spec.task, spec.outputs) {
+        (LabelTask::Classify, classes) => format!("{classes} classes"),
+        (LabelTask::Regress, 1) => "1 target".to_string(),
+        (LabelTask::Regress, targets) => format!("{targets} targets"),
     };
     let mut line = format!(
         "nn-data: wrote {} rows x {} features, {what}, to {} ({:.1} MB in {:.1} s)",

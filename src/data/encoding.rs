@@ -36,7 +36,8 @@ pub const DATASET: &str = "encoding";
 /// table of more rows than this (in a tiny table, distinct categories are normal).
 pub const ID_MIN_ROWS: usize = 20;
 
-/// What the label column is.
+/// What a data set's targets are (`--task` of nn-data gen and import): class labels or numeric
+/// targets. Stored in the `/encoding` JSON as "classify" / "regress".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LabelTask {

@@ -17,6 +17,7 @@
 //! The file is written chunk by chunk (hyperslab writes into datasets created at full
 //! size), so memory is bounded by one chunk whatever N is.
 
+use crate::data::encoding::LabelTask;
 use crate::engine::rng::{self, hash, mix};
 use crate::io::output_file::PendingFile;
 use crate::{Error, Result};
@@ -32,33 +33,16 @@ const CALIBRATION_ROWS: usize = 4096;
 /// Default bytes of x per chunk when `chunk_rows` is not given.
 const CHUNK_BYTES: usize = 16 << 20;
 
-/// What the targets are.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Task {
-    Classify {
-        classes: usize,
-    },
-    /// `targets` outputs per row: y is (N,) for 1, (N, targets) otherwise.
-    Regress {
-        targets: usize,
-    },
-}
-
-impl Task {
-    fn outputs(self) -> usize {
-        match self {
-            Task::Classify { classes } => classes,
-            Task::Regress { targets } => targets,
-        }
-    }
-}
-
 /// A data set to generate.
 #[derive(Clone, Debug)]
 pub struct GenSpec {
     pub rows: usize,
     pub features: usize,
-    pub task: Task,
+    /// Class labels or numeric targets.
+    pub task: LabelTask,
+    /// The teacher's outputs: the number of classes (classify), or of targets per row
+    /// (regress: y is (N,) for 1, (N, outputs) otherwise).
+    pub outputs: usize,
     pub seed: u64,
     /// Index of the first row: rows first_row..first_row+rows of the seed's endless
     /// sequence are generated, so files with the same seed and disjoint row ranges are
@@ -78,11 +62,11 @@ impl GenSpec {
         if self.features == 0 {
             return Err(Error::flag("features", "must be at least 1"));
         }
-        match self.task {
-            Task::Classify { classes } if classes < 2 => {
+        match (self.task, self.outputs) {
+            (LabelTask::Classify, classes) if classes < 2 => {
                 return Err(Error::flag("classes", format!("must be at least 2, got {classes}")))
             }
-            Task::Regress { targets: 0 } => return Err(Error::flag("targets", "must be at least 1")),
+            (LabelTask::Regress, 0) => return Err(Error::flag("targets", "must be at least 1")),
             _ => {}
         }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
@@ -108,8 +92,8 @@ impl GenSpec {
     /// Bytes of the x and y datasets.
     pub fn data_bytes(&self) -> u64 {
         let y = match self.task {
-            Task::Classify { .. } => 8,
-            Task::Regress { targets } => 4 * targets,
+            LabelTask::Classify => 8,
+            LabelTask::Regress => 4 * self.outputs,
         };
         self.rows as u64 * (4 * self.features + y) as u64
     }
@@ -144,7 +128,7 @@ struct Teacher {
 
 impl Teacher {
     fn new(spec: &GenSpec) -> Teacher {
-        let (d, k, h) = (spec.features, spec.task.outputs(), TEACHER_HIDDEN);
+        let (d, k, h) = (spec.features, spec.outputs, TEACHER_HIDDEN);
         let mut r = rng::stream(spec.seed, &[rng::GEN_TEACHER]);
         let mut uniform =
             |n: usize| -> Vec<f32> { (0..n).map(|_| (r.random::<f32>() * 2.0 - 1.0) * 3f32.sqrt()).collect() };
@@ -174,7 +158,7 @@ impl Teacher {
             self.mean[j] = m as f32;
             self.scale[j] = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
         }
-        if let Task::Classify { .. } = spec.task {
+        if spec.task == LabelTask::Classify {
             for row in outs.chunks_exact_mut(k) {
                 self.standardize(row);
             }
@@ -278,7 +262,7 @@ pub fn generate(spec: &GenSpec, out: &Path, mut progress: impl FnMut(usize)) -> 
 
 fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)) -> Result<GenSummary> {
     let err = |e: hdf5::Error| Error::output(out, format!("cannot write: {e}"));
-    let (n, d, k) = (spec.rows, spec.features, spec.task.outputs());
+    let (n, d, k) = (spec.rows, spec.features, spec.outputs);
     let teacher = Teacher::new(spec);
 
     let file = hdf5::File::create(tmp).map_err(err)?;
@@ -286,10 +270,10 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
     // once, by the chunk loop below.
     let x_ds =
         file.new_dataset::<f32>().shape((n, d)).fill_time(hdf5::dataset::FillTime::Never).create("x").map_err(err)?;
-    let y_ds = match spec.task {
-        Task::Classify { .. } => file.new_dataset::<i64>().shape(n),
-        Task::Regress { targets: 1 } => file.new_dataset::<f32>().shape(n),
-        Task::Regress { targets } => file.new_dataset::<f32>().shape((n, targets)),
+    let y_ds = match (spec.task, k) {
+        (LabelTask::Classify, _) => file.new_dataset::<i64>().shape(n),
+        (LabelTask::Regress, 1) => file.new_dataset::<f32>().shape(n),
+        (LabelTask::Regress, targets) => file.new_dataset::<f32>().shape((n, targets)),
     }
     .fill_time(hdf5::dataset::FillTime::Never)
     .create("y")
@@ -316,7 +300,7 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
             teacher.outputs(xr, &mut hidden, &mut outs);
             let noise_key = hash(spec.seed, &[rng::GEN_NOISE, row]);
             match spec.task {
-                Task::Classify { .. } => {
+                LabelTask::Classify => {
                     let clean = argmax_biased(&outs, &teacher.bias);
                     for (j, o) in outs.iter_mut().enumerate() {
                         *o += spec.noise * normal(mix(noise_key ^ mix(j as u64)));
@@ -326,7 +310,7 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
                     class_counts[label] += 1;
                     labels[i] = label as i64;
                 }
-                Task::Regress { .. } => {
+                LabelTask::Regress => {
                     for (j, (t, o)) in targets[i * k..(i + 1) * k].iter_mut().zip(&outs).enumerate() {
                         *t = o + spec.noise * normal(mix(noise_key ^ mix(j as u64)));
                         sum += *t as f64;
@@ -337,12 +321,10 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
         }
         let xv = ArrayView2::from_shape((rows, d), &x[..rows * d]).expect("chunk shape");
         x_ds.write_slice(&xv, s![start..start + rows, ..]).map_err(err)?;
-        match spec.task {
-            Task::Classify { .. } => y_ds.write_slice(ArrayView1::from(&labels[..rows]), s![start..start + rows]),
-            Task::Regress { targets: 1 } => {
-                y_ds.write_slice(ArrayView1::from(&targets[..rows]), s![start..start + rows])
-            }
-            Task::Regress { .. } => {
+        match (spec.task, k) {
+            (LabelTask::Classify, _) => y_ds.write_slice(ArrayView1::from(&labels[..rows]), s![start..start + rows]),
+            (LabelTask::Regress, 1) => y_ds.write_slice(ArrayView1::from(&targets[..rows]), s![start..start + rows]),
+            (LabelTask::Regress, _) => {
                 let tv = ArrayView2::from_shape((rows, k), &targets[..rows * k]).expect("chunk shape");
                 y_ds.write_slice(&tv, s![start..start + rows, ..])
             }
@@ -353,12 +335,12 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
     }
 
     let summary = match spec.task {
-        Task::Classify { .. } => {
+        LabelTask::Classify => {
             let a = agree as f64 / n as f64;
             file.new_attr::<f64>().create("label_agreement").and_then(|at| at.write_scalar(&a)).map_err(err)?;
             GenSummary { label_agreement: Some(a), class_counts, y_variance: None }
         }
-        Task::Regress { .. } => {
+        LabelTask::Regress => {
             let count = (n * k) as f64;
             let mean = sum / count;
             GenSummary {
@@ -375,8 +357,8 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
 /// Root attributes: where the file came from and how to make it again.
 fn write_attrs(file: &hdf5::File, spec: &GenSpec) -> hdf5::Result<()> {
     let task = match spec.task {
-        Task::Classify { classes } => format!("--task classify --classes {classes}"),
-        Task::Regress { targets } => format!("--task regress --targets {targets}"),
+        LabelTask::Classify => format!("--task classify --classes {}", spec.outputs),
+        LabelTask::Regress => format!("--task regress --targets {}", spec.outputs),
     };
     let command = format!(
         "nn-data gen --rows {} --features {} {task} --seed {} --first-row {} --noise {}",
@@ -385,7 +367,7 @@ fn write_attrs(file: &hdf5::File, spec: &GenSpec) -> hdf5::Result<()> {
     let generator = format!(
         "x uniform in [-sqrt 3, sqrt 3); y from a random teacher network {} -> {TEACHER_HIDDEN} tanh -> {} with standardised outputs and Gaussian noise of std {}",
         spec.features,
-        spec.task.outputs(),
+        spec.outputs,
         spec.noise
     );
     for (name, value) in [("source", "nn-data gen"), ("command", command.as_str()), ("generator", generator.as_str())] {
