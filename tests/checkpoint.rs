@@ -178,7 +178,7 @@ fn resume_from_mid_epoch_step_checkpoint() {
 fn keras_pieces_resume_mid_epoch_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = setup(dir.path());
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 6] = [
         &[
             "--layers",
             "16:gelu,8:leaky_relu=0.1,8:swish,3:softmax",
@@ -203,6 +203,16 @@ fn keras_pieces_resume_mid_epoch_exactly() {
             "--early-stopping",
             "5",
         ],
+        &[
+            "--layers",
+            "16:relu,batchnorm,8:gelu,layernorm,3:softmax",
+            "--optimizer",
+            "rmsprop",
+            "--val-split",
+            "0.3",
+            "--early-stopping",
+            "5",
+        ],
     ];
     for (i, case) in cases.iter().enumerate() {
         let ck = dir.path().join(format!("c{i}.h5"));
@@ -223,6 +233,7 @@ fn keras_pieces_resume_mid_epoch_exactly() {
             mpirun(2, "nn-train", &with(&flags, &["--epochs", "3", "--checkpoint", &r_s, "--resume"]), 60).expect_ok();
         assert!(run.stdout.contains("at epoch 2 step 5"), "{case:?}: {}", run.stdout);
         assert_eq!(bits(&checkpoint_params(&ck)), bits(&checkpoint_params(&resumed)), "{case:?}");
+        assert_eq!(bits(&checkpoint_moving(&ck)), bits(&checkpoint_moving(&resumed)), "{case:?}");
     }
 }
 

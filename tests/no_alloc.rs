@@ -57,7 +57,7 @@ fn check_steps(comm: &Comm, precision: &str) {
         "--data",
         &d,
         "--layers",
-        "32:relu,dropout:0.2,16:tanh,3:softmax",
+        "32:relu,batchnorm,dropout:0.2,16:tanh,layernorm,3:softmax",
         "--batch-size",
         "24",
         "--class-weight",

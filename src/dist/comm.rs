@@ -24,6 +24,9 @@ pub struct Comm {
     /// MPI may be called from a second thread (not concurrently): what the gradient
     /// reducer's background thread needs.
     threads_ok: bool,
+    /// MPI may be called from several threads at once: what batch normalization's sums in
+    /// the backward pass need while the gradient reducer's thread is in an allreduce.
+    threads_multiple: bool,
     /// Held for its Drop, which calls MPI_Finalize. Declared last so the communicator goes first.
     _universe: Universe,
 }
@@ -79,7 +82,8 @@ impl Comm {
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         let threads_ok = matches!(provided, Threading::Serialized | Threading::Multiple);
-        Ok(Comm { world, rank, size, threads_ok, _universe: universe })
+        let threads_multiple = provided == Threading::Multiple;
+        Ok(Comm { world, rank, size, threads_ok, threads_multiple, _universe: universe })
     }
 
     pub fn rank(&self) -> usize {
@@ -102,6 +106,11 @@ impl Comm {
         } else {
             self.world.all_reduce_into(send, recv, SystemOperation::sum());
         }
+    }
+
+    /// Whether MPI may be called from several threads at once (MPI_THREAD_MULTIPLE).
+    pub fn threads_multiple(&self) -> bool {
+        self.threads_multiple
     }
 
     /// Elementwise sum across ranks of a few f64 values, in place (no allocation).
@@ -204,6 +213,18 @@ impl Comm {
             self.world.all_gather_into(&value, &mut out[..]);
         }
         out
+    }
+}
+
+/// Batch normalization's per-feature sums over the ranks: one MPI_Allreduce of f64 on the
+/// world communicator (a copy with one rank). No allocation.
+impl crate::engine::normalization::BatchSum for Comm {
+    fn sum_batch(&self, send: &[f64], recv: &mut [f64]) {
+        if self.size == 1 {
+            recv.copy_from_slice(send);
+        } else {
+            self.world.all_reduce_into(send, recv, SystemOperation::sum());
+        }
     }
 }
 

@@ -3,12 +3,17 @@
 //! The model never owns weights. All parameters live in one flat `params: Vec<f32>` and all
 //! gradients in one flat `grads: Vec<f32>` of the same layout; a dense layer knows the
 //! [`Span`]s of its kernel and bias in those buffers. Kernels are stored in Keras orientation,
-//! (in_dim, out_dim) row-major, so y = x W + b with x: (rows, in_dim).
+//! (in_dim, out_dim) row-major, so y = x W + b with x: (rows, in_dim). Normalization layers
+//! keep gamma then beta, each (width,), in the same buffers. Batch normalization's moving
+//! mean and variance are state, not trained parameters: they live in a second flat buffer,
+//! `moving: Vec<f32>` of [`Model::n_moving`] floats (mean then variance, (width,) each, per
+//! batch-normalization layer), updated by training forward passes and read in evaluation.
 
 use crate::engine::activation::Activation;
 use crate::engine::gemm::{gemm, Mat};
 use crate::engine::kernels;
 use crate::engine::mixed::{padded, Bf16Gemms, Precision};
+use crate::engine::normalization::{self as norm, BatchStats, BatchSum, LocalSum};
 use crate::engine::rng;
 use crate::{Error, Result};
 use rand::Rng;
@@ -44,7 +49,21 @@ pub enum LayerSpec {
     Dropout {
         rate: f32,
     },
+    /// Keras `BatchNormalization(momentum, epsilon)` over the feature axis.
+    BatchNorm {
+        momentum: f32,
+        epsilon: f32,
+    },
+    /// Keras `LayerNormalization(epsilon)` over the feature axis.
+    LayerNorm {
+        epsilon: f32,
+    },
 }
+
+/// Keras `BatchNormalization`'s defaults.
+pub const BATCHNORM_MOMENTUM: f32 = 0.99;
+/// Keras's epsilon for both normalization layers.
+pub const NORM_EPSILON: f32 = 1e-3;
 
 impl LayerSpec {
     /// Parses `64:relu,64:relu,dropout:0.2,10:softmax`. A bare width (`32`) is linear, as in
@@ -54,7 +73,7 @@ impl LayerSpec {
             Error::flag(
                 "layers",
                 format!(
-                    "'{entry}' in '{text}': {why} (expected UNITS:ACTIVATION or dropout:RATE, e.g. 64:relu,10:softmax)"
+                    "'{entry}' in '{text}': {why} (expected UNITS:ACTIVATION, dropout:RATE, batchnorm[:momentum=M][:epsilon=E] or layernorm[:epsilon=E], e.g. 64:relu,batchnorm,10:softmax)"
                 ),
             )
         };
@@ -73,6 +92,29 @@ impl LayerSpec {
                     return Err(bad(entry, "dropout rate must be in [0, 1)"));
                 }
                 specs.push(LayerSpec::Dropout { rate });
+                continue;
+            }
+            if head == "batchnorm" || head == "layernorm" {
+                let (mut momentum, mut epsilon) = (BATCHNORM_MOMENTUM, NORM_EPSILON);
+                for part in tail.into_iter().flat_map(|t| t.split(':')).map(str::trim) {
+                    let value = |v: &str, ok: fn(f32) -> bool, what: &str| match v.parse::<f32>() {
+                        Ok(f) if f.is_finite() && ok(f) => Ok(f),
+                        _ => Err(bad(entry, &format!("'{v}' is not {what}"))),
+                    };
+                    if let Some(v) = part.strip_prefix("epsilon=") {
+                        epsilon = value(v, |f| f > 0.0, "an epsilon > 0")?;
+                    } else if let (Some(v), "batchnorm") = (part.strip_prefix("momentum="), head) {
+                        momentum = value(v, |f| (0.0..=1.0).contains(&f), "a momentum in [0, 1]")?;
+                    } else {
+                        let expected = if head == "batchnorm" { "momentum=M or epsilon=E" } else { "epsilon=E" };
+                        return Err(bad(entry, &format!("'{part}' is not {expected}")));
+                    }
+                }
+                specs.push(if head == "batchnorm" {
+                    LayerSpec::BatchNorm { momentum, epsilon }
+                } else {
+                    LayerSpec::LayerNorm { epsilon }
+                });
                 continue;
             }
             let units: usize = head.parse().map_err(|_| bad(entry, &format!("'{head}' is not a layer width")))?;
@@ -119,6 +161,18 @@ impl LayerSpec {
                     t
                 }
                 LayerSpec::Dropout { rate } => format!("dropout:{rate}"),
+                LayerSpec::BatchNorm { momentum, epsilon } => {
+                    let mut t = "batchnorm".to_string();
+                    if *momentum != BATCHNORM_MOMENTUM {
+                        t += &format!(":momentum={momentum}");
+                    }
+                    if *epsilon != NORM_EPSILON {
+                        t += &format!(":epsilon={epsilon}");
+                    }
+                    t
+                }
+                LayerSpec::LayerNorm { epsilon } if *epsilon != NORM_EPSILON => format!("layernorm:epsilon={epsilon}"),
+                LayerSpec::LayerNorm { .. } => "layernorm".to_string(),
             })
             .collect();
         parts.join(",")
@@ -138,6 +192,42 @@ pub enum LayerKind {
     Dropout {
         rate: f32,
     },
+    /// y = gamma x_hat + beta, x_hat normalized per feature by the global batch's mean and
+    /// biased variance in training, by the moving statistics in evaluation. `moving`: the
+    /// layer's (2 width,) in the moving-statistics buffer, mean then variance.
+    BatchNorm {
+        gamma: Span,
+        beta: Span,
+        moving: Span,
+        momentum: f32,
+        epsilon: f32,
+    },
+    /// y = gamma x_hat + beta, x_hat normalized per row by the row's mean and biased variance.
+    LayerNorm {
+        gamma: Span,
+        beta: Span,
+        epsilon: f32,
+    },
+}
+
+impl LayerKind {
+    /// The (gamma, beta) spans of a normalization layer.
+    pub fn norm_spans(&self) -> Option<(Span, Span)> {
+        match *self {
+            LayerKind::BatchNorm { gamma, beta, .. } | LayerKind::LayerNorm { gamma, beta, .. } => Some((gamma, beta)),
+            _ => None,
+        }
+    }
+
+    /// Whether the layer keeps moving statistics (batch normalization).
+    pub fn has_moving(&self) -> bool {
+        matches!(self, LayerKind::BatchNorm { .. })
+    }
+
+    /// Whether the layer has trained parameters.
+    pub fn has_params(&self) -> bool {
+        !matches!(self, LayerKind::Dropout { .. })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +243,19 @@ pub struct Model {
     pub in_dim: usize,
     /// Length of the flat parameter buffer.
     pub n_params: usize,
+    /// Length of the moving-statistics buffer (2 width per batch-normalization layer).
+    pub n_moving: usize,
+}
+
+/// How a forward pass runs.
+pub enum Pass<'a> {
+    /// Evaluation and prediction: no dropout; batch normalization uses the moving statistics
+    /// `moving` (n_moving,).
+    Eval { moving: &'a [f32] },
+    /// Training: dropout masks from `keys`; batch normalization uses the statistics of the
+    /// global batch (summed over the ranks by `sync`) and updates `moving` (n_moving,) with
+    /// them, as Keras does in each training call.
+    Train { keys: &'a DropoutKeys<'a>, moving: &'a mut [f32], sync: &'a dyn BatchSum },
 }
 
 /// Keys that make dropout masks reproducible: a mask element depends only on the seed, the
@@ -175,11 +278,20 @@ pub struct Workspace {
     pre: Vec<Vec<f32>>,
     /// Dropout masks (0 or 1/(1-rate)), empty for dense layers: (max_rows, out_dim).
     masks: Vec<Vec<f32>>,
+    /// The normalized input x_hat of each normalization layer, else empty: (max_rows, width).
+    x_hat: Vec<Vec<f32>>,
+    /// Per normalization layer: batch normalization's mean, variance and 1/sqrt(var + eps),
+    /// (3 width,); layer normalization's 1/sqrt(var + eps) per row, (max_rows,).
+    norm_stats: Vec<Vec<f32>>,
+    /// Scratch for batch normalization's sums and their sum over the ranks: (4 widest + 2,).
+    sums: Vec<f64>,
+    /// Rows of the global batch in the last training forward pass (batch normalization).
+    global_rows: f64,
     /// Two ping-pong buffers for the backward pass: (max_rows, widest layer).
     delta: Vec<f32>,
     delta_next: Vec<f32>,
-    /// Whether the last forward pass applied dropout masks (training) or not (evaluation).
-    masks_active: bool,
+    /// Whether the last forward pass was a training pass (dropout masks, batch statistics).
+    training: bool,
     /// The bf16 products and buffers with `--precision bf16`; None computes in f32.
     pub mixed: Option<Bf16Gemms>,
 }
@@ -225,6 +337,7 @@ impl Model {
     pub fn new(in_dim: usize, specs: &[LayerSpec]) -> Model {
         let mut layers = Vec::with_capacity(specs.len());
         let mut offset = 0;
+        let mut moving_offset = 0;
         let mut width = in_dim;
         for spec in specs {
             let layer = match *spec {
@@ -238,11 +351,26 @@ impl Model {
                 LayerSpec::Dropout { rate } => {
                     Layer { kind: LayerKind::Dropout { rate }, in_dim: width, out_dim: width }
                 }
+                LayerSpec::BatchNorm { momentum, epsilon } => {
+                    let gamma = Span { start: offset, len: width };
+                    let beta = Span { start: offset + width, len: width };
+                    let moving = Span { start: moving_offset, len: 2 * width };
+                    offset += 2 * width;
+                    moving_offset += 2 * width;
+                    let kind = LayerKind::BatchNorm { gamma, beta, moving, momentum, epsilon };
+                    Layer { kind, in_dim: width, out_dim: width }
+                }
+                LayerSpec::LayerNorm { epsilon } => {
+                    let gamma = Span { start: offset, len: width };
+                    let beta = Span { start: offset + width, len: width };
+                    offset += 2 * width;
+                    Layer { kind: LayerKind::LayerNorm { gamma, beta, epsilon }, in_dim: width, out_dim: width }
+                }
             };
             width = layer.out_dim;
             layers.push(layer);
         }
-        Model { layers, in_dim, n_params: offset }
+        Model { layers, in_dim, n_params: offset, n_moving: moving_offset }
     }
 
     pub fn out_dim(&self) -> usize {
@@ -280,8 +408,25 @@ impl Model {
     pub fn dense_layers(&self) -> impl Iterator<Item = (usize, &Layer, Span, Span)> + '_ {
         self.layers.iter().enumerate().filter_map(|(i, l)| match l.kind {
             LayerKind::Dense { kernel, bias, .. } => Some((i, l, kernel, bias)),
-            LayerKind::Dropout { .. } => None,
+            _ => None,
         })
+    }
+
+    /// The normalization layers in order, as (index into `layers`, layer, gamma, beta).
+    pub fn norm_layers(&self) -> impl Iterator<Item = (usize, &Layer, Span, Span)> + '_ {
+        self.layers.iter().enumerate().filter_map(|(i, l)| l.kind.norm_spans().map(|(g, b)| (i, l, g, b)))
+    }
+
+    /// The initial moving statistics (n_moving,): Keras's zeros for the means and ones for
+    /// the variances.
+    pub fn init_moving(&self) -> Vec<f32> {
+        let mut moving = vec![0.0; self.n_moving];
+        for l in &self.layers {
+            if let LayerKind::BatchNorm { moving: m, .. } = l.kind {
+                moving[m.start + l.out_dim..m.start + m.len].fill(1.0);
+            }
+        }
+        moving
     }
 
     /// "64 -> 128 relu -> dropout 0.2 -> 10 softmax"
@@ -291,6 +436,8 @@ impl Model {
             match l.kind {
                 LayerKind::Dense { activation, .. } => s += &format!(" -> {} {}", l.out_dim, activation.to_text()),
                 LayerKind::Dropout { rate } => s += &format!(" -> dropout {rate}"),
+                LayerKind::BatchNorm { .. } => s += " -> batchnorm",
+                LayerKind::LayerNorm { .. } => s += " -> layernorm",
             }
         }
         s
@@ -306,6 +453,10 @@ impl Model {
             for w in &mut params[kernel.range()] {
                 *w = rng.random_range(-limit..limit);
             }
+        }
+        // Normalization layers: gamma ones, beta zeros (Keras's initializers).
+        for (_, _, gamma, _) in self.norm_layers() {
+            params[gamma.range()].fill(1.0);
         }
         params
     }
@@ -349,29 +500,48 @@ impl Model {
                 .iter()
                 .map(|l| match l.kind {
                     LayerKind::Dropout { .. } => vec![0.0; max_rows * l.out_dim],
-                    LayerKind::Dense { .. } => Vec::new(),
+                    _ => Vec::new(),
                 })
                 .collect(),
+            x_hat: self
+                .layers
+                .iter()
+                .map(|l| if l.kind.norm_spans().is_some() { vec![0.0; max_rows * l.out_dim] } else { Vec::new() })
+                .collect(),
+            norm_stats: self
+                .layers
+                .iter()
+                .map(|l| match l.kind {
+                    LayerKind::BatchNorm { .. } => vec![0.0; 3 * l.out_dim],
+                    LayerKind::LayerNorm { .. } => vec![0.0; max_rows],
+                    _ => Vec::new(),
+                })
+                .collect(),
+            sums: vec![0.0; 4 * widest + 2],
+            global_rows: 0.0,
             delta: vec![0.0; cap * widest],
             delta_next: vec![0.0; cap * widest],
-            masks_active: false,
+            training: false,
             mixed,
         })
     }
 
-    /// Forward pass over `rows` samples. x: (rows, in_dim). Dropout is applied only when
-    /// `dropout` keys are given (training); otherwise it is the identity.
+    /// Forward pass over `rows` samples. x: (rows, in_dim). `pass` says whether it trains
+    /// (dropout, batch statistics, moving-statistics update) or evaluates.
     /// Returns the output: (rows, out_dim).
-    pub fn forward<'w>(
-        &self,
-        params: &[f32],
-        x: &[f32],
-        rows: usize,
-        ws: &'w mut Workspace,
-        dropout: Option<&DropoutKeys>,
-    ) -> &'w [f32] {
+    pub fn forward<'w>(&self, params: &[f32], x: &[f32], rows: usize, ws: &'w mut Workspace, pass: Pass) -> &'w [f32] {
         assert!(rows <= ws.max_rows, "batch of {rows} rows exceeds workspace of {}", ws.max_rows);
-        ws.masks_active = dropout.is_some();
+        let (keys, mut train) = match pass {
+            Pass::Eval { moving } => {
+                assert_eq!(moving.len(), self.n_moving, "moving statistics of another model");
+                (None, Err(moving))
+            }
+            Pass::Train { keys, moving, sync } => {
+                assert_eq!(moving.len(), self.n_moving, "moving statistics of another model");
+                (Some(keys), Ok((moving, sync)))
+            }
+        };
+        ws.training = keys.is_some();
         if let (Some(mx), Some(first)) = (ws.mixed.as_mut(), self.layers.first()) {
             if matches!(first.kind, LayerKind::Dense { .. }) {
                 Bf16Gemms::convert_rows(x, &mut mx.inputs[0], rows, self.in_dim);
@@ -382,6 +552,7 @@ impl Model {
             let (before, rest) = ws.acts.split_at_mut(l);
             let input: &[f32] = if l == 0 { x } else { &before[l - 1] };
             let input = &input[..rows * layer.in_dim];
+            let width = layer.out_dim;
             match (layer.kind.clone(), ws.mixed.as_mut()) {
                 (LayerKind::Dense { activation, kernel, bias, .. }, Some(mx)) => {
                     // bf16 product into whole row blocks; the activation sees only real rows.
@@ -414,7 +585,7 @@ impl Model {
                     activation.forward(out, layer.out_dim);
                     dense_index += 1;
                 }
-                (LayerKind::Dropout { rate }, _) => match dropout {
+                (LayerKind::Dropout { rate }, _) => match keys {
                     Some(keys) if rate > 0.0 => {
                         let out = &mut rest[0][..rows * layer.out_dim];
                         let mask = &mut ws.masks[l][..rows * layer.out_dim];
@@ -425,6 +596,54 @@ impl Model {
                     }
                     _ => rest[0][..rows * layer.out_dim].copy_from_slice(input),
                 },
+                // Normalization runs in f32 in both precisions (as Keras upcasts bf16 inputs).
+                (LayerKind::BatchNorm { gamma, beta, moving, momentum, epsilon }, _) => {
+                    let out = &mut rest[0][..rows * width];
+                    let x_hat = &mut ws.x_hat[l][..rows * width];
+                    let (mean, st) = ws.norm_stats[l].split_at_mut(width);
+                    let (var, inv_std) = st.split_at_mut(width);
+                    let stats = BatchStats { mean, var, inv_std };
+                    let (g, b) = (&params[gamma.range()], &params[beta.range()]);
+                    match &mut train {
+                        Ok((buf, sync)) => {
+                            let (mm, mv) = buf[moving.range()].split_at_mut(width);
+                            ws.global_rows = norm::batch_forward_train(
+                                input,
+                                out,
+                                x_hat,
+                                width,
+                                g,
+                                b,
+                                mm,
+                                epsilon,
+                                stats,
+                                &mut ws.sums,
+                                *sync,
+                            );
+                            let (mean, st) = ws.norm_stats[l].split_at(width);
+                            norm::update_moving(mm, mv, mean, &st[..width], momentum);
+                        }
+                        Err(buf) => {
+                            let (mm, mv) = buf[moving.range()].split_at(width);
+                            norm::batch_forward_eval(input, out, x_hat, width, g, b, mm, mv, epsilon, stats);
+                        }
+                    }
+                }
+                (LayerKind::LayerNorm { gamma, beta, epsilon }, _) => {
+                    let out = &mut rest[0][..rows * width];
+                    let x_hat = &mut ws.x_hat[l][..rows * width];
+                    let inv_std = &mut ws.norm_stats[l][..rows];
+                    norm::layer_forward(
+                        input,
+                        out,
+                        x_hat,
+                        inv_std,
+                        width,
+                        &params[gamma.range()],
+                        &params[beta.range()],
+                        epsilon,
+                    );
+                }
             }
             // The bf16 copy of this output, when a dense layer reads it next.
             if let (Some(mx), Some(next)) = (ws.mixed.as_mut(), self.layers.get(l + 1)) {
@@ -461,7 +680,7 @@ impl Model {
         ws: &mut Workspace,
         delta_is_logit_grad: bool,
     ) {
-        self.backward_with(params, grads, x, rows, ws, delta_is_logit_grad, rows as f32, &mut |_| {});
+        self.backward_with(params, grads, x, rows, ws, delta_is_logit_grad, rows as f32, &LocalSum, &mut |_| {});
     }
 
     /// [`Model::backward`], calling `on_dense_done(d)` as soon as the gradients of the d-th
@@ -472,6 +691,10 @@ impl Model {
     /// gradients: the number of samples in the GLOBAL batch on exactly one rank and 0 on the
     /// others, so that the summed gradient divided by that number is Keras's
     /// d(mean loss + penalty)/dw.
+    ///
+    /// `sync` sums batch normalization's per-feature sums of dL/dy and dL/dy x_hat over the
+    /// ranks after a training forward pass (the batch statistics depend on every rank's rows);
+    /// it must be the `sync` of that forward pass.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_with(
         &self,
@@ -482,9 +705,15 @@ impl Model {
         ws: &mut Workspace,
         delta_is_logit_grad: bool,
         penalty_weight: f32,
+        sync: &dyn BatchSum,
         on_dense_done: &mut dyn FnMut(usize),
     ) {
+        // Deltas are needed down to the lowest layer with parameters, no further.
+        let first_trained = self.layers.iter().position(|l| l.kind.has_params()).unwrap_or(usize::MAX);
         let first_dense = self.dense_layers().next().map_or(usize::MAX, |(i, ..)| i);
+        // The lowest dense layer's bucket also holds the parameters of any normalization
+        // layer below it: it is handed over when those are final, at the end.
+        let mut first_done_late = false;
         let mut dense_left = self.dense_layers().count();
         let mut is_logit_grad = delta_is_logit_grad;
         for (l, layer) in self.layers.iter().enumerate().rev() {
@@ -506,8 +735,12 @@ impl Model {
                     let db = &mut grads[bias.range()];
                     db.fill(0.0);
                     kernels::add_column_sums(db, delta);
-                    on_dense_done(dense_left);
-                    if l > first_dense {
+                    if l > first_dense || l == first_trained {
+                        on_dense_done(dense_left);
+                    } else {
+                        first_done_late = true;
+                    }
+                    if l > first_trained {
                         // dx = dz W^T into whole row blocks; the rows past `rows` are unused.
                         mx.input_grad(
                             dense_left,
@@ -536,8 +769,12 @@ impl Model {
                     db.fill(0.0);
                     kernels::add_column_sums(db, dz.data);
                     dense_left -= 1;
-                    on_dense_done(dense_left);
-                    if l > first_dense {
+                    if l > first_dense || l == first_trained {
+                        on_dense_done(dense_left);
+                    } else {
+                        first_done_late = true;
+                    }
+                    if l > first_trained {
                         // dx = dz W^T: (rows, in_dim), the next delta down.
                         let w = Mat::new(&params[kernel.range()], layer.in_dim, layer.out_dim);
                         gemm(1.0, &dz, false, &w, true, 0.0, &mut ws.delta_next[..rows * layer.in_dim]);
@@ -545,12 +782,48 @@ impl Model {
                     }
                 }
                 LayerKind::Dropout { rate } => {
-                    if l > first_dense && ws.masks_active && rate > 0.0 {
+                    if l > first_trained && ws.training && rate > 0.0 {
                         let mask = &ws.masks[l][..rows * layer.out_dim];
                         kernels::mul_in_place(delta, mask);
                     }
                 }
+                LayerKind::BatchNorm { gamma, beta, .. } => {
+                    let width = layer.out_dim;
+                    let (d_gamma, d_beta) = grads[gamma.start..beta.start + beta.len].split_at_mut(width);
+                    let inv_std = &ws.norm_stats[l][2 * width..];
+                    let count = ws.training.then_some(ws.global_rows);
+                    norm::batch_backward(
+                        delta,
+                        &ws.x_hat[l][..rows * width],
+                        width,
+                        &params[gamma.range()],
+                        inv_std,
+                        d_gamma,
+                        d_beta,
+                        count,
+                        l > first_trained,
+                        &mut ws.sums,
+                        sync,
+                    );
+                }
+                LayerKind::LayerNorm { gamma, beta, .. } => {
+                    let width = layer.out_dim;
+                    let (d_gamma, d_beta) = grads[gamma.start..beta.start + beta.len].split_at_mut(width);
+                    norm::layer_backward(
+                        delta,
+                        &ws.x_hat[l][..rows * width],
+                        &ws.norm_stats[l][..rows],
+                        width,
+                        &params[gamma.range()],
+                        d_gamma,
+                        d_beta,
+                        l > first_trained,
+                    );
+                }
             }
+        }
+        if first_done_late {
+            on_dense_done(0);
         }
     }
 }
@@ -589,7 +862,15 @@ mod tests {
     fn check_network(spec: &str, loss: Loss, targets: Targets, rows: usize) {
         let specs = LayerSpec::parse_list(spec).unwrap();
         let model = Model::new(5, &specs);
-        let params = model.init_params(11);
+        let mut params = model.init_params(11);
+        // Normalization layers start at gamma 1, beta 0; move them off that point so that
+        // gamma's and beta's own roles in the gradients show.
+        for (i, (_, _, g, b)) in model.norm_layers().enumerate() {
+            for (j, p) in params[g.start..b.start + b.len].iter_mut().enumerate() {
+                *p += 0.1 * ((i + j * 7) % 5) as f32 - 0.2;
+            }
+        }
+        let moving = model.init_moving();
         let x: Vec<f32> = (0..rows * 5).map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0).collect();
         let row_ids: Vec<u64> = (0..rows as u64).collect();
         let keys = DropoutKeys { seed: 3, epoch: 0, rows: &row_ids };
@@ -597,11 +878,19 @@ mod tests {
         let k = model.out_dim();
         let fused = loss.required_activation().is_some();
 
-        let loss_at = |p: &[f32], ws: &mut Workspace| -> f64 {
-            let y = model.forward(p, &x, rows, ws, Some(&keys)).to_vec();
+        // Training passes (dropout masks, batch statistics), each from the same moving
+        // statistics (they only shift the sums, not the function).
+        fn train<'a>(keys: &'a DropoutKeys<'a>, m: &'a mut [f32], from: &[f32]) -> Pass<'a> {
+            m.copy_from_slice(from);
+            Pass::Train { keys, moving: m, sync: &LocalSum }
+        }
+        let mut m = moving.clone();
+        let mut loss_at = |p: &[f32], ws: &mut Workspace| -> f64 {
+            let y = model.forward(p, &x, rows, ws, train(&keys, &mut m, &moving)).to_vec();
             loss_and_delta(loss, &y, k, targets, None).loss + rows as f64 * model.regularization(p)
         };
-        model.forward(&params, &x, rows, &mut ws, Some(&keys));
+        let mut m2 = moving.clone();
+        model.forward(&params, &x, rows, &mut ws, train(&keys, &mut m2, &moving));
         let (y, delta) = model.output_and_delta(&mut ws, rows);
         let y = y.to_vec();
         loss_and_delta(loss, &y, k, targets, Some(delta));
@@ -651,6 +940,85 @@ mod tests {
         );
     }
 
+    /// Batch normalization in training mode (the statistics of the batch take part in the
+    /// gradient) and layer normalization: gamma and beta directly, and their input gradients
+    /// through the kernels of the dense layers below them; a normalization layer first in the
+    /// network gets gamma and beta without an input gradient.
+    #[test]
+    fn normalization_gradients_match_finite_differences() {
+        let labels = [0u32, 2, 1, 2, 0, 1];
+        check_network(
+            "6:tanh,batchnorm,5:sigmoid,layernorm,3:softmax",
+            Loss::Crossentropy,
+            Targets::Labels(&labels),
+            6,
+        );
+        let t: Vec<f32> = (0..18).map(|i| (i % 4) as f32 * 0.4 - 0.3).collect();
+        check_network(
+            "batchnorm:momentum=0.9:epsilon=1e-2,6:gelu,layernorm:epsilon=1e-2,dropout:0.2,batchnorm,3:linear",
+            Loss::Mse,
+            Targets::Values(&t),
+            6,
+        );
+        check_network("layernorm,4:tanh,batchnorm,3:softmax", Loss::Crossentropy, Targets::Labels(&labels), 6);
+    }
+
+    /// The layer spec round-trips, and each normalization layer lays out gamma and beta in
+    /// the parameters (gamma ones, beta zeros) and batch normalization's moving statistics
+    /// (zeros, ones) in the moving buffer.
+    #[test]
+    fn normalization_specs_and_layout() {
+        let specs = LayerSpec::parse_list(
+            "4:relu,batchnorm,layernorm:epsilon=1e-5,batchnorm:momentum=0.9:epsilon=1e-5,2:softmax",
+        )
+        .unwrap();
+        assert_eq!(specs[1], LayerSpec::BatchNorm { momentum: 0.99, epsilon: 1e-3 });
+        assert_eq!(specs[3], LayerSpec::BatchNorm { momentum: 0.9, epsilon: 1e-5 });
+        assert_eq!(
+            LayerSpec::to_text(&specs),
+            "4:relu,batchnorm,layernorm:epsilon=0.00001,batchnorm:momentum=0.9:epsilon=0.00001,2:softmax"
+        );
+        assert_eq!(LayerSpec::parse_list(&LayerSpec::to_text(&specs)).unwrap(), specs);
+        let model = Model::new(3, &specs);
+        // 3*4 + 4, then gamma/beta 2*4 three times, then 4*2 + 2
+        assert_eq!(model.n_params, 16 + 24 + 10);
+        assert_eq!(model.n_moving, 16);
+        assert_eq!(model.describe(), "3 -> 4 relu -> batchnorm -> layernorm -> batchnorm -> 2 softmax");
+        let p = model.init_params(1);
+        assert_eq!(&p[16..24], &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(model.init_moving(), [[0.0; 4], [1.0; 4], [0.0; 4], [1.0; 4]].concat());
+    }
+
+    /// Evaluation normalizes with the moving statistics, training with the batch's and
+    /// updates the moving statistics as Keras does: moving = moving * momentum + batch *
+    /// (1 - momentum), the variance biased. One feature, rows 1 and 3: mean 2, variance 1.
+    #[test]
+    fn batchnorm_training_updates_moving_statistics() {
+        let model = Model::new(1, &LayerSpec::parse_list("batchnorm:momentum=0.5,1:linear").unwrap());
+        let mut params = model.init_params(0);
+        let (_, _, k, _) = model.dense_layers().next().unwrap();
+        params[k.start] = 1.0;
+        let mut ws = model.workspace(2);
+        let mut moving = vec![0.5, 3.0];
+        let ids = [0u64, 1];
+        let keys = DropoutKeys { seed: 0, epoch: 0, rows: &ids };
+        let y = model
+            .forward(
+                &params,
+                &[1.0, 3.0],
+                2,
+                &mut ws,
+                Pass::Train { keys: &keys, moving: &mut moving, sync: &LocalSum },
+            )
+            .to_vec();
+        let s = (1.0f32 + 1e-3).sqrt();
+        assert!((y[0] + 1.0 / s).abs() < 1e-6 && (y[1] - 1.0 / s).abs() < 1e-6, "{y:?}");
+        assert_eq!(moving, [0.5 * 0.5 + 2.0 * 0.5, 3.0 * 0.5 + 1.0 * 0.5]);
+        let y = model.forward(&params, &[1.0, 3.0], 2, &mut ws, Pass::Eval { moving: &moving }).to_vec();
+        let s = (2.0f32 + 1e-3).sqrt();
+        assert!((y[0] - (1.0 - 1.25) / s).abs() < 1e-6 && (y[1] - (3.0 - 1.25) / s).abs() < 1e-6, "{y:?}");
+    }
+
     /// Keras's penalty, by hand: kernel [[1, -2], [0.5, 0]] with l1 0.1 and l2 0.01 gives
     /// 0.1 * 3.5 + 0.01 * 5.25 = 0.4025 (no 1/2 on the L2 term); biases are not penalised.
     #[test]
@@ -691,7 +1059,14 @@ mod tests {
         let run = |precision: Precision| {
             let mut ws = model.workspace_with(rows, precision).unwrap();
             ws.refresh_weights(&model, &params);
-            model.forward(&params, &x, rows, &mut ws, Some(&keys));
+            let mut moving = model.init_moving();
+            model.forward(
+                &params,
+                &x,
+                rows,
+                &mut ws,
+                Pass::Train { keys: &keys, moving: &mut moving, sync: &LocalSum },
+            );
             let first = ws.acts[0][..rows * 48].to_vec();
             let (y, delta) = model.output_and_delta(&mut ws, rows);
             let y = y.to_vec();
@@ -756,11 +1131,12 @@ mod tests {
         let x = vec![1.0f32; 2000];
         let rows = [7u64, 8];
         let mut ws = model.workspace(2);
-        model.forward(&params, &x, 2, &mut ws, Some(&DropoutKeys { seed: 1, epoch: 0, rows: &rows }));
+        let keys = DropoutKeys { seed: 1, epoch: 0, rows: &rows };
+        model.forward(&params, &x, 2, &mut ws, Pass::Train { keys: &keys, moving: &mut [], sync: &LocalSum });
         let kept = ws.acts[0].iter().filter(|&&v| v != 0.0).count();
         assert!((kept as f64 / 2000.0 - 0.75).abs() < 0.04, "{kept}");
         assert!(ws.acts[0].iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
-        model.forward(&params, &x, 2, &mut ws, None);
+        model.forward(&params, &x, 2, &mut ws, Pass::Eval { moving: &[] });
         assert!(ws.acts[0].iter().all(|&v| v == 1.0));
     }
 
@@ -777,6 +1153,11 @@ mod tests {
             ("64:relu:l2=-1", "not a penalty factor"),
             ("64:relu:l2=0.1:tanh", "'tanh' is not l1=F or l2=F"),
             ("64:leaky_relu=-1", "not a number >= 0"),
+            ("batchnorm:momentum=1.5,3:softmax", "'1.5' is not a momentum in [0, 1]"),
+            ("batchnorm:epsilon=0,3:softmax", "'0' is not an epsilon > 0"),
+            ("layernorm:momentum=0.9,3:softmax", "'momentum=0.9' is not epsilon=E"),
+            ("batchnorm:relu,3:softmax", "'relu' is not momentum=M or epsilon=E"),
+            ("3:softmax,batchnorm", "last layer must be a dense layer"),
         ] {
             let err = LayerSpec::parse_list(text).unwrap_err().to_string();
             assert!(err.starts_with("--layers: ") && err.contains(needle), "{text}: {err}");

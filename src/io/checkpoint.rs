@@ -8,9 +8,15 @@
 //! /config                   scalar string: the run's resolved configuration as JSON
 //! /model/layer_<i>/kernel   (in, out) f32, Keras orientation; attrs units, activation
 //! /model/layer_<i>/bias     (out,) f32
+//! /model/norm_<j>/{gamma,beta}  (width,) f32 each: the j-th normalization layer's trained
+//!                           scale and offset; attrs kind ("batchnorm" | "layernorm"), epsilon,
+//!                           momentum (batchnorm)
+//! /model/norm_<j>/{moving_mean,moving_variance}  (width,) f32 each, batchnorm only: the
+//!                           moving statistics (state, not trained; no optimizer slots)
 //! /optimizer                attrs: kind ("adam" | "sgd" | "rmsprop" | "nadam" | "adagrad"),
 //!                           step (updates taken so far)
-//! /optimizer/<slot>/layer_<i>/{kernel,bias}   one group per state buffer of the optimizer
+//! /optimizer/<slot>/layer_<i>/{kernel,bias}, /optimizer/<slot>/norm_<j>/{gamma,beta}
+//!                           one group per state buffer of the optimizer
 //!                           (OptimizerKind::slots), same shapes as the model: adam and nadam
 //!                           m (first moment) and v (second moment), sgd m (velocity), rmsprop
 //!                           v (mean square), m (momentum), mg (mean gradient, centered),
@@ -25,17 +31,21 @@
 //!                           file, copied verbatim from it, when it has one (nn-data import)
 //! /early_stopping           attrs best_val_loss, best_epoch, wait, stopped; /early_stopping/params:
 //!                           the best parameters, flat, when --early-stopping is on
-//!                           (best_val_loss holds the best value of the --monitor metric)
+//!                           (best_val_loss holds the best value of the --monitor metric);
+//!                           /early_stopping/moving: the best epoch's moving statistics, flat
+//!                           (per batchnorm layer mean then variance), with batchnorm layers
 //! /reduce_lr_on_plateau     attrs best, wait, lr_scale (the product of the reductions so
 //!                           far), when --reduce-lr-on-plateau is on
 //! ```
 //!
-//! Layer numbering counts dense layers only (dropout has no weights). Files are written to a
+//! Layer numbering counts dense layers only (dropout has no weights), norm numbering the
+//! normalization layers only; a checkpoint of a network without normalization layers has no
+//! norm groups, as those written before they existed. Files are written to a
 //! temporary name in the same folder, flushed to disk, then renamed over the old file, so a
 //! crash at any moment leaves the previous checkpoint whole.
 
 use crate::data::scaling::Scaling;
-use crate::engine::model::Model;
+use crate::engine::model::{LayerKind, Model};
 use crate::engine::optim::{OptimizerKind, OptimizerState};
 use crate::io::console::one_line;
 use crate::io::metrics::EpochRecord;
@@ -58,6 +68,8 @@ pub struct Snapshot {
     pub in_dim: usize,
     /// (n_params,)
     pub params: Vec<f32>,
+    /// Batch normalization's moving statistics: (n_moving,).
+    pub moving: Vec<f32>,
     /// The optimizer's step count and state buffers (each (n_params,)).
     pub optimizer: OptimizerState,
     pub position: Position,
@@ -185,6 +197,11 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
                 g.new_dataset_builder().with_data(&k).create("kernel").map_err(h5err(path, "kernel"))?;
                 g.new_dataset_builder().with_data(&buf[bias.range()]).create("bias").map_err(h5err(path, "bias"))?;
             }
+            for (j, (_, _, gamma, beta)) in model.norm_layers().enumerate() {
+                let g = group.create_group(&format!("norm_{j}")).map_err(h5err(path, "norm group"))?;
+                g.new_dataset_builder().with_data(&buf[gamma.range()]).create("gamma").map_err(h5err(path, "gamma"))?;
+                g.new_dataset_builder().with_data(&buf[beta.range()]).create("beta").map_err(h5err(path, "beta"))?;
+            }
             Ok(())
         };
         let g = file.create_group("model").map_err(h5err(path, "model"))?;
@@ -194,6 +211,30 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
             attr!(lg, "units", u64, layer.out_dim as u64);
             if let crate::engine::model::LayerKind::Dense { activation, .. } = layer.kind {
                 attr_str(&lg, "activation", &activation.to_text())?;
+            }
+        }
+        for (j, (_, layer, _, _)) in model.norm_layers().enumerate() {
+            let ng = g.group(&format!("norm_{j}")).map_err(h5err(path, "norm group"))?;
+            match layer.kind {
+                LayerKind::BatchNorm { moving, momentum, epsilon, .. } => {
+                    attr_str(&ng, "kind", "batchnorm")?;
+                    attr!(ng, "epsilon", f32, epsilon);
+                    attr!(ng, "momentum", f32, momentum);
+                    let (mean, var) = snap.moving[moving.range()].split_at(layer.out_dim);
+                    ng.new_dataset_builder()
+                        .with_data(mean)
+                        .create("moving_mean")
+                        .map_err(h5err(path, "moving_mean"))?;
+                    ng.new_dataset_builder()
+                        .with_data(var)
+                        .create("moving_variance")
+                        .map_err(h5err(path, "moving_variance"))?;
+                }
+                LayerKind::LayerNorm { epsilon, .. } => {
+                    attr_str(&ng, "kind", "layernorm")?;
+                    attr!(ng, "epsilon", f32, epsilon);
+                }
+                _ => {}
             }
         }
 
@@ -250,6 +291,12 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
                 .with_data(e.best_params.as_slice())
                 .create("params")
                 .map_err(h5err(path, "best params"))?;
+            if !e.best_moving.is_empty() {
+                g.new_dataset_builder()
+                    .with_data(e.best_moving.as_slice())
+                    .create("moving")
+                    .map_err(h5err(path, "best moving statistics"))?;
+            }
         }
         file.flush().map_err(h5err(path, "flush"))?;
     }
@@ -269,10 +316,11 @@ pub fn load(path: &Path) -> Result<Snapshot> {
     let &[in_dim, _] = k0.shape().as_slice() else { return Err(r.bad("/model/layer_0/kernel is not 2-D")) };
     let model = Model::new(in_dim, &config.layers);
     let params = r.layers(&model, "model")?;
+    let moving = r.moving(&model)?;
     let optimizer = r.optimizer(&model)?;
     let history = r.history()?;
     let scaling = r.scaling(in_dim)?;
-    let early = r.early_stopping(params.len())?;
+    let early = r.early_stopping(params.len(), moving.len())?;
     let plateau = r.plateau()?;
     let encoding = crate::data::encoding::read_dataset(&r.file);
     Ok(Snapshot {
@@ -281,6 +329,7 @@ pub fn load(path: &Path) -> Result<Snapshot> {
         world_size,
         in_dim,
         params,
+        moving,
         optimizer,
         position,
         history,
@@ -400,7 +449,35 @@ impl<'a> Reader<'a> {
                 buf[span.range()].copy_from_slice(&values);
             }
         }
+        for (j, (_, layer, gamma, beta)) in model.norm_layers().enumerate() {
+            for (name, span) in [("gamma", gamma), ("beta", beta)] {
+                buf[span.range()].copy_from_slice(&self.vector(&format!("{group}/norm_{j}/{name}"), layer.out_dim)?);
+            }
+        }
         Ok(buf)
+    }
+
+    /// A 1-D f32 dataset that must hold `len` values.
+    fn vector(&self, ds_path: &str, len: usize) -> Result<Vec<f32>> {
+        let ds = self.file.dataset(ds_path).map_err(|_| self.bad(&format!("no /{ds_path}")))?;
+        if ds.shape() != [len] {
+            return Err(self.bad(&format!("/{ds_path} has shape {:?}, the stored config implies [{len}]", ds.shape())));
+        }
+        ds.read_raw().map_err(|e| self.bad(&format!("/{ds_path}: {e}")))
+    }
+
+    /// `model/norm_<j>/{moving_mean,moving_variance}` of every batchnorm layer of `model`, as
+    /// the flat moving-statistics buffer (n_moving,).
+    fn moving(&self, model: &Model) -> Result<Vec<f32>> {
+        let mut moving = model.init_moving();
+        for (j, (_, layer, _, _)) in model.norm_layers().enumerate() {
+            if let LayerKind::BatchNorm { moving: span, .. } = layer.kind {
+                let (mean, var) = moving[span.range()].split_at_mut(layer.out_dim);
+                mean.copy_from_slice(&self.vector(&format!("model/norm_{j}/moving_mean"), layer.out_dim)?);
+                var.copy_from_slice(&self.vector(&format!("model/norm_{j}/moving_variance"), layer.out_dim)?);
+            }
+        }
+        Ok(moving)
     }
 
     /// `/optimizer`: its kind, step count and one buffer per slot of that kind.
@@ -449,14 +526,16 @@ impl<'a> Reader<'a> {
         Ok(Some(s))
     }
 
-    /// `/early_stopping`, when it is on; its best parameters must fit the model's `n_params`.
-    fn early_stopping(&self, n_params: usize) -> Result<Option<EarlyStopping>> {
+    /// `/early_stopping`, when it is on; its best parameters must fit the model's `n_params`
+    /// and its best moving statistics (present with batchnorm layers) `n_moving`.
+    fn early_stopping(&self, n_params: usize, n_moving: usize) -> Result<Option<EarlyStopping>> {
         let Ok(g) = self.file.group("early_stopping") else { return Ok(None) };
         let e = EarlyStopping {
             best_val_loss: self.f64_attr(&g, "best_val_loss")?,
             best_epoch: self.u64_attr(&g, "best_epoch")? as usize,
             wait: self.u64_attr(&g, "wait")? as usize,
             best_params: self.values("early_stopping/params")?,
+            best_moving: if n_moving == 0 { Vec::new() } else { self.values("early_stopping/moving")? },
             stopped: g
                 .attr("stopped")
                 .and_then(|a| a.read_scalar::<u8>())
@@ -467,6 +546,12 @@ impl<'a> Reader<'a> {
             return Err(self.bad(&format!(
                 "/early_stopping/params has {} values, the model has {n_params} parameters",
                 e.best_params.len()
+            )));
+        }
+        if e.best_moving.len() != n_moving {
+            return Err(self.bad(&format!(
+                "/early_stopping/moving has {} values, the model has {n_moving} moving statistics",
+                e.best_moving.len()
             )));
         }
         Ok(Some(e))
@@ -508,7 +593,11 @@ pub fn check_model(path: &Path, snap: &Snapshot, model: &Model) -> Result<()> {
         && stored.dense_layers().zip(model.dense_layers()).all(|(a, b)| {
             a.1.in_dim == b.1.in_dim && a.1.out_dim == b.1.out_dim && matches!((&a.1.kind, &b.1.kind), (crate::engine::model::LayerKind::Dense { activation: x, .. }, crate::engine::model::LayerKind::Dense { activation: y, .. }) if x == y)
         })
-        && stored.dense_layers().count() == model.dense_layers().count();
+        && stored.dense_layers().count() == model.dense_layers().count()
+        && stored.n_moving == model.n_moving
+        && stored.norm_layers().map(|(_, l, ..)| (l.out_dim, l.kind.has_moving())).eq(model
+            .norm_layers()
+            .map(|(_, l, ..)| (l.out_dim, l.kind.has_moving())));
     if same {
         Ok(())
     } else {
@@ -551,7 +640,8 @@ mod tests {
     /// bit for bit (NaN only where a metric is absent, which loads back as None).
     #[test]
     fn save_then_load_gives_back_every_field() {
-        let args = ["nn-train", "--data", "d.h5", "--layers", "3:relu,dropout:0.5,2:softmax", "--optimizer", "rmsprop"];
+        let layers = "3:relu,batchnorm:momentum=0.9,dropout:0.5,layernorm,2:softmax";
+        let args = ["nn-train", "--data", "d.h5", "--layers", layers, "--optimizer", "rmsprop"];
         let config = crate::train::config::TrainArgs::try_parse_from(args).unwrap().resolve().unwrap();
         let model = Model::new(4, &config.layers);
         let buffer = |tag: usize| (0..model.n_params).map(|i| value(tag, i)).collect::<Vec<f32>>();
@@ -583,6 +673,7 @@ mod tests {
             world_size: 3,
             in_dim: 4,
             params: buffer(1),
+            moving: (0..model.n_moving).map(|i| value(8, i)).collect(),
             optimizer: OptimizerState { kind: OptimizerKind::Rmsprop, step: 17, slots },
             position: Position {
                 epoch: 2,
@@ -600,6 +691,7 @@ mod tests {
                 best_epoch: 1,
                 wait: 1,
                 best_params: buffer(9),
+                best_moving: (0..model.n_moving).map(|i| value(10, i)).collect(),
                 stopped: false,
             }),
             encoding: Some(r#"{"features":[]}"#.to_string()),

@@ -577,7 +577,7 @@ impl Config {
         if let Some(required) = self.loss.required_activation() {
             let last = self.layers.last().and_then(|l| match l {
                 LayerSpec::Dense { activation, .. } => Some(*activation),
-                LayerSpec::Dropout { .. } => None,
+                _ => None,
             });
             if last != Some(required) {
                 return Err(Error::flag(

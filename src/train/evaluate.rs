@@ -4,7 +4,7 @@ use crate::data::batch::Batch;
 use crate::data::slice::Slice;
 use crate::dist::comm::Comm;
 use crate::engine::loss::{loss_and_delta, Loss};
-use crate::engine::model::{Model, Workspace};
+use crate::engine::model::{Model, Pass, Workspace};
 
 /// Mean loss (with the kernel penalty, as Keras reports it) and accuracy over all ranks'
 /// slices.
@@ -16,13 +16,15 @@ pub struct Evaluation {
     pub samples: u64,
 }
 
-/// Runs the model over this rank's `slice` in chunks of the workspace size (no dropout),
-/// then sums loss, correct count and sample count across ranks. Collective: every rank
+/// Runs the model over this rank's `slice` in chunks of the workspace size (no dropout;
+/// batch normalization with the moving statistics `moving`, (n_moving,)), then sums loss, correct count and sample count across ranks. Collective: every rank
 /// calls it, even with an empty slice.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     comm: &Comm,
     model: &Model,
     params: &[f32],
+    moving: &[f32],
     loss: Loss,
     slice: &Slice,
     ws: &mut Workspace,
@@ -35,7 +37,7 @@ pub fn evaluate(
     while start < slice.rows {
         let count = chunk.min(slice.rows - start);
         batch.gather_range(slice, start, count);
-        let y = model.forward(params, batch.x(), count, ws, None);
+        let y = model.forward(params, batch.x(), count, ws, Pass::Eval { moving });
         let s = loss_and_delta(loss, y, k, batch.targets(), None);
         sums[0] += s.loss;
         sums[1] += s.correct;

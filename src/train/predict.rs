@@ -15,7 +15,7 @@ use crate::dist::batch_plan::slice_range;
 use crate::dist::comm::Comm;
 use crate::engine::loss::{argmax, Loss};
 use crate::engine::mixed::Precision;
-use crate::engine::model::{Model, Workspace};
+use crate::engine::model::{Model, Pass, Workspace};
 use crate::engine::onednn;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::output_file::PendingFile;
@@ -201,7 +201,13 @@ impl Predictor {
         while start < slice.rows {
             let count = chunk.min(slice.rows - start);
             batch.gather_range(slice, start, count);
-            let y = self.model.forward(&self.snapshot.params, batch.x(), count, &mut ws, None);
+            let y = self.model.forward(
+                &self.snapshot.params,
+                batch.x(),
+                count,
+                &mut ws,
+                Pass::Eval { moving: &self.snapshot.moving },
+            );
             out[start * k..(start + count) * k].copy_from_slice(y);
             start += count;
         }
@@ -213,7 +219,16 @@ impl Predictor {
         let chunk = 1024.min(slice.rows.max(1));
         let mut ws = self.workspace(chunk);
         let mut batch = Batch::new(slice, chunk);
-        evaluate(comm, &self.model, &self.snapshot.params, self.loss(), slice, &mut ws, &mut batch)
+        evaluate(
+            comm,
+            &self.model,
+            &self.snapshot.params,
+            &self.snapshot.moving,
+            self.loss(),
+            slice,
+            &mut ws,
+            &mut batch,
+        )
     }
 
     /// Class index per output row: argmax, or p > 0.5 for a single sigmoid output.

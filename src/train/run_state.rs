@@ -164,6 +164,8 @@ pub struct EarlyStopping {
     pub wait: usize,
     /// (n_params,) the parameters at the best epoch.
     pub best_params: Vec<f32>,
+    /// (n_moving,) batch normalization's moving statistics at the best epoch.
+    pub best_moving: Vec<f32>,
     /// Patience ran out: the run ended early and holds the best weights.
     pub stopped: bool,
 }

@@ -153,6 +153,12 @@ pub fn checkpoint_params(path: &Path) -> Vec<f32> {
     nn_train::io::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}")).params
 }
 
+/// Reads a checkpoint's batch-normalization moving statistics (flat, per layer mean then
+/// variance) with the project's own reader.
+pub fn checkpoint_moving(path: &Path) -> Vec<f32> {
+    nn_train::io::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}")).moving
+}
+
 /// Largest relative difference |a - b| / max(|a|, |b|, floor) between two parameter vectors.
 pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());

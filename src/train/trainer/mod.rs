@@ -61,6 +61,8 @@ pub struct Trainer<'c> {
     val_batch: Option<Batch>,
     /// (n_params,)
     pub params: Vec<f32>,
+    /// Batch normalization's moving statistics, (n_moving,): state, not trained.
+    pub moving: Vec<f32>,
     pub opt: Optimizer,
     pub pos: Position,
     pub history: Vec<EpochRecord>,
@@ -181,7 +183,7 @@ impl<'c> Trainer<'c> {
         let root = self.comm.is_root();
         let eval = match (&self.val, &mut self.val_batch) {
             (Some(v), Some(b)) => {
-                Some(evaluate(self.comm, &self.model, &self.params, self.cfg.loss, v, &mut self.ws, b))
+                Some(evaluate(self.comm, &self.model, &self.params, &self.moving, self.cfg.loss, v, &mut self.ws, b))
             }
             _ => None,
         };
@@ -223,6 +225,7 @@ impl<'c> Trainer<'c> {
                 early.best_epoch = record.epoch;
                 early.wait = 0;
                 early.best_params.copy_from_slice(&self.params);
+                early.best_moving.copy_from_slice(&self.moving);
                 improved = true;
             } else {
                 early.wait += 1;
@@ -230,6 +233,7 @@ impl<'c> Trainer<'c> {
                     early.stopped = true;
                     self.stopped_early = true;
                     self.params.copy_from_slice(&early.best_params);
+                    self.moving.copy_from_slice(&early.best_moving);
                     self.ws.refresh_weights(&self.model, &self.params);
                 }
             }
@@ -327,6 +331,7 @@ impl<'c> Trainer<'c> {
             world_size: self.comm.size(),
             in_dim: self.model.in_dim,
             params: self.params.clone(),
+            moving: self.moving.clone(),
             optimizer: self.opt.state(),
             position: self.pos.clone(),
             history: self.history.clone(),
@@ -337,12 +342,13 @@ impl<'c> Trainer<'c> {
         }
     }
 
-    /// Every rank must hold bit-identical parameters; a hash compared across ranks once per
+    /// Every rank must hold bit-identical parameters and moving statistics; a hash compared across ranks once per
     /// epoch proves it (and would catch a bug that let them drift).
     fn check_in_sync(&self) -> Result<()> {
         let h = self
             .params
             .iter()
+            .chain(&self.moving)
             .fold(0xcbf2_9ce4_8422_2325u64, |h, p| (h ^ p.to_bits() as u64).wrapping_mul(0x100_0000_01b3));
         let (lo, hi) = (self.comm.min_u64(h), self.comm.max_u64(h));
         if lo != hi {

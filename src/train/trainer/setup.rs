@@ -14,7 +14,7 @@ use crate::dist::signals;
 use crate::dist::threads;
 use crate::engine::fpu;
 use crate::engine::loss::class_of;
-use crate::engine::model::Model;
+use crate::engine::model::{LayerKind, Model};
 use crate::engine::onednn;
 use crate::engine::optim::Optimizer;
 use crate::io::checkpoint::{self, Snapshot};
@@ -144,6 +144,7 @@ impl<'c> Trainer<'c> {
             batch,
             val_batch,
             params: start.params,
+            moving: start.moving,
             opt: start.opt,
             pos: start.pos,
             history: start.history,
@@ -256,6 +257,8 @@ impl<'c> Trainer<'c> {
 struct Start {
     /// (n_params,), identical on every rank.
     params: Vec<f32>,
+    /// (n_moving,), identical on every rank.
+    moving: Vec<f32>,
     opt: Optimizer,
     pos: Position,
     history: Vec<EpochRecord>,
@@ -271,6 +274,7 @@ impl Start {
     fn new(comm: &Comm, cfg: &Config, model: &Model, snapshot: Option<(Snapshot, bool)>) -> Result<Start> {
         let mut start = Start {
             params: model.init_params(cfg.seed),
+            moving: model.init_moving(),
             opt: Optimizer::new(cfg.optimizer, model.n_params),
             pos: Position::default(),
             history: Vec::new(),
@@ -281,6 +285,7 @@ impl Start {
         };
         if let Some((snap, resume)) = snapshot {
             start.params.copy_from_slice(&snap.params);
+            start.moving.copy_from_slice(&snap.moving);
             if resume {
                 comm.agree(start.opt.restore(&snap.optimizer))?;
                 start.pos = snap.position;
@@ -296,12 +301,14 @@ impl Start {
         // Identical on every rank by construction (same seed or same file); the broadcast
         // makes it so even if ranks read different copies of a checkpoint.
         comm.broadcast_f32(&mut start.params);
+        comm.broadcast_f32(&mut start.moving);
         if cfg.early_stopping.is_some() && start.early.is_none() {
             start.early = Some(EarlyStopping {
                 best_val_loss: cfg.monitor.worst(),
                 best_epoch: 0,
                 wait: 0,
                 best_params: start.params.clone(),
+                best_moving: start.moving.clone(),
                 stopped: false,
             });
         }
@@ -358,8 +365,17 @@ fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: 
         // the backward pass, so there is nothing to hide it behind (measured: slower).
         Overlap::Auto => comm.max_u64(ranks_on_node as u64) < comm.size() as u64 && n * 4 >= Overlap::AUTO_MIN_BYTES,
     };
+    // Batch normalization sums over the ranks in the backward pass, on this thread, while
+    // the reducer's thread may be in its own allreduce: that needs MPI_THREAD_MULTIPLE.
+    let has_batchnorm = model.layers.iter().any(|l| matches!(l.kind, LayerKind::BatchNorm { .. }));
+    let overlap = overlap && (comm.threads_multiple() || !has_batchnorm);
     let chosen = if overlap {
-        let layer_starts: Vec<usize> = model.dense_layers().map(|(_, _, kernel, _)| kernel.start).collect();
+        // The lowest bucket also holds the parameters of normalization layers below the
+        // first dense layer (they start the buffer).
+        let mut layer_starts: Vec<usize> = model.dense_layers().map(|(_, _, kernel, _)| kernel.start).collect();
+        if let Some(first) = layer_starts.first_mut() {
+            *first = 0;
+        }
         GradientSum::overlapped(comm, n, STATS, &layer_starts)
     } else if cfg.allreduce == AllreduceMode::Auto {
         GradientSum::shared_window(comm, n + STATS)

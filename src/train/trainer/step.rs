@@ -7,7 +7,7 @@
 use super::{Trainer, STATS};
 use crate::dist::signals;
 use crate::engine::loss::weighted_loss_and_delta;
-use crate::engine::model::DropoutKeys;
+use crate::engine::model::{DropoutKeys, Pass};
 use std::time::Instant;
 
 /// What every rank adds to the gradient sum besides the gradients, in the STATS slots after
@@ -87,7 +87,10 @@ impl Trainer<'_> {
 
         // Forward.
         let keys = DropoutKeys { seed: self.cfg.seed, epoch: self.pos.epoch as u64, rows: &self.batch.row_ids[..rows] };
-        self.model.forward(&self.params, self.batch.x(), rows, &mut self.ws, Some(&keys));
+        // Batch normalization's statistics are those of the global batch: `comm` sums each
+        // layer's few per-feature sums over the ranks (also with 0 rows on this rank).
+        let pass = Pass::Train { keys: &keys, moving: &mut self.moving, sync: self.comm };
+        self.model.forward(&self.params, self.batch.x(), rows, &mut self.ws, pass);
         clock.lap(&mut profile.forward_s);
 
         // Loss, and its gradient with respect to the output.
@@ -118,6 +121,7 @@ impl Trainer<'_> {
             &mut self.ws,
             self.fused,
             penalty_weight,
+            self.comm,
             &mut |d| layer_done.call(d),
         );
         clock.lap(&mut profile.backward_s);
