@@ -367,8 +367,9 @@ fn parquet_tables_import_like_float32() {
             60,
         )
         .expect_ok();
-        assert!(run.stdout.contains("500 rows, 6 feature columns -> 11 features"), "{}", run.stdout);
-        assert!(run.stdout.contains("column 'color': categorical (3 values, one-hot)"), "{}", run.stdout);
+        assert!(run.stdout.contains("read 500 rows x 8 columns"), "{}", run.stdout);
+        assert!(run.stdout.contains("500 rows x 11 features; 3 classes: bird "), "{}", run.stdout);
+        assert!(run.stdout.contains("  color: categorical, 3 values -> 3 columns"), "{}", run.stdout);
         assert_same_file(Path::new(&out), &d.join("t.ref.h5"), input);
         let f = hdf5::File::open(&out).unwrap();
         let names: Vec<String> = f
@@ -388,7 +389,11 @@ fn parquet_tables_import_like_float32() {
         .expect_ok();
     assert_same_file(Path::new(&out), &d.join("r.ref.h5"), "regression");
     let run = direct("nn-data", &["import", &p("null.parquet"), "--label", "y", "--out", &p("bad.h5")], 60);
-    assert!(!run.ok() && run.stderr.contains("null.parquet: column 'a': row 1 is missing"), "{}", run.all());
+    assert!(
+        !run.ok() && run.stderr.contains("null.parquet: row 2: column 'a': empty field (a missing value); 1 row has"),
+        "{}",
+        run.all()
+    );
     let run = direct("nn-data", &["import", &p("time.parquet"), "--label", "y", "--out", &p("bad.h5")], 60);
     assert!(
         !run.ok() && run.stderr.contains("column 'when' is a timestamp") && run.stderr.contains("--drop when"),
@@ -398,6 +403,162 @@ fn parquet_tables_import_like_float32() {
     assert!(!d.join("bad.h5").exists());
     let run = direct("nn-data", &["import", &p("t.parquet"), "--label", "nope", "--out", &p("bad.h5")], 60);
     assert!(!run.ok() && run.stderr.contains("--label: no column 'nope'"), "{}", run.all());
+}
+
+/// Writes one table twice, with pyarrow as Parquet (nulls in numeric and text columns, a
+/// dictionary-encoded string column, a bool, an int column read as categories, a float32, an
+/// ID column; several row groups) and as the CSV file a user would have of it (null as an
+/// empty field or NA, the bool as 0/1, numbers as Python prints them), plus bad tables.
+const WRITE_TABLE_TWICE: &str = r#"
+import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+d = sys.argv[1]
+rng = np.random.default_rng(17)
+n = 403
+def holes(values, p):
+    return [None if rng.random() < p else v for v in values]
+a = holes(rng.standard_normal(n) * 10, 0.08)
+b = holes(rng.integers(-50, 50, n).tolist(), 0.05)
+c = rng.standard_normal(n).astype(np.float32)
+color = holes(np.array(["red", "green", "blue", "teal", "plum"])[rng.integers(0, 5, n)].tolist(), 0.1)
+flag = (rng.random(n) > 0.3).tolist()
+zone = rng.integers(1, 9, n).tolist()
+ident = [f"u{i:05d}" for i in rng.permutation(n)]
+label = np.array(["bird", "cat", "dog"])[rng.integers(0, 3, n)].tolist()
+t = pa.table({
+    "id": pa.array(ident),
+    "a": pa.array(a, pa.float64()),
+    "b": pa.array(b, pa.int64()),
+    "c": pa.array(c, pa.float32()),
+    "color": pa.array(color, pa.string()).dictionary_encode(),
+    "flag": pa.array(flag),
+    "zone": pa.array(zone, pa.int32()),
+    "label": pa.array(label, pa.string()),
+})
+pq.write_table(t, f"{d}/table.parquet", row_group_size=100)
+def cell(v, i):
+    if v is None:
+        return "NA" if i % 2 else ""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    return str(v)
+with open(f"{d}/table.csv", "w") as f:
+    f.write(",".join(t.column_names) + "\n")
+    cols = [t.column(k).to_pylist() for k in t.column_names]
+    for i in range(n):
+        f.write(",".join(cell(col[i], i) for col in cols) + "\n")
+pq.write_table(pa.table({"a": [1.0, 2, 3], "y": ["x", None, "z"]}), f"{d}/nolabel.parquet")
+pq.write_table(pa.table({"tags": pa.array([[1, 2], [3], []]), "a": [1.0, 2, 3], "y": [0, 1, 0]}), f"{d}/list.parquet")
+"#;
+
+/// x's bits, x's shape, y, feature names, label names and the /encoding JSON of a data file.
+type ImportResult = (Vec<u32>, Vec<usize>, Vec<i64>, Vec<String>, Vec<String>, String);
+
+/// Every dataset and attribute an import writes that must not depend on the input's format.
+fn import_result(path: &Path) -> ImportResult {
+    let f = hdf5::File::open(path).unwrap();
+    let x = f.dataset("x").unwrap();
+    let strings = |ds: &hdf5::Dataset, name: &str| -> Vec<String> {
+        ds.attr(name)
+            .map(|a| a.read_raw::<hdf5::types::VarLenUnicode>().unwrap().iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default()
+    };
+    let y = f.dataset("y").unwrap();
+    let encoding = f.dataset("encoding").unwrap().read_scalar::<hdf5::types::VarLenUnicode>().unwrap().to_string();
+    (
+        x.read_raw::<f32>().unwrap().iter().map(|v| v.to_bits()).collect(),
+        x.shape(),
+        y.read_raw::<i64>().unwrap(),
+        strings(&x, "feature_names"),
+        strings(&y, "label_names"),
+        encoding,
+    )
+}
+
+/// The same table as Parquet (read a few rows at a time, across row groups) and as CSV
+/// imports to bit-identical x and y and the identical stored encoding, under `--missing fill`
+/// with a stratified `--split` and under `--missing drop` with `--max-categories`; the ID
+/// column is dropped, nulls are missing values. A nested column and a missing label are
+/// one-line errors naming the file and column; nothing is written.
+#[test]
+fn parquet_and_csv_of_one_table_import_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if run_python(WRITE_TABLE_TWICE, &[&d.display().to_string()]).is_none() {
+        return;
+    }
+    let p = |n: &str| d.join(n).display().to_string();
+    let fill = ["--missing", "fill", "--categorical", "zone", "--split", "0.25", "--seed", "9"];
+    let drop = ["--missing", "drop", "--max-categories", "3"];
+    for (tag, opts) in [("fill", &fill[..]), ("drop", &drop[..])] {
+        let mut said = Vec::new();
+        for (input, extra) in [("table.csv", &[][..]), ("table.parquet", &["--chunk-rows", "37"][..])] {
+            let out = p(&format!("{tag}-{input}.h5"));
+            let input_path = p(input);
+            let mut args = vec!["import", &input_path];
+            args.extend_from_slice(&["--label", "label", "--out", &out]);
+            args.extend_from_slice(opts);
+            args.extend_from_slice(extra);
+            let run = direct("nn-data", &args, 60).expect_ok();
+            assert!(run.stdout.contains("  id: dropped (an identifier: all "), "{}", run.stdout);
+            said.push(
+                run.stdout
+                    .lines()
+                    .filter(|l| l.starts_with("  ") && l.contains(": "))
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+        }
+        assert_eq!(said[0], said[1], "{tag}: the column lines differ");
+        let parts: &[&str] = if tag == "fill" { &["-train", "-test"] } else { &[""] };
+        for part in parts {
+            let name = |input: &str| {
+                let f = format!("{tag}-{input}.h5");
+                d.join(if part.is_empty() { f } else { f.replace(".h5", &format!("{part}.h5")) })
+            };
+            let (csv, parquet) = (import_result(&name("table.csv")), import_result(&name("table.parquet")));
+            assert!(csv.0 == parquet.0, "{tag}{part}: x differs between CSV and Parquet");
+            assert_eq!(
+                (&csv.1, &csv.2, &csv.3, &csv.4),
+                (&parquet.1, &parquet.2, &parquet.3, &parquet.4),
+                "{tag}{part}"
+            );
+            assert_eq!(csv.5, parquet.5, "{tag}{part}: /encoding differs");
+            let enc: serde_json::Value = serde_json::from_str(&parquet.5).unwrap();
+            let kinds: Vec<&str> =
+                enc["columns"].as_array().unwrap().iter().map(|c| c["kind"].as_str().unwrap()).collect();
+            let zone = if tag == "fill" { "categorical" } else { "numeric" };
+            assert_eq!(kinds, ["dropped", "numeric", "numeric", "numeric", "categorical", "numeric", zone, "label"]);
+            assert_eq!(csv.4, ["bird", "cat", "dog"]);
+            if tag == "fill" {
+                assert!(enc["columns"][1]["fill"].as_f64().is_some() && csv.3.contains(&"color=(missing)".to_string()));
+                assert!(csv.3.contains(&"zone=8".to_string()));
+            } else {
+                assert!(csv.3.contains(&"color=(other)".to_string()));
+            }
+        }
+    }
+    // A missing label is never filled; a nested column is refused by name.
+    let run = direct(
+        "nn-data",
+        &["import", &p("nolabel.parquet"), "--label", "y", "--missing", "fill", "--out", &p("bad.h5")],
+        60,
+    );
+    assert!(!run.ok() && run.stderr.contains("nolabel.parquet: row 2: column 'y': empty field"), "{}", run.all());
+    let run = direct("nn-data", &["import", &p("list.parquet"), "--label", "y", "--out", &p("bad.h5")], 60);
+    assert!(
+        !run.ok()
+            && run.stderr.contains("list.parquet: column 'tags' is a nested column")
+            && run.stderr.contains("--drop tags")
+            && run.stderr.lines().count() == 1,
+        "{}",
+        run.all()
+    );
+    let out = p("list.h5");
+    direct("nn-data", &["import", &p("list.parquet"), "--label", "y", "--drop", "tags", "--out", &out], 60).expect_ok();
+    assert!(!d.join("bad.h5").exists());
 }
 
 /// A Parquet table of about 100 MB (uncompressed float32 columns, 8 row groups) imports with

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use nn_train::data::csv_file::Delimiter;
 use nn_train::data::encoding::{FitOptions, LabelTask, MissingPolicy};
+use nn_train::data::parquet_file::ParquetTable;
 use nn_train::io::file_identity;
 use nn_train::io::memory::peak_rss_bytes;
 use nn_train::io::metrics::thousands;
@@ -77,7 +78,8 @@ struct GenArgs {
 /// The input's kind is its extension: .npy (x, and y as a second .npy file or --y-column K of
 /// the one array), .npz (the arrays named by --x and --y), .parquet, anything else CSV. NumPy
 /// arrays and Parquet tables are converted a chunk of rows at a time (bounded memory), with a
-/// progress bar on a terminal.
+/// progress bar on a terminal. A Parquet table is read as the CSV file of it would be (nulls
+/// are missing values, a bool is 0/1), with every option below but --delimiter.
 ///
 /// Columns are typed by their content: numeric; categorical (any non-numeric value, or named in
 /// --categorical), one-hot encoded over the sorted values; or the label. A non-numeric column
@@ -147,7 +149,8 @@ struct ImportArgs {
     /// Regression: store y as (target - mean) / std of the training rows; nn-predict undoes it.
     #[arg(long)]
     standardize_target: bool,
-    /// Rows converted at a time (NumPy and Parquet input). Default: about 16 MB of x.
+    /// Rows converted at a time (NumPy and Parquet input). Default: about 16 MB of x (NumPy),
+    /// about 256K cells (Parquet).
     #[arg(long, value_name = "R")]
     chunk_rows: Option<usize>,
     /// Name of the features dataset to write (and, for .npz, the array read). Default "x".
@@ -402,79 +405,21 @@ fn label_summary(class_counts: &[u64], label_names: Option<&[String]>) -> String
     format!("{} classes: {}", c.len(), list.join(", "))
 }
 
-/// `nn-data import` of a Parquet table.
-fn import_parquet(a: ImportArgs) -> Result<()> {
-    use nn_train::tools::parquet_import::{self, ParquetImport};
-    let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
-    if a.split.is_some() || a.out_train.is_some() {
-        return Err(flag("split", "is for CSV input; a Parquet table is converted whole, in file order"));
-    }
-    if a.y_file.is_some() || a.y_column.is_some() {
-        return Err(flag("y-column", "and a second input file are for .npy input"));
-    }
-    let out = a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?;
-    let label = a.label.clone().ok_or_else(|| flag("label", "is required: the label column's name"))?;
-    if let (Some(names), LabelTask::Regress) = (&a.label_names, a.task) {
-        if !names.is_empty() {
-            return Err(flag("label-names", "is for --task classify"));
-        }
-    }
-    let spec = ParquetImport {
-        path: a.csv.clone(),
-        label,
-        classify: a.task == LabelTask::Classify,
-        label_names: a.label_names.clone(),
-        drop: a.drop.clone(),
-        out: out.clone(),
-        x_name: a.x.clone(),
-        y_name: a.y.clone(),
-        chunk_rows: a.chunk_rows,
-    };
-    let start = Instant::now();
-    let bar = row_bar("converting", &a.csv);
-    let summary = parquet_import::import(&spec, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
-    let what = label_summary(&summary.class_counts, summary.label_names.as_deref());
-    println!(
-        "nn-data: read {} rows, {} feature columns -> {} features from {}; {what}",
-        summary.rows,
-        summary.columns.len(),
-        summary.feature_names.len(),
-        a.csv.display()
-    );
-    for (name, kind) in summary.columns.iter().filter(|(_, k)| k != "numeric") {
-        println!("  column '{name}': {kind}");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let mb = std::fs::metadata(&a.csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
-    println!(
-        "  wrote {}: {} rows in {secs:.1} s ({:.0} MB/s of Parquet); peak memory {} MB",
-        out.display(),
-        summary.rows,
-        mb / secs.max(1e-9),
-        peak_rss_bytes() >> 20
-    );
-    Ok(())
-}
-
 fn import(a: ImportArgs) -> Result<()> {
     use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, Outputs};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
     let kind = input_kind(&a.csv);
-    if kind == InputKind::Parquet {
-        return import_parquet(a);
-    }
-    if kind != InputKind::Csv {
+    if kind == InputKind::Npy || kind == InputKind::Npz {
         return import_npy(a, kind);
     }
     if a.y_file.is_some() || a.y_column.is_some() {
         return Err(flag("y-column", "and a second input file are for .npy input"));
     }
-    if a.chunk_rows.is_some() {
+    if a.chunk_rows.is_some() && kind == InputKind::Csv {
         return Err(flag("chunk-rows", "is for NumPy and Parquet input (a CSV is read whole)"));
+    }
+    if a.delimiter.is_some() && kind == InputKind::Parquet {
+        return Err(flag("delimiter", "is for CSV input (a Parquet table has typed columns)"));
     }
     let label = a.label.clone().ok_or_else(|| flag("label", "is required: the label column's name in the header"))?;
     let outputs = match a.split {
@@ -501,7 +446,8 @@ fn import(a: ImportArgs) -> Result<()> {
             (if a.out_test.is_some() { "out-test" } else { "out" }, test),
         ],
     };
-    file_identity::check_outputs(&out_flags, &[("the CSV file", &a.csv)])?;
+    let input_name = if kind == InputKind::Parquet { "the Parquet file" } else { "the CSV file" };
+    file_identity::check_outputs(&out_flags, &[(input_name, &a.csv)])?;
     if let (Some(names), LabelTask::Regress) = (&a.label_names, a.task) {
         if !names.is_empty() {
             return Err(flag("label-names", "is for --task classify"));
@@ -524,7 +470,23 @@ fn import(a: ImportArgs) -> Result<()> {
             standardize_target: a.standardize_target,
         },
     };
-    let imported = csv_import::import(&spec, &outputs, &DatasetNames { x: a.x.clone(), y: a.y.clone() })?;
+    let names = DatasetNames { x: a.x.clone(), y: a.y.clone() };
+    let start = Instant::now();
+    let imported = if kind == InputKind::Parquet {
+        let mut table = ParquetTable::open(&a.csv, &a.drop, a.chunk_rows)?;
+        let bar = row_bar("reading", &a.csv);
+        let shown = bar.clone();
+        table.set_progress(move |done, total| {
+            shown.set_length(total as u64);
+            shown.set_position(done as u64)
+        });
+        let imported = csv_import::import_table(&mut table, &spec.fit, &outputs, &names);
+        bar.finish_and_clear();
+        imported?
+    } else {
+        csv_import::import(&spec, &outputs, &names)?
+    };
+    let secs = start.elapsed().as_secs_f64();
     let enc = &imported.encoding;
     let delimiter = imported.delimiter.map(|d| format!(" (delimiter {d})")).unwrap_or_default();
     println!(
@@ -568,6 +530,12 @@ fn import(a: ImportArgs) -> Result<()> {
         let detail = if w.class_counts.is_empty() { String::new() } else { format!(" ({})", counts(&w.class_counts)) };
         println!("  wrote {}: {} rows{detail}", w.path.display(), w.rows);
     }
+    let mb = std::fs::metadata(&a.csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    println!(
+        "  {secs:.1} s ({:.1} MB/s of the input file); peak memory {} MB",
+        mb / secs.max(1e-9),
+        peak_rss_bytes() >> 20
+    );
     Ok(())
 }
 

@@ -20,7 +20,7 @@
 //! the root of the data file ([`write_dataset`], [`read_dataset`]), copied verbatim into the
 //! checkpoint by nn-train.
 
-use crate::data::table::TextTable;
+use crate::data::table::{Numbering, TextTable};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -175,23 +175,256 @@ pub struct FitOptions {
     pub standardize_target: bool,
 }
 
-/// Rows with missing values, found by [`Encoding::missing`].
+/// Rows with missing values, found by [`Encoding::missing`] (or a chunk at a time by
+/// [`Encoding::add_missing`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MissingReport {
-    /// Rows (indices into the table) with a missing value in a feature or the label, sorted.
+    /// Rows (indices into the whole table) with a missing value in a feature or the label, sorted.
     pub rows: Vec<usize>,
     /// Rows whose label is missing, sorted.
     pub label_rows: Vec<usize>,
-    /// (column, number of missing values) for every column that has some, in table order.
-    pub per_column: Vec<(String, usize)>,
-    /// The first missing cell: (row, column index).
-    pub first: Option<(usize, usize)>,
+    /// (column, number of missing values) for every column of the table, in table order
+    /// (see [`MissingReport::per_column`]).
+    counts: Vec<(String, usize)>,
+    /// The first missing cell.
+    pub first: Option<MissingCell>,
+    /// The first missing label.
+    pub first_label: Option<MissingCell>,
+}
+
+/// One missing cell, for messages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MissingCell {
+    /// The column's index in the table.
+    pub column: usize,
+    /// Its line (or row) number in the source, as [`TextTable::line`] gives it.
+    pub line: u64,
+    /// Its text ("" for an empty field or a null).
+    pub text: String,
 }
 
 impl MissingReport {
+    /// (column, number of missing values) for every column that has some, in table order.
+    pub fn per_column(&self) -> Vec<(String, usize)> {
+        self.counts.iter().filter(|(_, n)| *n > 0).cloned().collect()
+    }
+
     /// "sex 11, bill_length_mm 2".
     pub fn columns_text(&self) -> String {
-        self.per_column.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
+        self.per_column().iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// What [`Encoding::infer`] learns from rows, gathered a chunk of rows at a time: the checks
+/// of the options against the columns, each feature column's kind and vocabulary, the
+/// label's classes. [`Inference::finish`] gives the encoding (fill values not set yet).
+pub struct Inference {
+    source: std::path::PathBuf,
+    numbering: Numbering,
+    opts: FitOptions,
+    columns: Vec<String>,
+    label_col: usize,
+    /// One per column; None for the label and `--drop` columns.
+    features: Vec<Option<FeatureScan>>,
+    label: LabelScan,
+    missing_cells: usize,
+}
+
+/// What one feature column's cells have shown so far.
+#[derive(Default)]
+struct FeatureScan {
+    /// Named in `--categorical`.
+    named: bool,
+    numeric: usize,
+    text: usize,
+    present: usize,
+    /// (line, cell) of the first text and the first number, for messages.
+    first_text: Option<(u64, String)>,
+    first_number: Option<(u64, String)>,
+    /// Occurrences of each value: of text values, and of every value when named (a column
+    /// of numbers alone keeps none).
+    counts: BTreeMap<String, usize>,
+}
+
+/// What the label column's cells have shown so far.
+struct LabelScan {
+    task: LabelTask,
+    /// Distinct values and the line of the first occurrence of each (classification without
+    /// `--label-names`).
+    distinct: BTreeMap<String, u64>,
+}
+
+impl Inference {
+    /// Checks the options against `columns` (the source's header) and starts empty.
+    pub fn new(source: &Path, numbering: Numbering, columns: &[String], opts: &FitOptions) -> Result<Inference> {
+        let has = |c: &str| columns.iter().any(|h| h == c);
+        if !has(&opts.label) {
+            return Err(Error::flag(
+                "label",
+                format!("no column '{}' in {} (columns: {})", opts.label, source.display(), name_list(columns)),
+            ));
+        }
+        for (flag, list) in [("drop", &opts.drop), ("categorical", &opts.categorical)] {
+            for c in list {
+                if !has(c) {
+                    return Err(Error::flag(
+                        flag,
+                        format!("no column '{c}' in {} (columns: {})", source.display(), name_list(columns)),
+                    ));
+                }
+                if *c == opts.label {
+                    return Err(Error::flag(flag, format!("'{c}' is the --label column")));
+                }
+            }
+        }
+        if let Some(c) = opts.categorical.iter().find(|c| opts.drop.contains(c)) {
+            return Err(Error::flag("categorical", format!("'{c}' is also in --drop")));
+        }
+        if opts.max_categories == Some(0) {
+            return Err(Error::flag("max-categories", "must be at least 1"));
+        }
+        let label_col = columns.iter().position(|c| *c == opts.label).expect("checked above");
+        let features = columns
+            .iter()
+            .enumerate()
+            .map(|(j, name)| {
+                (j != label_col && !opts.drop.contains(name))
+                    .then(|| FeatureScan { named: opts.categorical.contains(name), ..FeatureScan::default() })
+            })
+            .collect();
+        Ok(Inference {
+            source: source.to_path_buf(),
+            numbering,
+            opts: opts.clone(),
+            columns: columns.to_vec(),
+            label_col,
+            features,
+            label: LabelScan { task: opts.task.unwrap_or(LabelTask::Classify), distinct: BTreeMap::new() },
+            missing_cells: 0,
+        })
+    }
+
+    /// Adds `rows` of `table` (a chunk of the source, with its columns). The label's values
+    /// are checked here (targets must be numbers, classes among `--label-names`).
+    pub fn add(&mut self, table: &TextTable, rows: &[usize]) -> Result<()> {
+        debug_assert_eq!(table.columns, self.columns);
+        for (j, scan) in self.features.iter_mut().enumerate() {
+            let Some(s) = scan else { continue };
+            for &r in rows {
+                let cell = table.cell(r, j);
+                if is_missing(cell) {
+                    self.missing_cells += 1;
+                    continue;
+                }
+                s.present += 1;
+                let is_number = number(cell).is_some();
+                if is_number {
+                    s.numeric += 1;
+                    if s.first_number.is_none() {
+                        s.first_number = Some((table.line(r), cell.to_string()));
+                    }
+                } else {
+                    s.text += 1;
+                    if s.first_text.is_none() {
+                        s.first_text = Some((table.line(r), cell.to_string()));
+                    }
+                }
+                if !is_number || s.named {
+                    match s.counts.get_mut(cell) {
+                        Some(n) => *n += 1,
+                        None => {
+                            s.counts.insert(cell.to_string(), 1);
+                        }
+                    }
+                }
+            }
+        }
+        let j = self.label_col;
+        let name = &self.columns[j];
+        let fail = |r: usize, m: String| table.error_at(r, format!("column '{name}': {m}"));
+        for &r in rows {
+            let cell = table.cell(r, j);
+            if is_missing(cell) {
+                self.missing_cells += 1;
+                continue;
+            }
+            if self.label.task == LabelTask::Regress {
+                finite_f32(cell).map_err(|m| fail(r, format!("{m} (--task regress needs numeric targets)")))?;
+            } else if let Some(names) = &self.opts.label_names {
+                if !names.iter().any(|n| n == cell) {
+                    return Err(fail(r, format!("label '{cell}' is not one of --label-names ({})", names.join(","))));
+                }
+            } else if !self.label.distinct.contains_key(cell) {
+                self.label.distinct.insert(cell.to_string(), table.line(r));
+            }
+        }
+        Ok(())
+    }
+
+    /// Missing cells seen so far in the feature and label columns.
+    pub fn missing_cells(&self) -> usize {
+        self.missing_cells
+    }
+
+    /// The encoding: column kinds, vocabularies, classes (fill values not set yet).
+    pub fn finish(self) -> Result<Encoding> {
+        let at = |n: u64, m: String| self.numbering.error(&self.source, n, m);
+        let mut columns = Vec::with_capacity(self.columns.len());
+        for (j, name) in self.columns.iter().enumerate() {
+            let kind = if j == self.label_col {
+                ColumnKind::Label
+            } else {
+                match &self.features[j] {
+                    None => ColumnKind::Dropped { reason: "--drop".to_string() },
+                    Some(s) => feature_kind(s, name, &self.opts, &at)?,
+                }
+            };
+            columns.push(Column { name: name.clone(), kind });
+        }
+        let label = finish_label(&self.label, &self.columns[self.label_col], self.opts.label_names.as_deref(), &at)?;
+        let mut encoding = Encoding {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            columns,
+            label,
+            missing: self.opts.missing,
+            features: Vec::new(),
+        };
+        encoding.features = encoding.feature_names();
+        if encoding.features.is_empty() {
+            return Err(Error::data(
+                &self.source,
+                "no feature columns: every column but the label was dropped or is the label",
+            ));
+        }
+        Ok(encoding)
+    }
+}
+
+/// Fill values and target values of the training rows, gathered a chunk at a time by
+/// [`Encoding::statistics`] and [`Statistics::add`], set by [`Encoding::set_statistics`].
+pub struct Statistics {
+    /// (column, sum, count) of the finite values of each numeric column, under `--missing fill`.
+    sums: Vec<(usize, f64, usize)>,
+    /// The label column and the finite targets seen, with `--standardize-target`.
+    targets: Option<(usize, Vec<f64>)>,
+}
+
+impl Statistics {
+    /// Adds the training rows `train_rows` of `table`.
+    pub fn add(&mut self, table: &TextTable, train_rows: &[usize]) {
+        for (j, sum, n) in &mut self.sums {
+            for &r in train_rows {
+                let cell = table.cell(r, *j);
+                if let Some(v) = Some(cell).filter(|c| !is_missing(c)).and_then(number).filter(|v| v.is_finite()) {
+                    *sum += v;
+                    *n += 1;
+                }
+            }
+        }
+        if let Some((j, values)) = &mut self.targets {
+            values.extend(train_rows.iter().filter_map(|&r| number(table.cell(r, *j))).filter(|v| v.is_finite()));
+        }
     }
 }
 
@@ -232,69 +465,27 @@ fn name_list(names: &[String]) -> String {
 impl Encoding {
     /// Step 1 of fitting: checks the options against the table's columns, types every
     /// column and collects vocabularies and class names from `rows` (the rows that will be
-    /// used; cells that are missing are skipped). Fill values are not set yet.
+    /// used; cells that are missing are skipped). Fill values are not set yet. (A table read
+    /// in chunks uses [`Inference`] directly.)
     pub fn infer(table: &TextTable, opts: &FitOptions, rows: &[usize]) -> Result<Encoding> {
-        let path = table.source.as_path();
-        let task = opts.task.unwrap_or(LabelTask::Classify);
-        let has = |c: &str| table.column(c).is_some();
-        if !has(&opts.label) {
-            return Err(Error::flag(
-                "label",
-                format!("no column '{}' in {} (columns: {})", opts.label, path.display(), name_list(&table.columns)),
-            ));
-        }
-        for (flag, list) in [("drop", &opts.drop), ("categorical", &opts.categorical)] {
-            for c in list {
-                if !has(c) {
-                    return Err(Error::flag(
-                        flag,
-                        format!("no column '{c}' in {} (columns: {})", path.display(), name_list(&table.columns)),
-                    ));
-                }
-                if *c == opts.label {
-                    return Err(Error::flag(flag, format!("'{c}' is the --label column")));
-                }
-            }
-        }
-        if let Some(c) = opts.categorical.iter().find(|c| opts.drop.contains(c)) {
-            return Err(Error::flag("categorical", format!("'{c}' is also in --drop")));
-        }
-        if opts.max_categories == Some(0) {
-            return Err(Error::flag("max-categories", "must be at least 1"));
-        }
-        let mut columns = Vec::with_capacity(table.columns.len());
-        let mut label = None;
-        for (j, name) in table.columns.iter().enumerate() {
-            let kind = if *name == opts.label {
-                label = Some(infer_label(table, j, task, opts.label_names.as_deref(), rows)?);
-                ColumnKind::Label
-            } else if opts.drop.contains(name) {
-                ColumnKind::Dropped { reason: "--drop".to_string() }
-            } else {
-                infer_feature(table, j, opts, rows)?
-            };
-            columns.push(Column { name: name.clone(), kind });
-        }
-        let mut encoding = Encoding {
-            format: FORMAT.to_string(),
-            version: VERSION,
-            columns,
-            label: label.expect("the label column exists"),
-            missing: opts.missing,
-            features: Vec::new(),
-        };
-        encoding.features = encoding.feature_names();
-        if encoding.features.is_empty() {
-            return Err(Error::data(
-                path,
-                "no feature columns: every column but the label was dropped or is the label",
-            ));
-        }
-        Ok(encoding)
+        let mut inference = Inference::new(&table.source, table.numbering, &table.columns, opts)?;
+        inference.add(table, rows)?;
+        inference.finish()
     }
 
     /// The rows among `rows` with a missing value in a feature or the label.
     pub fn missing(&self, table: &TextTable, rows: &[usize]) -> MissingReport {
+        let mut report = MissingReport::default();
+        self.add_missing(table, rows, &mut report);
+        report
+    }
+
+    /// Adds the rows among `rows` of `table` (a chunk, rows in file order after those
+    /// already added) with a missing value in a feature or the label to `report`.
+    pub fn add_missing(&self, table: &TextTable, rows: &[usize], report: &mut MissingReport) {
+        if report.counts.is_empty() {
+            report.counts = self.columns.iter().map(|c| (c.name.clone(), 0)).collect();
+        }
         let used: Vec<(usize, bool)> = self
             .columns
             .iter()
@@ -305,51 +496,66 @@ impl Encoding {
                 _ => Some((j, false)),
             })
             .collect();
-        let mut counts = vec![0usize; self.columns.len()];
-        let mut report = MissingReport::default();
         for &r in rows {
             let mut any = false;
             for &(j, is_label) in &used {
-                if is_missing(table.cell(r, j)) {
-                    counts[j] += 1;
+                let cell = table.cell(r, j);
+                if is_missing(cell) {
+                    report.counts[j].1 += 1;
                     any = true;
+                    let here = || Some(MissingCell { column: j, line: table.line(r), text: cell.to_string() });
                     if is_label {
-                        report.label_rows.push(r);
+                        report.label_rows.push(table.first + r);
+                        if report.first_label.is_none() {
+                            report.first_label = here();
+                        }
                     }
                     if report.first.is_none() {
-                        report.first = Some((r, j));
+                        report.first = here();
                     }
                 }
             }
             if any {
-                report.rows.push(r);
+                report.rows.push(table.first + r);
             }
         }
-        report.per_column =
-            self.columns.iter().zip(&counts).filter(|(_, &n)| n > 0).map(|(c, &n)| (c.name.clone(), n)).collect();
-        report
     }
 
     /// Step 3 of fitting: fill values (under `--missing fill`) and the target
     /// standardization (with `standardize_target`) from `train_rows` only.
     pub fn fit_statistics(&mut self, table: &TextTable, train_rows: &[usize], standardize_target: bool) {
-        let fill = self.missing == MissingPolicy::Fill;
-        for (j, column) in self.columns.iter_mut().enumerate() {
-            if let ColumnKind::Numeric { fill: f } = &mut column.kind {
-                if fill {
-                    let (sum, n) = train_rows
-                        .iter()
-                        .filter_map(|&r| Some(table.cell(r, j)).filter(|c| !is_missing(c)).and_then(number))
-                        .filter(|v| v.is_finite())
-                        .fold((0.0f64, 0usize), |(s, n), v| (s + v, n + 1));
-                    *f = Some(if n == 0 { 0.0 } else { (sum / n as f64) as f32 });
-                }
+        if let Some(mut s) = self.statistics(standardize_target) {
+            s.add(table, train_rows);
+            self.set_statistics(s);
+        }
+    }
+
+    /// Step 3 a chunk at a time: what to gather from the training rows, or None when there
+    /// is nothing to fit (no `--missing fill` of a numeric column, no target standardization).
+    pub fn statistics(&self, standardize_target: bool) -> Option<Statistics> {
+        let sums: Vec<(usize, f64, usize)> = if self.missing == MissingPolicy::Fill {
+            (0..self.columns.len())
+                .filter(|&j| matches!(self.columns[j].kind, ColumnKind::Numeric { .. }))
+                .map(|j| (j, 0.0, 0))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let targets = (standardize_target && self.label.task == LabelTask::Regress).then(|| {
+            let j = self.columns.iter().position(|c| c.kind == ColumnKind::Label).expect("a label column");
+            (j, Vec::new())
+        });
+        (!sums.is_empty() || targets.is_some()).then_some(Statistics { sums, targets })
+    }
+
+    /// Sets the fill values and target standardization from the gathered statistics.
+    pub fn set_statistics(&mut self, s: Statistics) {
+        for (j, sum, n) in s.sums {
+            if let ColumnKind::Numeric { fill } = &mut self.columns[j].kind {
+                *fill = Some(if n == 0 { 0.0 } else { (sum / n as f64) as f32 });
             }
         }
-        if standardize_target && self.label.task == LabelTask::Regress {
-            let j = self.columns.iter().position(|c| c.kind == ColumnKind::Label).expect("a label column");
-            let values: Vec<f64> =
-                train_rows.iter().filter_map(|&r| number(table.cell(r, j))).filter(|v| v.is_finite()).collect();
+        if let Some((_, values)) = s.targets {
             let n = values.len().max(1) as f64;
             let mean = values.iter().sum::<f64>() / n;
             let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
@@ -437,7 +643,7 @@ impl Encoding {
             let out = &mut x[i * d..(i + 1) * d];
             for p in &plans {
                 let cell = table.cell(r, p.col);
-                let fail = |m: String| Error::line(path, table.line(r), format!("column '{}': {m}", p.column.name));
+                let fail = |m: String| table.error_at(r, format!("column '{}': {m}", p.column.name));
                 match &p.column.kind {
                     ColumnKind::Numeric { fill } => {
                         out[p.offset] = if is_missing(cell) {
@@ -494,9 +700,8 @@ impl Encoding {
     }
 
     fn encode_labels(&self, table: &TextTable, j: usize, rows: &[usize]) -> Result<LabelValues> {
-        let path = table.source.as_path();
         let label = &self.label;
-        let fail = |r: usize, m: String| Error::line(path, table.line(r), format!("column '{}': {m}", label.name));
+        let fail = |r: usize, m: String| table.error_at(r, format!("column '{}': {m}", label.name));
         let check_present = |r: usize, cell: &str| -> Result<()> {
             if cell.is_empty() {
                 Err(fail(r, "empty label (a missing label is never filled; --missing drop drops such rows)".into()))
@@ -645,141 +850,98 @@ pub fn finite_f32(cell: &str) -> std::result::Result<f32, String> {
     Ok(f)
 }
 
-/// The kind of feature column `j`, from its non-missing cells in `rows`.
-fn infer_feature(table: &TextTable, j: usize, opts: &FitOptions, rows: &[usize]) -> Result<ColumnKind> {
-    let name = &table.columns[j];
-    let named = opts.categorical.contains(name);
-    let (mut numeric, mut text, mut present) = (0usize, 0usize, 0usize);
-    let (mut first_text, mut first_number) = (None, None);
-    for &r in rows {
-        let cell = table.cell(r, j);
-        if is_missing(cell) {
-            continue;
-        }
-        present += 1;
-        if number(cell).is_some() {
-            numeric += 1;
-            first_number.get_or_insert(r);
-        } else {
-            text += 1;
-            first_text.get_or_insert(r);
-        }
-    }
+/// The kind of a feature column from what its cells showed.
+fn feature_kind(
+    s: &FeatureScan,
+    name: &str,
+    opts: &FitOptions,
+    at: &dyn Fn(u64, String) -> Error,
+) -> Result<ColumnKind> {
+    let (named, present) = (s.named, s.present);
     if present == 0 {
         return Ok(ColumnKind::Dropped { reason: "every value is missing".to_string() });
     }
-    if text == 0 && !named {
+    if s.text == 0 && !named {
         return Ok(ColumnKind::Numeric { fill: None });
     }
-    if text > 0 && numeric > 0 && !named {
-        let path = table.source.as_path();
+    if s.text > 0 && s.numeric > 0 && !named {
         let hint = "name the column in --categorical to read every value as a category";
-        return Err(if numeric >= text {
-            let r = first_text.expect("a text cell");
-            Error::line(
-                path,
-                table.line(r),
-                format!("column '{name}': '{}' is not a number (the column's other values are numbers: fix the value, or {hint})", table.cell(r, j)),
-            )
+        return Err(if s.numeric >= s.text {
+            let (line, cell) = s.first_text.as_ref().expect("a text cell");
+            at(*line, format!("column '{name}': '{cell}' is not a number (the column's other values are numbers: fix the value, or {hint})"))
         } else {
-            let r = first_number.expect("a number cell");
-            Error::line(
-                path,
-                table.line(r),
-                format!("column '{name}': '{}' is a number among categories: {hint}", table.cell(r, j)),
-            )
+            let (line, cell) = s.first_number.as_ref().expect("a number cell");
+            at(*line, format!("column '{name}': '{cell}' is a number among categories: {hint}"))
         });
     }
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for &r in rows {
-        let cell = table.cell(r, j);
-        if !is_missing(cell) {
-            *counts.entry(cell).or_default() += 1;
-        }
-    }
+    let counts = &s.counts;
     if !named && counts.len() == present && present > ID_MIN_ROWS {
         return Ok(ColumnKind::Dropped {
             reason: format!("an identifier: all {present} values are different; --categorical {name} keeps it"),
         });
     }
-    let mut values: Vec<String> = counts.keys().map(|v| v.to_string()).collect();
+    let mut values: Vec<String> = counts.keys().cloned().collect();
     let mut other = Vec::new();
     if let Some(k) = opts.max_categories {
         if counts.len() > k {
             // The k most frequent keep their slot (ties: the earlier value in sorted order).
-            let mut by_count: Vec<(&str, usize)> = counts.iter().map(|(v, n)| (*v, *n)).collect();
+            let mut by_count: Vec<(&str, usize)> = counts.iter().map(|(v, n)| (v.as_str(), *n)).collect();
             by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             let keep: HashSet<&str> = by_count[..k].iter().map(|(v, _)| *v).collect();
-            values = counts.keys().filter(|v| keep.contains(*v)).map(|v| v.to_string()).collect();
-            other = counts.keys().filter(|v| !keep.contains(*v)).map(|v| v.to_string()).collect();
+            values = counts.keys().filter(|v| keep.contains(v.as_str())).cloned().collect();
+            other = counts.keys().filter(|v| !keep.contains(v.as_str())).cloned().collect();
         }
     }
     Ok(ColumnKind::Categorical { values, other, missing: opts.missing == MissingPolicy::Fill })
 }
 
-/// The label's classes (or targets' check), from its non-missing cells in `rows`.
-fn infer_label(
-    table: &TextTable,
-    j: usize,
-    task: LabelTask,
+/// The label's classes (targets were checked as they came), from its distinct values.
+fn finish_label(
+    scan: &LabelScan,
+    name: &str,
     fixed: Option<&[String]>,
-    rows: &[usize],
+    at: &dyn Fn(u64, String) -> Error,
 ) -> Result<Label> {
-    let path = table.source.as_path();
-    let name = table.columns[j].clone();
-    let present: Vec<usize> = rows.iter().copied().filter(|&r| !is_missing(table.cell(r, j))).collect();
-    let fail = |r: usize, m: String| Error::line(path, table.line(r), format!("column '{name}': {m}"));
-    let mut label = Label { name: name.clone(), task, classes: None, indices: false, standardize: None };
-    if task == LabelTask::Regress {
-        for &r in &present {
-            finite_f32(table.cell(r, j)).map_err(|m| fail(r, format!("{m} (--task regress needs numeric targets)")))?;
-        }
+    let mut label = Label { name: name.to_string(), task: scan.task, classes: None, indices: false, standardize: None };
+    if scan.task == LabelTask::Regress {
         return Ok(label);
     }
     if let Some(names) = fixed {
-        let known: HashSet<&str> = names.iter().map(String::as_str).collect();
-        if let Some(&r) = present.iter().find(|&&r| !known.contains(table.cell(r, j))) {
-            return Err(fail(
-                r,
-                format!("label '{}' is not one of --label-names ({})", table.cell(r, j), names.join(",")),
-            ));
-        }
         label.classes = Some(names.to_vec());
         return Ok(label);
     }
-    let numbers: Option<Vec<f64>> =
-        present.iter().map(|&r| number(table.cell(r, j)).filter(|v| v.is_finite())).collect();
+    let fail = |line: u64, m: String| at(line, format!("column '{name}': {m}"));
+    // The first (in file order) of the distinct values that `bad` refuses.
+    let first_bad = |bad: &dyn Fn(f64) -> bool| -> Option<(&String, u64)> {
+        scan.distinct
+            .iter()
+            .filter(|(cell, _)| number(cell).is_some_and(bad))
+            .map(|(cell, &line)| (cell, line))
+            .min_by_key(|&(_, line)| line)
+    };
+    let numbers: Option<Vec<f64>> = scan.distinct.keys().map(|c| number(c).filter(|v| v.is_finite())).collect();
     match numbers {
         Some(values) => {
-            if let Some(i) = values.iter().position(|v| v.fract() != 0.0) {
+            if let Some((cell, line)) = first_bad(&|v| v.fract() != 0.0) {
                 return Err(fail(
-                    present[i],
-                    format!(
-                        "label '{}' is not a whole number (use --task regress for numeric targets)",
-                        table.cell(present[i], j)
-                    ),
+                    line,
+                    format!("label '{cell}' is not a whole number (use --task regress for numeric targets)"),
                 ));
             }
             // Beyond 2^53 whole numbers are not exact in f64 (nor distinct after the cast).
-            if let Some(i) = values.iter().position(|v| v.abs() > 9_007_199_254_740_992.0) {
-                return Err(fail(
-                    present[i],
-                    format!("label '{}' is too large for a class label", table.cell(present[i], j)),
-                ));
+            if let Some((cell, line)) = first_bad(&|v| v.abs() > 9_007_199_254_740_992.0) {
+                return Err(fail(line, format!("label '{cell}' is too large for a class label")));
             }
             // A class index is an output unit: a huge one would ask for that many classes.
-            if let Some(i) = values.iter().position(|&v| v > MAX_CLASS_INDEX as f64) {
-                if values.iter().all(|&v| v >= 0.0) {
+            if values.iter().all(|&v| v >= 0.0) {
+                if let Some((cell, line)) = first_bad(&|v| v > MAX_CLASS_INDEX as f64) {
                     return Err(fail(
-                        present[i],
+                        line,
                         format!(
-                            "label '{}' is too large for a class index (at most {MAX_CLASS_INDEX}); whole-number labels are used as class indices, so renumber them or give --label-names",
-                            table.cell(present[i], j)
+                            "label '{cell}' is too large for a class index (at most {MAX_CLASS_INDEX}); whole-number labels are used as class indices, so renumber them or give --label-names"
                         ),
                     ));
                 }
-            }
-            if values.iter().all(|&v| v >= 0.0) {
                 // Already class indices: 0..=max.
                 let k = values.iter().fold(0.0f64, |m, &v| m.max(v)) as usize + 1;
                 label.classes = Some((0..k).map(|i| i.to_string()).collect());
@@ -790,10 +952,7 @@ fn infer_label(
                 label.classes = Some(distinct.iter().map(|v| v.to_string()).collect());
             }
         }
-        None => {
-            let distinct: std::collections::BTreeSet<&str> = present.iter().map(|&r| table.cell(r, j)).collect();
-            label.classes = Some(distinct.iter().map(|n| n.to_string()).collect());
-        }
+        None => label.classes = Some(scan.distinct.keys().cloned().collect()),
     }
     Ok(label)
 }
@@ -873,7 +1032,7 @@ mod tests {
         let t = table("a,c,y\n1,x,0\nNA,?,1\n3,y,0\n100,x,1\n");
         let o = FitOptions { missing: MissingPolicy::Fill, ..opts("y") };
         let mut e = Encoding::infer(&t, &o, &all(&t)).unwrap();
-        assert_eq!(e.missing(&t, &all(&t)).per_column, vec![("a".to_string(), 1), ("c".to_string(), 1)]);
+        assert_eq!(e.missing(&t, &all(&t)).per_column(), vec![("a".to_string(), 1), ("c".to_string(), 1)]);
         e.fit_statistics(&t, &[0, 1, 2], false); // row 3 (a = 100) is the test split
         assert_eq!(e.columns[0].kind, ColumnKind::Numeric { fill: Some(2.0) });
         let enc = e.apply(&t, &[1], UnknownPolicy::Error).unwrap();

@@ -1,6 +1,6 @@
 //! Training data: a rank's slice of an HDF5 data file ([`slice`]), the batches gathered from
 //! it each step ([`batch`]), the per-feature standardization ([`scaling`]), and tables as
-//! users have them: text cells ([`table`]) read from CSV files ([`csv_file`]) and turned into
+//! users have them: text cells ([`table`]) read from CSV files ([`csv_file`]) and Parquet tables ([`parquet_file`]) and turned into
 //! numbers by a stored tabular encoding ([`encoding`]).
 
 pub mod batch;
@@ -12,6 +12,8 @@ pub mod element;
 pub mod encoding;
 /// HDF5 compression filters: decoders registered here, and the check before reading.
 pub mod filters;
+/// Parquet tables read a chunk of rows at a time as text cells, for the tabular import.
+pub mod parquet_file;
 pub mod scaling;
 pub mod slice;
 /// Rows of text cells with named columns, as readers hand them to the encoding.

@@ -64,6 +64,20 @@ impl ChunkedOutput {
         Ok(())
     }
 
+    /// Writes whole rows of x at rows `first..` (any order, each row once): `x` is
+    /// (k, features) row-major.
+    pub fn write_rows_at(&mut self, first: usize, x: &[f32]) -> Result<()> {
+        let k = x.len() / self.features.max(1);
+        debug_assert_eq!(k * self.features, x.len());
+        if first + k > self.rows {
+            return Err(Error::output(&self.file.dest, "rows beyond those announced"));
+        }
+        let view = ndarray::ArrayView2::from_shape((k, self.features), x).expect("whole rows");
+        self.x.write_slice(&view, s![first..first + k, ..]).map_err(self.err())?;
+        self.written += k;
+        Ok(())
+    }
+
     /// Rows of x written so far.
     pub fn written(&self) -> usize {
         self.written
@@ -80,6 +94,22 @@ impl ChunkedOutput {
         split: &str,
         encoding_json: Option<&str>,
     ) -> Result<(PathBuf, Vec<u64>)> {
+        let (file, counts) = self.finish_pending(targets, feature_names, source, split, encoding_json)?;
+        let dest = file.dest.clone();
+        file.commit()?;
+        Ok((dest, counts))
+    }
+
+    /// [`ChunkedOutput::finish`] without the rename: the complete file, still under its
+    /// temporary name (committed by the caller once every file of an import is complete).
+    pub fn finish_pending(
+        self,
+        targets: &Targets,
+        feature_names: Option<&[String]>,
+        source: &str,
+        split: &str,
+        encoding_json: Option<&str>,
+    ) -> Result<(PendingFile, Vec<u64>)> {
         let err = self.err();
         if self.written != self.rows {
             return Err(Error::output(
@@ -126,9 +156,7 @@ impl ChunkedOutput {
         let ChunkedOutput { file, h5, x, .. } = self;
         drop(x);
         h5.close().map_err(|e| Error::output(&file.dest, format!("cannot write: {e}")))?;
-        let dest = file.dest.clone();
-        file.commit()?;
-        Ok((dest, counts))
+        Ok((file, counts))
     }
 }
 

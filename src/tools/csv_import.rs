@@ -1,4 +1,5 @@
-//! `nn-data import`: a table (CSV, see [`crate::data::csv_file`]) to nn-train's data layout:
+//! `nn-data import`: a table (CSV, see [`crate::data::csv_file`]; Parquet, see
+//! [`crate::data::parquet_file`]; any [`TableSource`]) to nn-train's data layout:
 //! x (N, D) float32 and y (N,) int64 class indices or float32 targets, with the tabular
 //! encoding that made x and y stored as the JSON dataset `/encoding` (see
 //! [`crate::data::encoding`]), so that nn-predict applies the same steps to new rows.
@@ -8,19 +9,25 @@
 //! names are stored in y's attribute `label_names` (index i is class i). `--label-names`
 //! fixes the mapping instead, so that files imported separately agree.
 //!
-//! Order of work, so that no statistic of a test split leaks into training: read; type the
-//! columns; handle missing values (`--missing error|drop|fill`); split; fit the fill values
-//! and target standardization on the training rows; encode and write. The whole table is
-//! held in memory as text, and outputs appear by rename when complete: a bad row leaves no
-//! output behind.
+//! Order of work, so that no statistic of a test split leaks into training, each step a pass
+//! over the source's chunks of rows (only the passes a step needs are made): type the
+//! columns; find missing values (only when there are some) and apply `--missing
+//! error|drop|fill`; type again without dropped rows (only when rows were dropped); read
+//! the labels for a stratified split (only with `--split` of classes); fit the fill values
+//! and target standardization on the training rows (only with `--missing fill` or
+//! `--standardize-target`); encode and write, a chunk at a time. A CSV file is held in memory
+//! as text; a Parquet table is re-read for each pass, so memory is a chunk of rows plus
+//! 8-24 bytes a row (labels, where each row goes). Outputs appear by rename when complete: a
+//! bad row leaves no output behind.
 
 use crate::data::csv_file::{self, Delimiter};
-use crate::data::encoding::{self, Encoding, FitOptions, LabelValues, MissingPolicy, MissingReport, UnknownPolicy};
-use crate::data::table::TextTable;
-use crate::io::output_file::PendingFile;
-use crate::tools::split::{self, Split};
+use crate::data::encoding::{
+    Encoding, FitOptions, Inference, LabelTask, LabelValues, MissingPolicy, MissingReport, UnknownPolicy,
+};
+use crate::data::table::{TableSource, TextTable};
+use crate::tools::chunked_output::{ChunkedOutput, Targets};
+use crate::tools::split;
 use crate::{Error, Result};
-use hdf5::types::VarLenUnicode;
 use std::path::PathBuf;
 
 /// What to import.
@@ -80,17 +87,13 @@ pub struct Imported {
     pub written: Vec<Written>,
 }
 
-/// The missing-value policy applied to `report`: the rows to keep, or the error.
-fn keep_rows(
-    table: &TextTable,
-    report: &MissingReport,
-    policy: MissingPolicy,
-    label_col: usize,
-    all: Vec<usize>,
-) -> Result<Vec<usize>> {
-    let Some((first_row, first_col)) = report.first else { return Ok(all) };
-    let at = |r: usize, j: usize, m: String| {
-        Error::line(&table.source, table.line(r), format!("column '{}': {m}", table.columns[j]))
+/// The missing-value policy applied to `report`: Ok, or the error (`--missing error` with
+/// missing values, `--missing fill` with a missing label).
+fn check_missing(src: &dyn TableSource, report: &MissingReport, policy: MissingPolicy, label_col: usize) -> Result<()> {
+    let Some(first) = &report.first else { return Ok(()) };
+    let columns = src.columns();
+    let at = |line: u64, j: usize, m: String| {
+        src.numbering().error(src.source(), line, format!("column '{}': {m}", columns[j]))
     };
     let what = |cell: &str| {
         if cell.is_empty() {
@@ -102,143 +105,233 @@ fn keep_rows(
     match policy {
         MissingPolicy::Error => {
             let n = report.rows.len();
-            let cell = table.cell(first_row, first_col);
-            let first = match (first_col == label_col, cell.is_empty()) {
+            let cell = first.text.as_str();
+            let text = match (first.column == label_col, cell.is_empty()) {
                 (true, true) => "empty label (a missing value)".to_string(),
                 (true, false) => format!("missing label '{cell}'"),
                 (false, _) => what(cell),
             };
             Err(at(
-                first_row,
-                first_col,
+                first.line,
+                first.column,
                 format!(
-                    "{first}; {n} row{} {} missing values ({}): --missing drop drops them, --missing fill fills them",
+                    "{text}; {n} row{} {} missing values ({}): --missing drop drops them, --missing fill fills them",
                     if n == 1 { "" } else { "s" },
                     if n == 1 { "has" } else { "have" },
                     report.columns_text()
                 ),
             ))
         }
-        MissingPolicy::Fill => match report.label_rows.first() {
-            Some(&r) => Err(at(
-                r,
+        MissingPolicy::Fill => match &report.first_label {
+            Some(l) => Err(at(
+                l.line,
                 label_col,
                 format!(
                     "{} in the label: a missing label is never filled (--missing drop drops such rows)",
-                    what(table.cell(r, label_col))
+                    what(&l.text)
                 ),
             )),
-            None => Ok(all),
+            None => Ok(()),
         },
-        MissingPolicy::Drop => {
-            let dropped: std::collections::HashSet<usize> = report.rows.iter().copied().collect();
-            Ok(all.into_iter().filter(|r| !dropped.contains(r)).collect())
-        }
+        MissingPolicy::Drop => Ok(()),
     }
 }
 
 /// Reads, checks and writes: one file, or the two parts of a seeded split (stratified by
 /// class for labels). Nothing is written unless every row is good.
 pub fn import(spec: &ImportSpec, outputs: &Outputs, names: &DatasetNames) -> Result<Imported> {
-    let (table, delimiter) = csv_file::read(&spec.csv, spec.delimiter)?;
-    let mut imported = import_table(&table, &spec.fit, outputs, names)?;
+    let (mut table, delimiter) = csv_file::read(&spec.csv, spec.delimiter)?;
+    let mut imported = import_table(&mut table, &spec.fit, outputs, names)?;
     imported.delimiter = Some(delimiter);
     Ok(imported)
 }
 
-/// The import of a table already read (by [`csv_file::read`] or another reader that yields a
-/// [`TextTable`]): types, missing values, split, fit, encode and write, as [`import`] does.
-pub fn import_table(table: &TextTable, opts: &FitOptions, outputs: &Outputs, names: &DatasetNames) -> Result<Imported> {
-    let path = table.source.as_path();
-    let all: Vec<usize> = (0..table.rows()).collect();
-    let first = Encoding::infer(table, opts, &all)?;
-    let missing = first.missing(table, &all);
-    let label_col = table.column(&opts.label).expect("infer checked the label column");
-    let kept = keep_rows(table, &missing, opts.missing, label_col, all)?;
-    if kept.is_empty() {
-        return Err(Error::data(path, format!("every row has a missing value ({})", missing.columns_text())));
+/// The bit of a row's place that says it goes to the test part.
+const TEST: u64 = 1 << 63;
+
+/// The kept rows of a chunk (those not in `dropped`, sorted indices into the whole table),
+/// with the index among all kept rows of the first of them.
+fn kept_rows(t: &TextTable, dropped: &[usize]) -> (Vec<usize>, usize) {
+    let before = dropped.partition_point(|&d| d < t.first);
+    let mut next = before;
+    let mut rows = Vec::with_capacity(t.rows());
+    for r in 0..t.rows() {
+        if dropped.get(next) == Some(&(t.first + r)) {
+            next += 1;
+        } else {
+            rows.push(r);
+        }
+    }
+    (rows, t.first - before)
+}
+
+/// The import of a table from any reader (CSV read whole, Parquet a chunk of rows at a
+/// time): types, missing values, split, fit, encode and write, as [`import`] does.
+pub fn import_table(
+    src: &mut dyn TableSource,
+    opts: &FitOptions,
+    outputs: &Outputs,
+    names: &DatasetNames,
+) -> Result<Imported> {
+    let path = src.source().to_path_buf();
+    let all = |t: &TextTable| (0..t.rows()).collect::<Vec<usize>>();
+    // Column kinds, vocabularies and classes from every row.
+    let mut inference = Inference::new(&path, src.numbering(), src.columns(), opts)?;
+    let mut rows_read = 0;
+    src.scan(&mut |t| {
+        rows_read += t.rows();
+        inference.add(t, &all(t))
+    })?;
+    if rows_read == 0 {
+        return Err(Error::data(&path, "no data rows"));
+    }
+    let any_missing = inference.missing_cells() > 0;
+    let first = inference.finish()?;
+    let label_col = src.columns().iter().position(|c| *c == opts.label).expect("Inference checked the label");
+    let mut missing = MissingReport::default();
+    if any_missing {
+        src.scan(&mut |t| {
+            first.add_missing(t, &all(t), &mut missing);
+            Ok(())
+        })?;
+    }
+    check_missing(&*src, &missing, opts.missing, label_col)?;
+    let dropped: Vec<usize> = if opts.missing == MissingPolicy::Drop { missing.rows.clone() } else { Vec::new() };
+    let kept = rows_read - dropped.len();
+    if kept == 0 {
+        return Err(Error::data(&path, format!("every row has a missing value ({})", missing.columns_text())));
     }
     // Dropped rows no longer count for the column types and vocabularies.
-    let mut encoding = if kept.len() == table.rows() { first } else { Encoding::infer(table, opts, &kept)? };
-    // Labels of every kept row, for the stratified split (checks every label).
-    let labels = encoding.apply_labels(table, &kept)?;
+    let mut encoding = if dropped.is_empty() {
+        first
+    } else {
+        let mut inference = Inference::new(&path, src.numbering(), src.columns(), opts)?;
+        src.scan(&mut |t| inference.add(t, &kept_rows(t, &dropped).0))?;
+        inference.finish()?
+    };
+    let classify = encoding.label.task == LabelTask::Classify;
+
+    // Where each kept row goes (in file order), with --split: the row in the train file,
+    // or TEST | the row in the test file (8 bytes a row; none without a split).
     let source = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let base = format!("nn-data import {source} --label {}", opts.label);
-    let written = match outputs {
-        Outputs::One(path) => {
-            encoding.fit_statistics(table, &kept, opts.standardize_target);
-            let file = PendingFile::new(path)?;
-            let w = write(table, &encoding, &kept, &file, names, &base, "all rows, in file order")?;
-            file.commit()?;
-            vec![w]
+    let mut place: Vec<u64> = Vec::new();
+    let parts: Vec<(PathBuf, usize, String)> = match outputs {
+        Outputs::One(out) => {
+            vec![(out.clone(), kept, "all rows, in file order".to_string())]
         }
         Outputs::Split { train, test, fraction, seed } => {
-            let Split { train: train_at, test: test_at } = match &labels {
-                LabelValues::Classes(y) => split::stratified(y, *fraction, *seed)?,
-                LabelValues::Targets(_) => split::random(kept.len(), *fraction, *seed)?,
+            let s = if classify {
+                // The labels of every kept row, for the stratified split (checks every label).
+                let mut labels = Vec::with_capacity(kept);
+                src.scan(&mut |t| match encoding.apply_labels(t, &kept_rows(t, &dropped).0)? {
+                    LabelValues::Classes(y) => {
+                        labels.extend(y);
+                        Ok(())
+                    }
+                    LabelValues::Targets(_) => unreachable!("classification"),
+                })?;
+                split::stratified(&labels, *fraction, *seed)?
+            } else {
+                split::random(kept, *fraction, *seed)?
             };
-            let (train_rows, test_rows): (Vec<usize>, Vec<usize>) =
-                (train_at.iter().map(|&i| kept[i]).collect(), test_at.iter().map(|&i| kept[i]).collect());
-            // Fill values and target statistics from the training rows only.
-            encoding.fit_statistics(table, &train_rows, opts.standardize_target);
-            let how = if matches!(labels, LabelValues::Classes(_)) { "stratified" } else { "random" };
-            let (train_file, test_file) = (PendingFile::new(train)?, PendingFile::new(test)?);
+            place.resize(kept, 0);
+            for (part, rows) in [(0, &s.train), (TEST, &s.test)] {
+                for (i, &k) in rows.iter().enumerate() {
+                    place[k] = part | i as u64;
+                }
+            }
+            let how = if classify { "stratified" } else { "random" };
             let part = |which: &str| format!("{which} part of a {how} split, --split {fraction} --seed {seed}");
-            let w_train = write(table, &encoding, &train_rows, &train_file, names, &base, &part("train"))?;
-            let w_test = write(table, &encoding, &test_rows, &test_file, names, &base, &part("test"))?;
-            train_file.commit()?;
-            test_file.commit()?;
-            vec![w_train, w_test]
+            vec![(train.clone(), s.train.len(), part("train")), (test.clone(), s.test.len(), part("test"))]
         }
     };
-    Ok(Imported { encoding, delimiter: None, rows_read: table.rows(), rows_kept: kept.len(), missing, written })
-}
+    // (part, row in that part's file) of kept row k.
+    let part_of = |k: usize| match place.get(k) {
+        None => (0, k),
+        Some(&p) => ((p >> 63) as usize, (p & !TEST) as usize),
+    };
+    // Fill values and target statistics from the training rows only.
+    if let Some(mut stats) = encoding.statistics(opts.standardize_target) {
+        src.scan(&mut |t| {
+            let (rows, k0) = kept_rows(t, &dropped);
+            let train: Vec<usize> =
+                rows.iter().enumerate().filter(|&(i, _)| part_of(k0 + i).0 == 0).map(|(_, &r)| r).collect();
+            stats.add(t, &train);
+            Ok(())
+        })?;
+        encoding.set_statistics(stats);
+    }
 
-/// Encodes `rows` of `table` (in that order) and writes them to `file`'s temporary path.
-fn write(
-    table: &TextTable,
-    encoding: &Encoding,
-    rows: &[usize],
-    file: &PendingFile,
-    names: &DatasetNames,
-    source: &str,
-    split: &str,
-) -> Result<Written> {
-    let encoded = encoding.apply(table, rows, UnknownPolicy::Error)?;
-    let err = |e: hdf5::Error| Error::output(&file.dest, format!("cannot write: {e}"));
+    // Encode and write, a chunk at a time: each part's rows of the chunk in the order of
+    // their places, written as runs of consecutive rows.
     let d = encoding.width();
-    let h5 = hdf5::File::create(&file.tmp).map_err(err)?;
-    let xv = ndarray::ArrayView2::from_shape((rows.len(), d), &encoded.x).expect("rows x features");
-    let x_ds = h5.new_dataset_builder().with_data(&xv).create(names.x.as_str()).map_err(err)?;
-    write_strings(&x_ds, "feature_names", &encoding.features).map_err(err)?;
-    let mut class_counts = Vec::new();
-    match encoded.y.expect("the table has the label column") {
-        LabelValues::Classes(y) => {
-            let classes = encoding.label.classes.as_deref().unwrap_or_default();
-            class_counts = vec![0u64; classes.len()];
-            for &l in &y {
-                class_counts[l as usize] += 1;
-            }
-            let y_ds = h5.new_dataset_builder().with_data(&y).create(names.y.as_str()).map_err(err)?;
-            if !encoding.label.indices {
-                write_strings(&y_ds, "label_names", classes).map_err(err)?;
-            }
-        }
-        LabelValues::Targets(t) => {
-            h5.new_dataset_builder().with_data(&t).create(names.y.as_str()).map_err(err)?;
+    let mut files = Vec::new();
+    for (out, rows, _) in &parts {
+        files.push(ChunkedOutput::create(out, *rows, d, &names.x, &names.y)?);
+    }
+    let mut classes: Vec<Vec<i64>> = Vec::new();
+    let mut targets: Vec<Vec<f32>> = Vec::new();
+    for (_, rows, _) in &parts {
+        if classify {
+            classes.push(vec![0; *rows]);
+        } else {
+            targets.push(vec![0.0; *rows]);
         }
     }
-    for (name, value) in [("source", source), ("split", split)] {
-        let v: VarLenUnicode = value.parse().map_err(|_| Error::output(&file.dest, "attribute text contains NUL"))?;
-        h5.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&v)).map_err(err)?;
+    src.scan(&mut |t| {
+        let (rows, k0) = kept_rows(t, &dropped);
+        for (part, file) in files.iter_mut().enumerate() {
+            let mut at: Vec<(usize, usize)> = rows
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| part_of(k0 + i).0 == part)
+                .map(|(i, &r)| (part_of(k0 + i).1, r))
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            at.sort_unstable();
+            let order: Vec<usize> = at.iter().map(|&(_, r)| r).collect();
+            let encoded = encoding.apply(t, &order, UnknownPolicy::Error)?;
+            let mut i = 0;
+            while i < at.len() {
+                let mut j = i + 1;
+                while j < at.len() && at[j].0 == at[j - 1].0 + 1 {
+                    j += 1;
+                }
+                file.write_rows_at(at[i].0, &encoded.x[i * d..j * d])?;
+                i = j;
+            }
+            match encoded.y.expect("the table has the label column") {
+                LabelValues::Classes(y) => at.iter().zip(y).for_each(|(&(p, _), v)| classes[part][p] = v),
+                LabelValues::Targets(y) => at.iter().zip(y).for_each(|(&(p, _), v)| targets[part][p] = v),
+            }
+        }
+        Ok(())
+    })?;
+    let class_names = encoding.label.classes.clone().unwrap_or_default();
+    let names_attr = (!encoding.label.indices).then(|| class_names.clone());
+    let json = encoding.to_json();
+    let mut done = Vec::new();
+    for (part, (file, (_, rows, split_text))) in files.into_iter().zip(&parts).enumerate() {
+        let (y, class_counts) = if classify {
+            let y = std::mem::take(&mut classes[part]);
+            let mut counts = vec![0u64; class_names.len()];
+            y.iter().for_each(|&l| counts[l as usize] += 1);
+            (Targets::Classes { y, names: names_attr.clone() }, counts)
+        } else {
+            (Targets::Values { y: std::mem::take(&mut targets[part]), width: 1 }, Vec::new())
+        };
+        let (dest, _) = file.finish_pending(&y, Some(&encoding.features), &base, split_text, Some(&json))?;
+        done.push((dest, Written { path: PathBuf::new(), rows: *rows, class_counts }));
     }
-    encoding::write_dataset(&h5, &encoding.to_json()).map_err(err)?;
-    h5.close().map_err(err)?;
-    Ok(Written { path: file.dest.clone(), rows: rows.len(), class_counts })
-}
-
-/// A 1-D attribute of variable-length UTF-8 strings (h5py reads it as a list of str).
-fn write_strings(ds: &hdf5::Dataset, name: &str, values: &[String]) -> hdf5::Result<()> {
-    let v: Vec<VarLenUnicode> = values.iter().map(|s| s.replace('\0', "").parse().expect("no NUL")).collect();
-    ds.new_attr::<VarLenUnicode>().shape(v.len()).create(name)?.write(&v)
+    // Every part complete: rename them into place.
+    let mut written = Vec::new();
+    for (pending, mut w) in done {
+        w.path = pending.dest.clone();
+        pending.commit()?;
+        written.push(w);
+    }
+    Ok(Imported { encoding, delimiter: None, rows_read, rows_kept: kept, missing, written })
 }

@@ -1,4 +1,4 @@
-//! What only `nn-data` uses: synthetic data sets ([`datagen`]), CSV import ([`csv_import`])
+//! What only `nn-data` uses: synthetic data sets ([`datagen`]), table import (CSV, Parquet: [`csv_import`])
 //! with seeded splits ([`split`]), file summaries ([`info`]) and learning-curve plots
 //! ([`plot`]).
 
@@ -9,7 +9,5 @@ pub mod datagen;
 pub mod info;
 /// `nn-data import` of NumPy .npy/.npz arrays.
 pub mod npy_import;
-/// `nn-data import` of Parquet tables.
-pub mod parquet_import;
 pub mod plot;
 pub mod split;
