@@ -20,6 +20,7 @@
 //! the root of the data file ([`write_dataset`], [`read_dataset`]), copied verbatim into the
 //! checkpoint by nn-train.
 
+use crate::data::moments::Moments;
 use crate::data::table::{Numbering, TextTable};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -556,11 +557,12 @@ impl Encoding {
             }
         }
         if let Some((_, values)) = s.targets {
-            let n = values.len().max(1) as f64;
-            let mean = values.iter().sum::<f64>() / n;
-            let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-            let std = if var > 0.0 { var.sqrt() } else { 1.0 };
-            self.label.standardize = Some(TargetScaling { mean, std });
+            let mut m = Moments::default();
+            for &v in &values {
+                m.add(v);
+            }
+            let std = if m.m2 > 0.0 { m.std() } else { 1.0 };
+            self.label.standardize = Some(TargetScaling { mean: m.mean, std });
         }
     }
 

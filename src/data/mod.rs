@@ -12,6 +12,8 @@ pub mod element;
 pub mod encoding;
 /// HDF5 compression filters: decoders registered here, and the check before reading.
 pub mod filters;
+/// Mean and standard deviation of a stream of values, without cancellation (Welford, Chan).
+pub mod moments;
 /// Parquet tables read a chunk of rows at a time as text cells, for the tabular import.
 pub mod parquet_file;
 pub mod scaling;

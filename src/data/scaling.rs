@@ -1,7 +1,8 @@
 //! `--standardize`: per-feature mean and standard deviation of the whole training set,
-//! computed from per-rank partial sums added with one allreduce (no rank reads more than
-//! its slice), then applied in place to every slice.
+//! computed from per-rank partial statistics added with two allreduces (no rank reads more
+//! than its slice), then applied in place to every slice.
 
+use crate::data::moments::Moments;
 use crate::data::slice::Slice;
 use crate::dist::comm::Comm;
 
@@ -14,28 +15,29 @@ pub struct Scaling {
     pub std: Vec<f32>,
 }
 
-/// Population statistics (as scikit-learn's StandardScaler) of all ranks' slices. The sums
-/// are accumulated in f64, which keeps E[x^2] - E[x]^2 accurate unless a feature's mean is
-/// many orders of magnitude larger than its spread.
+/// Population statistics (as scikit-learn's StandardScaler) of all ranks' slices. Each rank
+/// folds its rows into per-feature [`Moments`]; they combine as [`Moments::merge`] does, its
+/// two sums taken by allreduce: the count-weighted means (and the row count), then each
+/// rank's M2 about the whole's mean. Collective.
 pub fn compute(comm: &Comm, slice: &Slice) -> Scaling {
     let d = slice.features;
-    // [sum x (d), sum x^2 (d), rows]
-    let mut sums = vec![0.0f64; 2 * d + 1];
+    let mut local = vec![Moments::default(); d];
     for row in slice.x.chunks_exact(d) {
-        for (j, &v) in row.iter().enumerate() {
-            sums[j] += v as f64;
-            sums[d + j] += (v as f64) * (v as f64);
+        for (m, &v) in local.iter_mut().zip(row) {
+            m.add(v as f64);
         }
     }
-    sums[2 * d] = slice.rows as f64;
+    // [count * mean (d), rows]
+    let mut sums: Vec<f64> = local.iter().map(|m| m.count * m.mean).chain([slice.rows as f64]).collect();
     comm.sum_f64_slice(&mut sums);
-    let n = sums[2 * d].max(1.0);
-    let mean: Vec<f32> = (0..d).map(|j| (sums[j] / n) as f32).collect();
-    let std: Vec<f32> = (0..d)
-        .map(|j| {
-            let m = sums[j] / n;
-            let var = (sums[d + j] / n - m * m).max(0.0);
-            let s = var.sqrt();
+    let n = sums[d].max(1.0);
+    let mean: Vec<f64> = sums[..d].iter().map(|s| s / n).collect();
+    let mut m2: Vec<f64> = local.iter().zip(&mean).map(|(m, &whole)| m.m2_about(whole)).collect();
+    comm.sum_f64_slice(&mut m2);
+    let std = m2
+        .iter()
+        .map(|&m2| {
+            let s = (m2 / n).sqrt();
             // A constant feature has no spread: leave it centred, unscaled (as scikit-learn).
             if s > 1e-12 {
                 s as f32
@@ -44,7 +46,7 @@ pub fn compute(comm: &Comm, slice: &Slice) -> Scaling {
             }
         })
         .collect();
-    Scaling { mean, std }
+    Scaling { mean: mean.iter().map(|&m| m as f32).collect(), std }
 }
 
 /// x' = (x - mean) / std for every row of `slice`.

@@ -18,6 +18,7 @@
 //! size), so memory is bounded by one chunk whatever N is.
 
 use crate::data::encoding::LabelTask;
+use crate::data::moments::Moments;
 use crate::engine::rng::{self, hash, mix};
 use crate::io::output_file::PendingFile;
 use crate::{Error, Result};
@@ -288,7 +289,7 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
     let mut outs = vec![0.0f32; k];
     let mut agree = 0u64;
     let mut class_counts = vec![0u64; k];
-    let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+    let mut y_moments = Moments::default();
 
     let mut start = 0;
     while start < n {
@@ -313,8 +314,7 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
                 LabelTask::Regress => {
                     for (j, (t, o)) in targets[i * k..(i + 1) * k].iter_mut().zip(&outs).enumerate() {
                         *t = o + spec.noise * normal(mix(noise_key ^ mix(j as u64)));
-                        sum += *t as f64;
-                        sum_sq += (*t as f64) * (*t as f64);
+                        y_moments.add(*t as f64);
                     }
                 }
             }
@@ -341,13 +341,7 @@ fn write(spec: &GenSpec, tmp: &Path, out: &Path, progress: &mut dyn FnMut(usize)
             GenSummary { label_agreement: Some(a), class_counts, y_variance: None }
         }
         LabelTask::Regress => {
-            let count = (n * k) as f64;
-            let mean = sum / count;
-            GenSummary {
-                label_agreement: None,
-                class_counts: Vec::new(),
-                y_variance: Some((sum_sq / count - mean * mean).max(0.0)),
-            }
+            GenSummary { label_agreement: None, class_counts: Vec::new(), y_variance: Some(y_moments.variance()) }
         }
     };
     file.close().map_err(err)?;

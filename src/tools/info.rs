@@ -5,6 +5,7 @@
 
 use crate::data::element::{self, Element};
 use crate::data::filters;
+use crate::data::moments::Moments;
 use crate::data::slice::open_file;
 use crate::io::metrics::thousands;
 use crate::{Error, Result};
@@ -149,12 +150,7 @@ fn column_stats(ds: &hdf5::Dataset, kind: Element, path: &Path, name: &str) -> R
     let (n, width) = (shape[0], if shape.len() == 2 { shape[1] } else { 1 });
     let mut min = vec![f64::INFINITY; width];
     let mut max = vec![f64::NEG_INFINITY; width];
-    // Sums of (v - shift) and its square, shifted by the column's first value so that a
-    // large mean does not cancel away the variance.
-    let mut shift = vec![f64::NAN; width];
-    let mut sum = vec![0.0f64; width];
-    let mut sum_sq = vec![0.0f64; width];
-    let mut count = vec![0u64; width];
+    let mut moments = vec![Moments::default(); width];
     let mut non_finite = 0;
     let step = chunk_rows(width);
     let mut lo = 0;
@@ -165,15 +161,9 @@ fn column_stats(ds: &hdf5::Dataset, kind: Element, path: &Path, name: &str) -> R
         for row in values.chunks_exact(width) {
             for (j, &v) in row.iter().enumerate() {
                 if v.is_finite() {
-                    if count[j] == 0 {
-                        shift[j] = v;
-                    }
                     min[j] = min[j].min(v);
                     max[j] = max[j].max(v);
-                    let dv = v - shift[j];
-                    sum[j] += dv;
-                    sum_sq[j] += dv * dv;
-                    count[j] += 1;
+                    moments[j].add(v);
                 } else {
                     non_finite += 1;
                 }
@@ -181,16 +171,9 @@ fn column_stats(ds: &hdf5::Dataset, kind: Element, path: &Path, name: &str) -> R
         }
         lo = hi;
     }
-    let mut mean = vec![f64::NAN; width];
-    let mut std = vec![f64::NAN; width];
-    for j in 0..width {
-        if count[j] > 0 {
-            let c = count[j] as f64;
-            let m = sum[j] / c;
-            mean[j] = shift[j] + m;
-            std[j] = (sum_sq[j] / c - m * m).max(0.0).sqrt();
-        }
-    }
+    // NaN for a column without a finite value.
+    let mean = moments.iter().map(|m| if m.count > 0.0 { m.mean } else { f64::NAN }).collect();
+    let std = moments.iter().map(Moments::std).collect();
     Ok(ColumnStats { min, mean, std, max, non_finite })
 }
 
