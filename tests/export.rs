@@ -38,6 +38,8 @@ struct Models {
     regression: Trained,
     /// digits through every other activation nn-train has.
     activations: Trained,
+    /// digits with batchnorm and layernorm layers (their own momentum and epsilon too).
+    normalized: Trained,
 }
 
 fn models() -> &'static Models {
@@ -106,7 +108,17 @@ fn models() -> &'static Models {
                 ["dense", 12, "leaky_relu"], ["dense", 10, "softmax"]]"#,
             false,
         );
-        Models { _dir: dir, plain, standardized, regression, activations }
+        let normalized = train_and_predict(
+            dir.path(),
+            "norm",
+            &train,
+            &test,
+            &["--layers", "32:relu,batchnorm,16:gelu,layernorm:epsilon=1e-5,batchnorm:momentum=0.9,10:softmax"],
+            r#"[["dense", 32, "relu"], ["batchnorm", 0.99, 0.001], ["dense", 16, "gelu"], ["layernorm", 1e-5],
+                ["batchnorm", 0.9, 0.001], ["dense", 10, "softmax"]]"#,
+            false,
+        );
+        Models { _dir: dir, plain, standardized, regression, activations, normalized }
     })
 }
 
@@ -184,6 +196,7 @@ fn onnx_runs_in_onnx_runtime_and_matches_nn_predict() {
         ("standardized", &m.standardized),
         ("regression", &m.regression),
         ("activations", &m.activations),
+        ("normalized", &m.normalized),
     ] {
         let out = dir.path().join(format!("{name}.onnx"));
         let run = export(model, &out, None).expect_ok();
@@ -199,6 +212,9 @@ fn onnx_runs_in_onnx_runtime_and_matches_nn_predict() {
         assert!(!ops.contains(&"Dropout"), "{ops:?}");
         assert_eq!(ops[..2] == ["Sub", "Div"], model.standardize, "{ops:?}");
         assert_eq!(ops.iter().filter(|&&o| o == "Gemm").count(), model.keras_layers.matches("\"dense\"").count());
+        for (op, kind) in [("BatchNormalization", "\"batchnorm\""), ("LayerNormalization", "\"layernorm\"")] {
+            assert_eq!(ops.iter().filter(|&&o| o == op).count(), model.keras_layers.matches(kind).count(), "{ops:?}");
+        }
 
         let Some(result) = run_python(ONNX_CHECK, &[&s(&out), &s(&model.data), &s(&prediction_file(model))]) else {
             eprintln!("SKIP (no python3): running the ONNX model in ONNX Runtime");
@@ -301,6 +317,29 @@ fn safetensors_read_back_with_the_crate() {
         eprintln!("safetensors {name}: max |forward from the file - nn-predict| = {diff:e}");
         assert!(diff <= 1e-5, "{name}: {diff}");
     }
+    // Normalization layers: norm_<j>.* hold exactly the checkpoint's gamma, beta and moving
+    // statistics, in layer order.
+    let out = dir.path().join("normalized.safetensors");
+    export(&m.normalized, &out, None).expect_ok();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensor = |n: &str| -> Vec<f32> {
+        let t = st.tensor(n).unwrap_or_else(|e| panic!("tensor {n}: {e}"));
+        t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    let snap = nn_train::io::checkpoint::load(&m.normalized.checkpoint).unwrap();
+    let model = nn_train::engine::model::Model::new(snap.in_dim, &snap.config.layers);
+    let mut moving = Vec::new();
+    for (j, (_, layer, gamma, beta)) in model.norm_layers().enumerate() {
+        assert_eq!(tensor(&format!("norm_{j}.gamma")), snap.params[gamma.range()]);
+        assert_eq!(tensor(&format!("norm_{j}.beta")), snap.params[beta.range()]);
+        if layer.kind.has_moving() {
+            moving.extend(tensor(&format!("norm_{j}.moving_mean")));
+            moving.extend(tensor(&format!("norm_{j}.moving_variance")));
+        }
+    }
+    assert_eq!(moving, snap.moving);
+    assert!(st.names().iter().filter(|n| n.starts_with("norm_")).count() == 10, "{:?}", st.names());
 }
 
 /// Loads the `.keras` file with keras.models.load_model and the `.weights.h5` into a
@@ -326,11 +365,21 @@ for l in json.loads(layers):
         built.append(keras.layers.Dense(l[1], activation=l[2]))
     elif l[0] == "leaky_relu":
         built.append(keras.layers.LeakyReLU(negative_slope=l[1]))
+    elif l[0] == "batchnorm":
+        built.append(keras.layers.BatchNormalization(momentum=l[1], epsilon=l[2]))
+    elif l[0] == "layernorm":
+        built.append(keras.layers.LayerNormalization(epsilon=l[1]))
     else:
         built.append(keras.layers.Dropout(l[1]))
 hand = keras.Sequential(built)
 hand.load_weights(weights_file)
 assert kinds == [type(l).__name__ for l in hand.layers], (kinds, hand.layers)
+for l, h in zip(model.layers, hand.layers):
+    if type(l).__name__ == "BatchNormalization":
+        assert (l.momentum, l.epsilon) == (h.momentum, h.epsilon), (l.momentum, l.epsilon)
+        assert [w.path.split("/")[-1] for w in l.weights] == ["gamma", "beta", "moving_mean", "moving_variance"]
+    if type(l).__name__ == "LayerNormalization":
+        assert l.epsilon == h.epsilon, l.epsilon
 a = model.predict(x, verbose=0)
 b = hand.predict(x, verbose=0)
 print(json.dumps({"keras": float(np.abs(a - want).max()), "weights": float(np.abs(b - want).max()), "layers": kinds}))
@@ -345,6 +394,7 @@ fn keras_loads_the_model_and_the_weights() {
         ("standardized", &m.standardized),
         ("regression", &m.regression),
         ("activations", &m.activations),
+        ("normalized", &m.normalized),
     ] {
         let keras_file = dir.path().join(format!("{name}.keras"));
         let weights = dir.path().join(format!("{name}.weights.h5"));
@@ -368,7 +418,8 @@ fn keras_loads_the_model_and_the_weights() {
         let result: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
         eprintln!("keras {name}: {result}");
         let layers = result["layers"].to_string();
-        assert_eq!(layers.contains("Normalization"), model.standardize, "{layers}");
+        assert_eq!(layers.contains("\"Normalization\""), model.standardize, "{layers}");
+        assert_eq!(layers.contains("BatchNormalization"), name == "normalized", "{layers}");
         assert_eq!(layers.contains("Dropout"), name == "plain", "{layers}");
         for key in ["keras", "weights"] {
             let diff = result[key].as_f64().unwrap();

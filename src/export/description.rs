@@ -5,6 +5,7 @@
 //! writer runs.
 
 use crate::data::scaling::Scaling;
+use crate::engine::model::LayerKind;
 use crate::io::checkpoint;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -108,6 +109,19 @@ pub enum Layer {
     },
     /// Identity at inference; the rate is kept for formats that record training layers.
     Dropout { rate: f32 },
+    /// Keras `BatchNormalization` at inference: y = gamma (x - moving_mean) /
+    /// sqrt(moving_variance + epsilon) + beta. All vectors (width,).
+    BatchNorm {
+        width: usize,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        moving_mean: Vec<f32>,
+        moving_variance: Vec<f32>,
+        momentum: f32,
+        epsilon: f32,
+    },
+    /// Keras `LayerNormalization` over the feature axis. gamma, beta: (width,).
+    LayerNorm { width: usize, gamma: Vec<f32>, beta: Vec<f32>, epsilon: f32 },
 }
 
 /// A trained model, ready to be written in any export format.
@@ -134,6 +148,7 @@ impl Description {
         let snap = checkpoint::load(path)?;
         let model = crate::engine::model::Model::new(snap.in_dim, &snap.config.layers);
         let mut dense = model.dense_layers();
+        let mut norms = model.norm_layers();
         let mut layers = Vec::with_capacity(snap.config.layers.len());
         for (i, spec) in snap.config.layers.iter().enumerate() {
             // The spec's serialized form names its kind; see Activation::from_engine_text for
@@ -163,6 +178,29 @@ impl Description {
                     let rate = value.get("rate").and_then(|r| r.as_f64()).unwrap_or(0.0) as f32;
                     layers.push(Layer::Dropout { rate });
                 }
+                "batchnorm" | "layernorm" => {
+                    let (_, layer, gamma, beta) = norms
+                        .next()
+                        .ok_or_else(|| Error::checkpoint(path, "fewer normalization layers than the config"))?;
+                    let (width, gamma, beta) =
+                        (layer.out_dim, snap.params[gamma.range()].to_vec(), snap.params[beta.range()].to_vec());
+                    layers.push(match layer.kind {
+                        LayerKind::BatchNorm { moving, momentum, epsilon, .. } => {
+                            let (mean, var) = snap.moving[moving.range()].split_at(width);
+                            Layer::BatchNorm {
+                                width,
+                                gamma,
+                                beta,
+                                moving_mean: mean.to_vec(),
+                                moving_variance: var.to_vec(),
+                                momentum,
+                                epsilon,
+                            }
+                        }
+                        LayerKind::LayerNorm { epsilon, .. } => Layer::LayerNorm { width, gamma, beta, epsilon },
+                        _ => return Err(Error::checkpoint(path, format!("layer {i}: not a normalization layer"))),
+                    });
+                }
                 other => {
                     return Err(Error::checkpoint(
                         path,
@@ -174,7 +212,7 @@ impl Description {
         let label_names = label_names(path, snap.encoding.as_deref())?;
         let out_dim = layers.iter().rev().find_map(|l| match l {
             Layer::Dense { units, .. } => Some(*units),
-            Layer::Dropout { .. } => None,
+            _ => None,
         });
         if let (Some(names), Some(k)) = (&label_names, out_dim) {
             if names.len() != k {
@@ -205,7 +243,7 @@ impl Description {
             .rev()
             .find_map(|l| match l {
                 Layer::Dense { units, .. } => Some(*units),
-                Layer::Dropout { .. } => None,
+                _ => None,
             })
             .unwrap_or(self.in_dim)
     }
@@ -227,6 +265,11 @@ impl Description {
                 }
                 // The rate as written (0.2, not 0.20000000298...).
                 Layer::Dropout { rate } => serde_json::json!({"type": "dropout", "rate": shortest(*rate)}),
+                Layer::BatchNorm { momentum, epsilon, .. } => serde_json::json!({"type": "batchnorm",
+                    "momentum": shortest(*momentum), "epsilon": shortest(*epsilon)}),
+                Layer::LayerNorm { epsilon, .. } => {
+                    serde_json::json!({"type": "layernorm", "epsilon": shortest(*epsilon)})
+                }
             })
             .collect();
         serde_json::to_string(&layers).expect("JSON values serialize")
@@ -239,6 +282,8 @@ impl Description {
             match l {
                 Layer::Dense { units, activation, .. } => s += &format!(" -> {units} {}", activation.text()),
                 Layer::Dropout { rate } => s += &format!(" -> dropout {rate}"),
+                Layer::BatchNorm { .. } => s += " -> batchnorm",
+                Layer::LayerNorm { .. } => s += " -> layernorm",
             }
         }
         s

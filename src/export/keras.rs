@@ -12,6 +12,8 @@
 //!   /layers/dense/vars/0, /1          kernel (in, out) f32, bias (out,) f32
 //!   /layers/dropout/vars              (no variables)
 //!   /layers/dense_1/vars/0, /1        ...
+//!   /layers/batch_normalization/vars/0..3   gamma, beta, moving_mean, moving_variance (width,)
+//!   /layers/layer_normalization/vars/0, /1  gamma, beta (width,)
 //! ```
 //!
 //! Keras names each layer's group after its class in snake case, numbered within the class
@@ -105,6 +107,8 @@ enum KerasLayer<'a> {
     Dropout {
         rate: f32,
     },
+    /// `BatchNormalization` or `LayerNormalization` (the description's layer says which).
+    Norm(&'a Layer),
 }
 
 impl KerasLayer<'_> {
@@ -115,6 +119,8 @@ impl KerasLayer<'_> {
             KerasLayer::Dense { .. } => ("Dense", "dense"),
             KerasLayer::LeakyRelu { .. } => ("LeakyReLU", "leaky_re_lu"),
             KerasLayer::Dropout { .. } => ("Dropout", "dropout"),
+            KerasLayer::Norm(Layer::BatchNorm { .. }) => ("BatchNormalization", "batch_normalization"),
+            KerasLayer::Norm(_) => ("LayerNormalization", "layer_normalization"),
         }
     }
 }
@@ -136,6 +142,7 @@ fn keras_layers(desc: &Description) -> Vec<(String, KerasLayer<'_>)> {
                 other => layers.push(KerasLayer::Dense { layer, activation: other.name() }),
             },
             Layer::Dropout { rate } => layers.push(KerasLayer::Dropout { rate: *rate }),
+            Layer::BatchNorm { .. } | Layer::LayerNorm { .. } => layers.push(KerasLayer::Norm(layer)),
         }
     }
     let mut used = std::collections::HashMap::<&str, usize>::new();
@@ -203,6 +210,22 @@ fn write_weights_of(desc: &Description, layers: &[(String, KerasLayer)], path: &
                 vars.new_dataset_builder().with_data(&k).create("0").map_err(h5(name))?;
                 vars.new_dataset_builder().with_data(bias.as_slice()).create("1").map_err(h5(name))?;
             }
+            KerasLayer::Norm(norm) => {
+                // Keras's variable order: build() adds gamma, beta, moving_mean, moving_variance.
+                let vectors: Vec<&Vec<f32>> = match norm {
+                    Layer::BatchNorm { gamma, beta, moving_mean, moving_variance, .. } => {
+                        vec![gamma, beta, moving_mean, moving_variance]
+                    }
+                    Layer::LayerNorm { gamma, beta, .. } => vec![gamma, beta],
+                    _ => Vec::new(),
+                };
+                for (k, v) in vectors.into_iter().enumerate() {
+                    vars.new_dataset_builder()
+                        .with_data(v.as_slice())
+                        .create(k.to_string().as_str())
+                        .map_err(h5(name))?;
+                }
+            }
             KerasLayer::Dense { .. } | KerasLayer::LeakyRelu { .. } | KerasLayer::Dropout { .. } => {}
         }
     }
@@ -238,6 +261,24 @@ fn model_config(desc: &Description, layers: &[(String, KerasLayer)]) -> Value {
             KerasLayer::LeakyRelu { slope } => (json!({"negative_slope": shortest(*slope)}), None),
             // The rate as written (0.2, not 0.20000000298...).
             KerasLayer::Dropout { rate } => (json!({"rate": shortest(*rate), "seed": null, "noise_shape": null}), None),
+            KerasLayer::Norm(Layer::BatchNorm { width, momentum, epsilon, .. }) => (
+                json!({"axis": -1, "momentum": shortest(*momentum), "epsilon": shortest(*epsilon),
+                       "center": true, "scale": true,
+                       "beta_initializer": initializer("Zeros", json!({})),
+                       "gamma_initializer": initializer("Ones", json!({})),
+                       "moving_mean_initializer": initializer("Zeros", json!({})),
+                       "moving_variance_initializer": initializer("Ones", json!({})),
+                       "synchronized": false}),
+                Some(*width),
+            ),
+            KerasLayer::Norm(Layer::LayerNorm { width, epsilon, .. }) => (
+                json!({"axis": -1, "epsilon": shortest(*epsilon), "center": true, "scale": true,
+                       "rms_scaling": false,
+                       "beta_initializer": initializer("Zeros", json!({})),
+                       "gamma_initializer": initializer("Ones", json!({}))}),
+                Some(*width),
+            ),
+            KerasLayer::Norm(_) => unreachable!("norm entries hold normalization layers"),
         };
         let mut merged = common;
         merged.as_object_mut().expect("object").extend(specific.as_object().expect("object").clone());

@@ -9,7 +9,9 @@
 //! Activations: Relu, Tanh, Sigmoid, Softmax (axis -1), Elu, Selu, Softplus, LeakyRelu(alpha);
 //! swish as z * Sigmoid(z) and gelu as 0.5 z (1 + Erf(z / sqrt 2)) (opset 17 has neither).
 //! Kernels stay in Keras orientation (in, out), so Gemm runs with transB = 0; dropout is the
-//! identity at inference and leaves no node. The batch dimension is symbolic ("batch"). The
+//! identity at inference and leaves no node. Batch normalization is `BatchNormalization` in
+//! inference mode (initializers norm_<j>_{gamma,beta,mean,var}, epsilon), layer
+//! normalization `LayerNormalization` (opset 17; axis -1, epsilon; norm_<j>_{gamma,beta}). The batch dimension is symbolic ("batch"). The
 //! label names, when the checkpoint has them, are the model metadata `label_names` (a JSON
 //! array); `layers` holds the layer list as JSON.
 
@@ -47,8 +49,33 @@ pub fn model(desc: &Description) -> ModelProto {
         current = graph.node("Div", &[&current, "scaling_std"], "scaled", vec![]);
     }
     let last_dense = desc.dense().count().saturating_sub(1);
-    for (i, layer) in desc.dense() {
-        let Layer::Dense { in_dim, units, activation, kernel, bias } = layer else { continue };
+    let (mut i, mut j) = (0, 0);
+    for layer in &desc.layers {
+        let (in_dim, units, activation, kernel, bias) = match layer {
+            Layer::Dense { in_dim, units, activation, kernel, bias } => (in_dim, units, activation, kernel, bias),
+            Layer::Dropout { .. } => continue,
+            Layer::BatchNorm { width, gamma, beta, moving_mean, moving_variance, epsilon, .. } => {
+                let names = ["gamma", "beta", "mean", "var"].map(|n| format!("norm_{j}_{n}"));
+                for (name, values) in names.iter().zip([gamma, beta, moving_mean, moving_variance]) {
+                    graph.initializer(name, &[*width as i64], values);
+                }
+                let inputs: Vec<&str> =
+                    std::iter::once(current.as_str()).chain(names.iter().map(String::as_str)).collect();
+                let out = format!("norm_{j}_y");
+                current = graph.node("BatchNormalization", &inputs, &out, vec![float_attribute("epsilon", *epsilon)]);
+                j += 1;
+                continue;
+            }
+            Layer::LayerNorm { width, gamma, beta, epsilon } => {
+                let (g, b) = (format!("norm_{j}_gamma"), format!("norm_{j}_beta"));
+                graph.initializer(&g, &[*width as i64], gamma);
+                graph.initializer(&b, &[*width as i64], beta);
+                let attributes = vec![int_attribute("axis", -1), float_attribute("epsilon", *epsilon)];
+                current = graph.node("LayerNormalization", &[&current, &g, &b], &format!("norm_{j}_y"), attributes);
+                j += 1;
+                continue;
+            }
+        };
         let kernel_name = format!("layer_{i}_kernel");
         let bias_name = format!("layer_{i}_bias");
         graph.initializer(&kernel_name, &[*in_dim as i64, *units as i64], kernel);
@@ -61,6 +88,7 @@ pub fn model(desc: &Description) -> ModelProto {
             let out = if last { OUTPUT.to_string() } else { format!("layer_{i}_y") };
             current = graph.activation(*activation, &current, &out, i);
         }
+        i += 1;
     }
     debug_assert_eq!(current, OUTPUT);
 

@@ -3,6 +3,8 @@
 //! ```text
 //! layer_<i>.kernel   (in, out), Keras orientation: y = x W + b     (i counts dense layers)
 //! layer_<i>.bias     (out,)
+//! norm_<j>.gamma, norm_<j>.beta     (width,) of the j-th normalization layer
+//! norm_<j>.moving_mean, norm_<j>.moving_variance   (width,), batchnorm only
 //! scaling.mean       (features,)   with --standardize: x' = (x - mean) / std first
 //! scaling.std        (features,)
 //! ```
@@ -27,6 +29,22 @@ pub fn write(desc: &Description, path: &Path) -> Result<()> {
         if let Layer::Dense { in_dim, units, kernel, bias, .. } = layer {
             tensors.push((format!("layer_{i}.kernel"), vec![*in_dim, *units], bytes(kernel)));
             tensors.push((format!("layer_{i}.bias"), vec![*units], bytes(bias)));
+        }
+    }
+    let norms = desc.layers.iter().filter(|l| matches!(l, Layer::BatchNorm { .. } | Layer::LayerNorm { .. }));
+    for (j, layer) in norms.enumerate() {
+        let named: Vec<(&str, &Vec<f32>)> = match layer {
+            Layer::BatchNorm { gamma, beta, moving_mean, moving_variance, .. } => vec![
+                ("gamma", gamma),
+                ("beta", beta),
+                ("moving_mean", moving_mean),
+                ("moving_variance", moving_variance),
+            ],
+            Layer::LayerNorm { gamma, beta, .. } => vec![("gamma", gamma), ("beta", beta)],
+            _ => Vec::new(),
+        };
+        for (name, v) in named {
+            tensors.push((format!("norm_{j}.{name}"), vec![v.len()], bytes(v)));
         }
     }
     let mut metadata = HashMap::from([
