@@ -204,6 +204,34 @@ impl Comm {
         self.world.split_shared(self.rank as i32).size() as usize
     }
 
+    /// Every rank's `local` values, concatenated in rank order, on rank 0 (the other ranks
+    /// get an empty vector). Collective. Fails on every rank, with the same message, when the
+    /// total exceeds what one MPI_Gatherv can count (2^31 - 1 values).
+    pub fn gather_f32_to_root(&self, local: &[f32]) -> Result<Vec<f32>> {
+        if self.size == 1 {
+            return Ok(local.to_vec());
+        }
+        let counts = self.all_gather_u64(local.len() as u64);
+        let total: u64 = counts.iter().sum();
+        if total > i32::MAX as u64 {
+            return Err(Error::Consistency(format!(
+                "cannot gather {total} values on rank 0 (MPI_Gatherv counts at most {})",
+                i32::MAX
+            )));
+        }
+        let root = self.world.process_at_rank(0);
+        if !self.is_root() {
+            root.gather_varcount_into(local);
+            return Ok(Vec::new());
+        }
+        let counts: Vec<i32> = counts.iter().map(|&c| c as i32).collect();
+        let displs: Vec<i32> = counts.iter().scan(0i32, |at, &c| Some(std::mem::replace(at, *at + c))).collect();
+        let mut out = vec![0.0f32; total as usize];
+        let mut partition = mpi::datatype::PartitionMut::new(&mut out[..], &counts[..], &displs[..]);
+        root.gather_varcount_into_root(local, &mut partition);
+        Ok(out)
+    }
+
     /// Gathers one u64 from every rank onto every rank: (size,).
     pub fn all_gather_u64(&self, value: u64) -> Vec<u64> {
         let mut out = vec![0u64; self.size];

@@ -37,8 +37,8 @@ pub const DEFAULT_TOP_K: usize = 5;
 
 impl MetricKind {
     /// Whether the metric applies to a model trained with `loss` and `out_dim` outputs;
-    /// the error says why not.
-    pub fn check(self, loss: Loss, out_dim: usize) -> Result<()> {
+    /// the error, about `flag`, says why not.
+    pub fn check(self, loss: Loss, out_dim: usize, flag: &'static str) -> Result<()> {
         let ok = match self {
             MetricKind::TopK => loss == Loss::Crossentropy,
             MetricKind::Precision | MetricKind::Recall | MetricKind::F1 => classes(loss, out_dim).is_some(),
@@ -56,7 +56,8 @@ impl MetricKind {
             MetricKind::Auc => "binary-crossentropy (sigmoid outputs)",
             MetricKind::Mae => "mse (regression)",
         };
-        Err(Error::flag("val-metrics", format!("{self} needs --loss {needs}, not {loss} with {out_dim} outputs")))
+        let outputs = if out_dim == 1 { "1 output".to_string() } else { format!("{out_dim} outputs") };
+        Err(Error::flag(flag, format!("{self} needs --loss {needs}, not {loss} with {outputs}")))
     }
 
     /// Whether the metric needs the confusion matrix.
@@ -482,12 +483,12 @@ mod tests {
 
     #[test]
     fn metrics_refuse_losses_they_do_not_fit() {
-        assert!(MetricKind::Auc.check(Loss::Crossentropy, 3).is_err());
-        assert!(MetricKind::Auc.check(Loss::BinaryCrossentropy, 3).is_ok());
-        assert!(MetricKind::F1.check(Loss::BinaryCrossentropy, 3).is_err());
-        assert!(MetricKind::F1.check(Loss::BinaryCrossentropy, 1).is_ok());
-        assert!(MetricKind::Mae.check(Loss::Crossentropy, 3).is_err());
-        let e = MetricKind::TopK.check(Loss::Mse, 1).unwrap_err().to_string();
+        assert!(MetricKind::Auc.check(Loss::Crossentropy, 3, "val-metrics").is_err());
+        assert!(MetricKind::Auc.check(Loss::BinaryCrossentropy, 3, "val-metrics").is_ok());
+        assert!(MetricKind::F1.check(Loss::BinaryCrossentropy, 3, "val-metrics").is_err());
+        assert!(MetricKind::F1.check(Loss::BinaryCrossentropy, 1, "val-metrics").is_ok());
+        assert!(MetricKind::Mae.check(Loss::Crossentropy, 3, "val-metrics").is_err());
+        let e = MetricKind::TopK.check(Loss::Mse, 1, "val-metrics").unwrap_err().to_string();
         assert!(e.contains("val-metrics") && e.contains("top-k"), "{e}");
     }
 }

@@ -25,7 +25,9 @@
 //!                           epoch), samples_seen, world_size, rng_seed, rng (how streams
 //!                           derive from the seed), partial_loss, partial_correct,
 //!                           partial_samples, partial_train_s
-//! /history/<field>          (epochs,) f64 per field of the metrics lines; NaN where absent
+//! /history/<field>          (epochs,) f64 per field of the metrics lines; NaN where absent;
+//!                           the --val-metrics columns (val_f1, val_auc, ...) only when some
+//!                           epoch has them (their per-class lists are not kept)
 //! /scaling/{mean,std}       (features,) f32, when the run used --standardize
 //! /encoding                 scalar string: the tabular encoding (JSON) of the training data
 //!                           file, copied verbatim from it, when it has one (nn-data import)
@@ -98,23 +100,35 @@ struct Column {
     name: &'static str,
     get: fn(&EpochRecord) -> f64,
     set: fn(&mut EpochRecord, f64),
+    /// Written only when some epoch has a value, and all NaN when absent on load (columns
+    /// newer than format_version 1's first files: the --val-metrics).
+    optional: bool,
 }
 
 /// A [`Column`] for a field of [`EpochRecord`]: `f64` as is, `opt` an `Option<f64>` (NaN for
 /// None), `count` a `usize`.
 macro_rules! column {
     ($($field:ident).+, f64) => {
-        Column { name: last!($($field)+), get: |r| r.$($field).+, set: |r, v| r.$($field).+ = v }
+        Column { name: last!($($field)+), get: |r| r.$($field).+, set: |r, v| r.$($field).+ = v, optional: false }
     };
-    ($field:ident, opt) => {
+    ($($field:ident).+, opt) => {
         Column {
-            name: stringify!($field),
-            get: |r| r.$field.unwrap_or(f64::NAN),
-            set: |r, v| r.$field = (!v.is_nan()).then_some(v),
+            name: last!($($field)+),
+            get: |r| r.$($field).+.unwrap_or(f64::NAN),
+            set: |r, v| r.$($field).+ = (!v.is_nan()).then_some(v),
+            optional: false,
         }
     };
+    ($($field:ident).+, optional) => {
+        Column { optional: true, ..column!($($field).+, opt) }
+    };
     ($field:ident, count) => {
-        Column { name: stringify!($field), get: |r| r.$field as f64, set: |r, v| r.$field = v as usize }
+        Column {
+            name: stringify!($field),
+            get: |r| r.$field as f64,
+            set: |r, v| r.$field = v as usize,
+            optional: false,
+        }
     };
 }
 
@@ -146,6 +160,12 @@ const HISTORY: &[Column] = &[
     column!(profile.allreduce_s, f64),
     column!(profile.optimizer_s, f64),
     column!(profile.comm_s, f64),
+    column!(val_metrics.val_top_k_accuracy, optional),
+    column!(val_metrics.val_precision, optional),
+    column!(val_metrics.val_recall, optional),
+    column!(val_metrics.val_f1, optional),
+    column!(val_metrics.val_auc, optional),
+    column!(val_metrics.val_mae, optional),
 ];
 
 /// Writes `snap` to `path` atomically through [`PendingFile`] (a temporary file in the same
@@ -261,6 +281,9 @@ fn write_file(tmp: &Path, model: &Model, snap: &Snapshot) -> Result<()> {
         let g = file.create_group("history").map_err(h5err(path, "history"))?;
         for column in HISTORY {
             let values: Vec<f64> = snap.history.iter().map(column.get).collect();
+            if column.optional && values.iter().all(|v| v.is_nan()) {
+                continue;
+            }
             g.new_dataset_builder()
                 .with_data(values.as_slice())
                 .create(column.name)
@@ -497,9 +520,18 @@ impl<'a> Reader<'a> {
     /// `/history`: one record per epoch from the columns of [`HISTORY`], all of one length.
     fn history(&self) -> Result<Vec<EpochRecord>> {
         self.group("history")?;
-        let columns =
-            HISTORY.iter().map(|c| self.values::<f64>(&format!("history/{}", c.name))).collect::<Result<Vec<_>>>()?;
-        let epochs = columns[0].len();
+        let epochs = self.values::<f64>("history/epoch")?.len();
+        let columns = HISTORY
+            .iter()
+            .map(|c| {
+                let name = format!("history/{}", c.name);
+                if c.optional && !self.file.link_exists(&name) {
+                    Ok(vec![f64::NAN; epochs])
+                } else {
+                    self.values::<f64>(&name)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
         if columns.iter().any(|c| c.len() != epochs) {
             return Err(self.bad(&format!(
                 "the /history columns differ in length (/history/epoch has {epochs}; others {:?})",
@@ -666,6 +698,12 @@ mod tests {
             },
             rss_mb: Vec::new(),
             peak_rss_mb: Vec::new(),
+            // val_mae in no epoch: its optional column is not written and loads as None.
+            val_metrics: crate::io::metrics::ValMetrics {
+                val_auc: val.map(|v| v / 4.0),
+                val_f1: Some(0.125 * epoch as f64),
+                ..Default::default()
+            },
         };
         let snap = Snapshot {
             config_json: serde_json::to_string(&config).unwrap(),

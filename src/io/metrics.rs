@@ -1,6 +1,7 @@
 //! Per-epoch records: the line printed on rank 0, the JSON Lines `--metrics` file, and the
 //! history kept in checkpoints.
 
+use crate::engine::eval_metrics::MetricValues;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -48,6 +49,75 @@ pub struct EpochRecord {
     /// Peak resident memory of each rank so far (VmHWM), MB (1e6 bytes).
     #[serde(default)]
     pub peak_rss_mb: Vec<f64>,
+    /// The `--val-metrics` of the validation set (fields absent when not asked for).
+    #[serde(flatten)]
+    pub val_metrics: ValMetrics,
+}
+
+/// The `--val-metrics` of one epoch over the whole validation set. The scalar ones are the
+/// columns of [`ValMetrics::columns`] (the epoch line and `--monitor` go through it) and of
+/// the checkpoint's history table; the per-class lists are only in the metrics file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValMetrics {
+    /// Keras top_k_categorical_accuracy (k from --top-k).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_top_k_accuracy: Option<f64>,
+    /// Macro-averaged precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_precision: Option<f64>,
+    /// Macro-averaged recall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_recall: Option<f64>,
+    /// Macro-averaged F1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_f1: Option<f64>,
+    /// Exact ROC AUC (absent when the set lacks positives or negatives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_auc: Option<f64>,
+    /// Mean absolute error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_mae: Option<f64>,
+    /// (classes,) per-class precision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_class_precision: Vec<f64>,
+    /// (classes,) per-class recall.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_class_recall: Vec<f64>,
+    /// (classes,) per-class F1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_class_f1: Vec<f64>,
+}
+
+impl ValMetrics {
+    /// The names of the scalar columns, in the order printed and stored.
+    pub const NAMES: [&'static str; 6] =
+        ["val_top_k_accuracy", "val_precision", "val_recall", "val_f1", "val_auc", "val_mae"];
+
+    /// The scalar columns: (name, value), in [`ValMetrics::NAMES`] order.
+    pub fn columns(&self) -> [(&'static str, Option<f64>); 6] {
+        let v = [self.val_top_k_accuracy, self.val_precision, self.val_recall, self.val_f1, self.val_auc, self.val_mae];
+        std::array::from_fn(|i| (Self::NAMES[i], v[i]))
+    }
+
+    /// The value of the column `name` (None when absent or not a column).
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.columns().into_iter().find(|(n, _)| *n == name).and_then(|(_, v)| v)
+    }
+
+    /// An epoch's columns from the metrics of the validation set.
+    pub fn from_values(v: &MetricValues) -> ValMetrics {
+        ValMetrics {
+            val_top_k_accuracy: v.top_k_accuracy,
+            val_precision: v.macro_precision,
+            val_recall: v.macro_recall,
+            val_f1: v.macro_f1,
+            val_auc: v.auc,
+            val_mae: v.mae,
+            val_class_precision: v.precision.clone(),
+            val_class_recall: v.recall.clone(),
+            val_class_f1: v.f1.clone(),
+        }
+    }
 }
 
 impl EpochRecord {
@@ -62,6 +132,11 @@ impl EpochRecord {
         }
         if let Some(a) = self.val_accuracy {
             s += &format!("  val_accuracy {a:.4}");
+        }
+        for (name, value) in self.val_metrics.columns() {
+            if let Some(v) = value {
+                s += &format!("  {name} {v:.4}");
+            }
         }
         s += &format!("  {} samples/s  {:.2} s", thousands(self.samples_per_s), self.epoch_s);
         s

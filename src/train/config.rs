@@ -5,6 +5,7 @@
 //! the trainer runs on and what the checkpoint records as JSON.
 
 use crate::dist::batch_plan::Shuffle;
+use crate::engine::eval_metrics::{MetricKind, DEFAULT_TOP_K};
 use crate::engine::loss::Loss;
 use crate::engine::lr_schedule::{Decay, LrSchedule, ScheduleKind};
 use crate::engine::mixed::Precision;
@@ -134,6 +135,14 @@ pub struct TrainArgs {
     /// Write one JSON object per epoch to this file (JSON Lines).
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<PathBuf>,
+    /// Metrics of the whole validation set to compute, log and store each epoch, comma-
+    /// separated: top-k, precision, recall, f1 (per class and macro-averaged), auc (binary
+    /// outputs, exact ROC AUC), mae (regression). In a --config file, a list of names.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = flag_value::parser::<MetricKind>("metric"))]
+    pub val_metrics: Option<Vec<MetricKind>>,
+    /// k of the top-k accuracy. Default 5 (Keras).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
     /// BLAS threads per rank. Default: SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS, else the
     /// node's cores divided by the ranks on the node.
     #[arg(long, value_name = "N")]
@@ -223,6 +232,12 @@ pub struct Config {
     pub shuffle: Shuffle,
     pub seed: u64,
     pub metrics: Option<PathBuf>,
+    /// The `--val-metrics`, sorted, each once (with the one `--monitor` watches).
+    #[serde(default)]
+    pub val_metrics: Vec<MetricKind>,
+    /// k of the top-k accuracy.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
     pub threads: Option<usize>,
     pub profile: bool,
     #[serde(default)]
@@ -351,6 +366,8 @@ impl TrainArgs {
             shuffle,
             seed,
             metrics,
+            val_metrics,
+            top_k,
             threads,
             overlap,
             allreduce,
@@ -412,6 +429,11 @@ impl TrainArgs {
             ScheduleKind::Constant => Decay::Constant,
         };
         let lr = LrSchedule { base: base_lr, decay, warmup_epochs: self.warmup_epochs.unwrap_or(0.0) };
+        let monitor = Monitor::parse(self.monitor.as_deref().unwrap_or("val_loss"))?;
+        let mut val_metrics = self.val_metrics.unwrap_or_default();
+        val_metrics.extend(monitor.metric_kind());
+        val_metrics.sort();
+        val_metrics.dedup();
         let config = Config {
             data,
             val: self.val,
@@ -427,6 +449,8 @@ impl TrainArgs {
             shuffle: self.shuffle.unwrap_or(Shuffle::Global),
             seed: self.seed.unwrap_or(0),
             metrics: self.metrics,
+            val_metrics,
+            top_k: self.top_k.unwrap_or(DEFAULT_TOP_K),
             threads: self.threads,
             profile: self.profile,
             overlap: self.overlap.unwrap_or_default(),
@@ -440,7 +464,7 @@ impl TrainArgs {
             init_from: self.init_from,
             standardize: self.standardize,
             early_stopping: self.early_stopping,
-            monitor: Monitor::parse(self.monitor.as_deref().unwrap_or("val_loss"))?,
+            monitor,
             reduce_lr_on_plateau: self.reduce_lr_on_plateau,
             reduce_lr_factor: self.reduce_lr_factor.unwrap_or(default_reduce_lr_factor()),
             reduce_lr_min: self.reduce_lr_min.unwrap_or(0.0),
@@ -453,6 +477,10 @@ impl TrainArgs {
 
 fn default_reduce_lr_factor() -> f64 {
     0.1
+}
+
+fn default_top_k() -> usize {
+    DEFAULT_TOP_K
 }
 
 impl Config {
@@ -556,8 +584,25 @@ impl Config {
                 }
             }
         }
-        if self.monitor.maximize() && !self.loss.is_classification() {
+        if matches!(self.monitor, Monitor::Accuracy | Monitor::ValAccuracy) && !self.loss.is_classification() {
             return Err(Error::flag("monitor", format!("{} needs a classification loss", self.monitor.name())));
+        }
+        if self.top_k == 0 {
+            return Err(Error::flag("top-k", "must be at least 1"));
+        }
+        if !self.val_metrics.is_empty() {
+            let out_dim = self.layers.iter().rev().find_map(|l| match l {
+                LayerSpec::Dense { units, .. } => Some(*units),
+                _ => None,
+            });
+            for kind in &self.val_metrics {
+                let flag = if self.monitor.metric_kind() == Some(*kind) { "monitor" } else { "val-metrics" };
+                kind.check(self.loss, out_dim.unwrap_or(0), flag)?;
+            }
+            if !has_val {
+                let flag = if self.monitor.metric_kind().is_some() { "monitor" } else { "val-metrics" };
+                return Err(Error::flag(flag, "needs validation data: --val or --val-split"));
+            }
         }
         if self.reduce_lr_on_plateau == Some(0) {
             return Err(Error::flag("reduce-lr-on-plateau", "patience must be at least 1"));
@@ -619,4 +664,37 @@ pub fn check_output_path(flag: &'static str, path: &Path) -> Result<()> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--val-metrics` as a comma list on the command line and as a TOML list, merged with
+    /// the metric --monitor watches, sorted, each once.
+    #[test]
+    fn val_metrics_from_flag_and_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("c.toml");
+        std::fs::write(&toml, "val-metrics = [\"f1\", \"top-k\"]\ntop-k = 3\nval-split = 0.2\n").unwrap();
+        let c = toml.display().to_string();
+        let args = TrainArgs::parse_from(["nn-train", "--data", "d.h5", "--config", &c, "--monitor", "val_recall"]);
+        let cfg = args.merged().unwrap().resolve().unwrap();
+        assert_eq!(cfg.val_metrics, [MetricKind::TopK, MetricKind::Recall, MetricKind::F1]);
+        assert_eq!(cfg.top_k, 3);
+        let args = TrainArgs::parse_from([
+            "nn-train",
+            "--data",
+            "d.h5",
+            "--val-split",
+            "0.2",
+            "--val-metrics",
+            "mae,mae",
+            "--loss",
+            "mse",
+            "--layers",
+            "1:linear",
+        ]);
+        assert_eq!(args.resolve().unwrap().val_metrics, [MetricKind::Mae]);
+    }
 }

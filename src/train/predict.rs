@@ -228,6 +228,7 @@ impl Predictor {
             slice,
             &mut ws,
             &mut batch,
+            None,
         )
     }
 

@@ -1,6 +1,8 @@
 //! Where a run is, as the checkpoint records it to resume exactly: the position in the
 //! epochs and the sums of the epoch in progress, and the early-stopping bookkeeping.
 
+use crate::engine::eval_metrics::MetricKind;
+
 /// Where in training a checkpoint was taken, and the sums of the epoch in progress.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Position {
@@ -17,7 +19,8 @@ pub struct Position {
 }
 
 /// The epoch metric that early stopping and the learning-rate plateau watch (`--monitor`,
-/// Keras's `monitor`). Losses improve downwards, accuracies upwards (Keras's mode "auto").
+/// Keras's `monitor`). Losses and the MAE improve downwards, the others upwards (Keras's mode
+/// "auto").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Monitor {
@@ -26,43 +29,69 @@ pub enum Monitor {
     #[default]
     ValLoss,
     ValAccuracy,
+    ValTopKAccuracy,
+    ValPrecision,
+    ValRecall,
+    ValF1,
+    ValAuc,
+    ValMae,
 }
 
 impl Monitor {
+    /// Every metric, with its name in the metrics file and the epoch line.
+    const ALL: [(Monitor, &'static str); 10] = [
+        (Monitor::Loss, "loss"),
+        (Monitor::Accuracy, "accuracy"),
+        (Monitor::ValLoss, "val_loss"),
+        (Monitor::ValAccuracy, "val_accuracy"),
+        (Monitor::ValTopKAccuracy, "val_top_k_accuracy"),
+        (Monitor::ValPrecision, "val_precision"),
+        (Monitor::ValRecall, "val_recall"),
+        (Monitor::ValF1, "val_f1"),
+        (Monitor::ValAuc, "val_auc"),
+        (Monitor::ValMae, "val_mae"),
+    ];
+
     /// The metric named by the `--monitor` flag value (the metrics file's field names).
     pub fn parse(name: &str) -> crate::Result<Monitor> {
-        Ok(match name {
-            "loss" => Monitor::Loss,
-            "accuracy" => Monitor::Accuracy,
-            "val_loss" => Monitor::ValLoss,
-            "val_accuracy" => Monitor::ValAccuracy,
-            _ => {
-                return Err(crate::Error::flag(
+        match Self::ALL.iter().find(|(_, n)| *n == name) {
+            Some(&(m, _)) => Ok(m),
+            None => {
+                let names: Vec<&str> = Self::ALL.iter().map(|(_, n)| *n).collect();
+                Err(crate::Error::flag(
                     "monitor",
-                    format!("unknown metric '{name}' (expected loss, accuracy, val_loss or val_accuracy)"),
+                    format!("unknown metric '{name}' (expected one of {})", names.join(", ")),
                 ))
             }
-        })
+        }
     }
 
     /// The metric's name in the metrics file and the epoch line.
     pub fn name(self) -> &'static str {
-        match self {
-            Monitor::Loss => "loss",
-            Monitor::Accuracy => "accuracy",
-            Monitor::ValLoss => "val_loss",
-            Monitor::ValAccuracy => "val_accuracy",
-        }
+        Self::ALL.iter().find(|(m, _)| *m == self).map(|(_, n)| *n).expect("every metric is in ALL")
     }
 
-    /// Whether larger is better (accuracies).
+    /// The `--val-metrics` entry that computes this metric, if it is one of those.
+    pub fn metric_kind(self) -> Option<MetricKind> {
+        Some(match self {
+            Monitor::ValTopKAccuracy => MetricKind::TopK,
+            Monitor::ValPrecision => MetricKind::Precision,
+            Monitor::ValRecall => MetricKind::Recall,
+            Monitor::ValF1 => MetricKind::F1,
+            Monitor::ValAuc => MetricKind::Auc,
+            Monitor::ValMae => MetricKind::Mae,
+            _ => return None,
+        })
+    }
+
+    /// Whether larger is better (everything but the losses and the MAE).
     pub fn maximize(self) -> bool {
-        matches!(self, Monitor::Accuracy | Monitor::ValAccuracy)
+        !matches!(self, Monitor::Loss | Monitor::ValLoss | Monitor::ValMae)
     }
 
     /// Whether the metric needs validation data.
     pub fn needs_validation(self) -> bool {
-        matches!(self, Monitor::ValLoss | Monitor::ValAccuracy)
+        !matches!(self, Monitor::Loss | Monitor::Accuracy)
     }
 
     /// The worst possible value: where "best so far" starts.
@@ -90,6 +119,7 @@ impl Monitor {
             Monitor::Accuracy => r.accuracy,
             Monitor::ValLoss => r.val_loss,
             Monitor::ValAccuracy => r.val_accuracy,
+            other => r.val_metrics.get(other.name()),
         }
     }
 }

@@ -15,15 +15,16 @@ use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
 use crate::dist::signals;
 use crate::dist::threads::ThreadChoice;
+use crate::engine::eval_metrics::MetricSums;
 use crate::engine::model::{Model, Workspace};
 use crate::engine::optim::Optimizer;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::console::progress_bar;
 use crate::io::memory::{peak_rss_bytes, rss_bytes};
-use crate::io::metrics::{EpochRecord, MetricsFile, Profile};
+use crate::io::metrics::{EpochRecord, MetricsFile, Profile, ValMetrics};
 use crate::io::run_lock::RunLock;
 use crate::train::config::Config;
-use crate::train::evaluate::{evaluate, Evaluation};
+use crate::train::evaluate::{evaluate, reduce_metrics, Evaluation};
 use crate::train::run_state::{EarlyStopping, Plateau, Position};
 use crate::{Error, Result};
 use std::io::IsTerminal;
@@ -181,11 +182,27 @@ impl<'c> Trainer<'c> {
     /// Validation, the epoch line, metrics, early stopping, and the epoch's checkpoint.
     fn end_epoch(&mut self, epoch_start: Instant, resumed_s: f64, log: &mut dyn FnMut(&str)) -> Result<()> {
         let root = self.comm.is_root();
+        // The --val-metrics' sums are made here, outside the steps: their buffers (the AUC's
+        // scores grow with the validation set) are allocated once an epoch.
+        let mut sums = (!self.cfg.val_metrics.is_empty() && self.val.is_some())
+            .then(|| MetricSums::new(&self.cfg.val_metrics, self.cfg.loss, self.model.out_dim(), self.cfg.top_k));
         let eval = match (&self.val, &mut self.val_batch) {
-            (Some(v), Some(b)) => {
-                Some(evaluate(self.comm, &self.model, &self.params, &self.moving, self.cfg.loss, v, &mut self.ws, b))
-            }
+            (Some(v), Some(b)) => Some(evaluate(
+                self.comm,
+                &self.model,
+                &self.params,
+                &self.moving,
+                self.cfg.loss,
+                v,
+                &mut self.ws,
+                b,
+                sums.as_mut(),
+            )),
             _ => None,
+        };
+        let val_metrics = match sums.as_mut() {
+            Some(s) => ValMetrics::from_values(&reduce_metrics(self.comm, s)?),
+            None => ValMetrics::default(),
         };
         let samples = self.pos.partial_samples.max(1.0);
         let train_s = self.pos.partial_train_s;
@@ -203,6 +220,7 @@ impl<'c> Trainer<'c> {
             profile: Profile { comm_s: self.comm_seconds(), ..self.profile },
             rss_mb: megabytes(&self.comm.all_gather_u64(rss_bytes())),
             peak_rss_mb: megabytes(&self.peak_memory()),
+            val_metrics,
         };
         self.check_in_sync()?;
         self.history.push(record.clone());
