@@ -144,8 +144,8 @@ fn learning_rate_schedules_show_in_metrics() {
 }
 
 /// Early stopping on val_loss: a model that overfits stops before --epochs, restores the
-/// best epoch's weights (the final checkpoint holds them), and keeps the best checkpoint
-/// beside the latest.
+/// best epoch's weights and batchnorm moving statistics (the final checkpoint holds them), and
+/// keeps the best checkpoint beside the latest.
 #[test]
 fn early_stopping_restores_best_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +166,7 @@ fn early_stopping_restores_best_weights() {
             "--val",
             &s(&val),
             "--layers",
-            "64:relu,64:relu,2:softmax",
+            "64:relu,batchnorm,64:relu,2:softmax",
             "--lr",
             "0.01",
             "--batch-size",
@@ -200,6 +200,9 @@ fn early_stopping_restores_best_weights() {
     assert_eq!(best_snap.position.epoch, best.0 + 1);
     let last = nn_train::io::checkpoint::load(&ck).unwrap();
     assert_eq!(last.params, best_snap.params, "final checkpoint does not hold the best weights");
+    // The batchnorm layer's moving statistics come back with them (the last epochs moved them).
+    assert_eq!(last.moving, best_snap.moving, "final checkpoint does not hold the best moving statistics");
+    assert_eq!(last.early.as_ref().unwrap().best_moving, best_snap.moving);
     // A requeue after early stopping has nothing to do.
     let again = mpirun(
         2,
@@ -210,7 +213,7 @@ fn early_stopping_restores_best_weights() {
             "--val",
             &s(&val),
             "--layers",
-            "64:relu,64:relu,2:softmax",
+            "64:relu,batchnorm,64:relu,2:softmax",
             "--lr",
             "0.01",
             "--batch-size",
