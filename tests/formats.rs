@@ -221,6 +221,14 @@ t = rng.standard_normal((n, 2))
 np.savez(f"{d}/reg.npz", x=u, y=t)
 ref("reg", u.astype(np.float32), t.astype(np.float32))
 np.save(f"{d}/text.npy", np.array([["a"] * f] * n))
+# The same arrays as CSV tables, for the split: numbers as Python prints them (float32 widened).
+def csv(name, x, y):
+    with open(f"{d}/{name}.csv", "w") as out:
+        out.write(",".join([f"f{j}" for j in range(x.shape[1])] + ["label"]) + "\n")
+        for row, l in zip(x, y):
+            out.write(",".join([repr(float(v)) for v in row] + [str(int(l))]) + "\n")
+csv("two", x64, y)
+csv("cols", np.column_stack([a[:, :2], a[:, 3:]]), yneg)
 "#;
 
 /// `nn-data import` of .npy (two files; one Fortran-order array with --y-column) and .npz
@@ -276,6 +284,47 @@ fn numpy_arrays_import_like_float32() {
     let out = p("two-1.h5");
     direct("nn-data", &["import", &p("x.npy"), &p("y.npy"), "--out", &out], 60).expect_ok();
     assert_same_file(&d.join("two-1.h5"), &d.join("two.ref.h5"), "one chunk");
+
+    // --split: the rows, parts and order of CSV import's split of the same table (one split
+    // code), stratified by class; --y-column read in a first pass; chunked the same.
+    for (arrays, table, tag) in [
+        (vec![p("x.npy"), p("y.npy")], "two.csv", "two"),
+        (vec![p("cols.npy"), "--y-column".into(), "2".into(), "--chunk-rows".into(), "77".into()], "cols.csv", "cols"),
+    ] {
+        let out = p(&format!("{tag}-split.h5"));
+        let mut args: Vec<&str> = vec!["import"];
+        args.extend(arrays.iter().map(String::as_str));
+        args.extend_from_slice(&["--split", "0.25", "--seed", "4", "--out", &out]);
+        let run = direct("nn-data", &args, 60).expect_ok();
+        assert!(run.stdout.contains(&format!("wrote {}", p(&format!("{tag}-split-test.h5")))), "{}", run.stdout);
+        let csv_out = p(&format!("{tag}-csv.h5"));
+        let t = p(table);
+        direct("nn-data", &["import", &t, "--label", "label", "--split", "0.25", "--seed", "4", "--out", &csv_out], 60)
+            .expect_ok();
+        for part in ["train", "test"] {
+            let got = d.join(format!("{tag}-split-{part}.h5"));
+            assert_same_file(&got, &d.join(format!("{tag}-csv-{part}.h5")), &format!("{tag} --split {part}"));
+        }
+        let rows = |part: &str| read_xy(&d.join(format!("{tag}-split-{part}.h5"))).1[0];
+        assert_eq!((rows("train"), rows("test")), (225, 75), "{tag}");
+    }
+    let out = p("reg-split.h5");
+    direct("nn-data", &["import", &p("reg.npz"), "--task", "regress", "--split", "0.2", "--out", &out], 60).expect_ok();
+    let (whole, train, test) =
+        (read_xy(&d.join("reg.ref.h5")), read_xy(&d.join("reg-split-train.h5")), read_xy(&d.join("reg-split-test.h5")));
+    assert_eq!((train.1[0], test.1[0]), (240, 60));
+    // Every row once, with its own targets: the parts' (x row, y row) pairs are the file's.
+    let pairs = |(x, s, _, t): &(Vec<f32>, Vec<usize>, Vec<i64>, Vec<f32>)| -> Vec<Vec<u32>> {
+        let mut v: Vec<Vec<u32>> = (0..s[0])
+            .map(|i| x[i * s[1]..(i + 1) * s[1]].iter().chain(&t[i * 2..i * 2 + 2]).map(|f| f.to_bits()).collect())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut parts = pairs(&train);
+    parts.extend(pairs(&test));
+    parts.sort();
+    assert_eq!(parts, pairs(&whole), "the regression split loses or changes rows");
 
     // Errors: one line naming the file and what is wrong; no output left behind.
     let fail = |args: &[&str], want: &[&str]| {

@@ -322,20 +322,22 @@ fn import_npy(a: ImportArgs, kind: InputKind) -> Result<()> {
     use nn_train::tools::npy_import::{self, NpyImport, NpySource};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
     for (set, name) in [
-        (a.split.is_some(), "split"),
         (a.label.is_some(), "label"),
         (a.label_names.is_some(), "label-names"),
         (!a.drop.is_empty(), "drop"),
-        (a.out_train.is_some(), "out-train"),
+        (!a.categorical.is_empty(), "categorical"),
+        (a.max_categories.is_some(), "max-categories"),
+        (a.delimiter.is_some(), "delimiter"),
     ] {
         if set {
-            return Err(flag(
-                name,
-                "is for CSV input (NumPy arrays have no named columns; split the arrays before saving)",
-            ));
+            return Err(flag(name, "is for CSV and Parquet input (NumPy arrays have no named columns)"));
         }
     }
-    let out = a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?;
+    let mut inputs: Vec<(&'static str, &std::path::Path)> = vec![("the input file", &a.csv)];
+    if let Some(y) = &a.y_file {
+        inputs.push(("the y file", y));
+    }
+    let outputs = outputs_of(&a, &inputs)?;
     let source = match (kind, &a.y_file, a.y_column) {
         (InputKind::Npz, None, None) => NpySource::Npz { path: a.csv.clone(), x: a.x.clone(), y: a.y.clone() },
         (InputKind::Npz, _, _) => {
@@ -354,7 +356,7 @@ fn import_npy(a: ImportArgs, kind: InputKind) -> Result<()> {
     let spec = NpyImport {
         source,
         classify: a.task == LabelTask::Classify,
-        out: out.clone(),
+        outputs,
         x_name: a.x.clone(),
         y_name: a.y.clone(),
         chunk_rows: a.chunk_rows,
@@ -375,13 +377,15 @@ fn import_npy(a: ImportArgs, kind: InputKind) -> Result<()> {
         summary.y_dtype,
         a.csv.display()
     );
-    println!(
-        "  wrote {}: {} rows in {:.1} s; peak memory {} MB",
-        out.display(),
-        summary.rows,
-        start.elapsed().as_secs_f64(),
-        peak_rss_bytes() >> 20
-    );
+    for w in &summary.written {
+        let detail = if summary.written.len() > 1 && !w.class_counts.is_empty() {
+            format!(" ({})", label_summary(&w.class_counts, summary.label_names.as_deref()))
+        } else {
+            String::new()
+        };
+        println!("  wrote {}: {} rows{detail}", w.path.display(), w.rows);
+    }
+    println!("  {:.1} s; peak memory {} MB", start.elapsed().as_secs_f64(), peak_rss_bytes() >> 20);
     Ok(())
 }
 
@@ -406,7 +410,7 @@ fn label_summary(class_counts: &[u64], label_names: Option<&[String]>) -> String
 }
 
 fn import(a: ImportArgs) -> Result<()> {
-    use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec, Outputs};
+    use nn_train::tools::csv_import::{self, DatasetNames, ImportSpec};
     let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
     let kind = input_kind(&a.csv);
     if kind == InputKind::Npy || kind == InputKind::Npz {
@@ -422,32 +426,8 @@ fn import(a: ImportArgs) -> Result<()> {
         return Err(flag("delimiter", "is for CSV input (a Parquet table has typed columns)"));
     }
     let label = a.label.clone().ok_or_else(|| flag("label", "is required: the label column's name in the header"))?;
-    let outputs = match a.split {
-        None if a.out_train.is_some() || a.out_test.is_some() => {
-            return Err(flag("out-train", "and --out-test are only for --split"))
-        }
-        None => Outputs::One(a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?),
-        Some(fraction) => {
-            let (train, test) = match (&a.out, &a.out_train, &a.out_test) {
-                (Some(out), None, None) => split_names(out),
-                (None, Some(train), Some(test)) => (train.clone(), test.clone()),
-                (Some(_), _, _) => {
-                    return Err(flag("out", "give either --out or --out-train and --out-test, not both"))
-                }
-                _ => return Err(flag("out", "is required (or --out-train and --out-test)")),
-            };
-            Outputs::Split { train, test, fraction, seed: a.seed }
-        }
-    };
-    let out_flags: Vec<(&'static str, &std::path::Path)> = match &outputs {
-        Outputs::One(out) => vec![("out", out)],
-        Outputs::Split { train, test, .. } => vec![
-            (if a.out_train.is_some() { "out-train" } else { "out" }, train),
-            (if a.out_test.is_some() { "out-test" } else { "out" }, test),
-        ],
-    };
     let input_name = if kind == InputKind::Parquet { "the Parquet file" } else { "the CSV file" };
-    file_identity::check_outputs(&out_flags, &[(input_name, &a.csv)])?;
+    let outputs = outputs_of(&a, &[(input_name, &a.csv)])?;
     if let (Some(names), LabelTask::Regress) = (&a.label_names, a.task) {
         if !names.is_empty() {
             return Err(flag("label-names", "is for --task classify"));
@@ -537,6 +517,42 @@ fn import(a: ImportArgs) -> Result<()> {
         peak_rss_bytes() >> 20
     );
     Ok(())
+}
+
+/// The output files of an import (--out, or with --split the train and test files), checked
+/// against the inputs (never the same file).
+fn outputs_of(
+    a: &ImportArgs,
+    inputs: &[(&'static str, &std::path::Path)],
+) -> Result<nn_train::tools::csv_import::Outputs> {
+    use nn_train::tools::csv_import::Outputs;
+    let flag = |name: &'static str, msg: &str| -> anyhow::Error { nn_train::Error::flag(name, msg).into() };
+    let outputs = match a.split {
+        None if a.out_train.is_some() || a.out_test.is_some() => {
+            return Err(flag("out-train", "and --out-test are only for --split"))
+        }
+        None => Outputs::One(a.out.clone().ok_or_else(|| flag("out", "is required (the HDF5 file to write)"))?),
+        Some(fraction) => {
+            let (train, test) = match (&a.out, &a.out_train, &a.out_test) {
+                (Some(out), None, None) => split_names(out),
+                (None, Some(train), Some(test)) => (train.clone(), test.clone()),
+                (Some(_), _, _) => {
+                    return Err(flag("out", "give either --out or --out-train and --out-test, not both"))
+                }
+                _ => return Err(flag("out", "is required (or --out-train and --out-test)")),
+            };
+            Outputs::Split { train, test, fraction, seed: a.seed }
+        }
+    };
+    let out_flags: Vec<(&'static str, &std::path::Path)> = match &outputs {
+        Outputs::One(out) => vec![("out", out)],
+        Outputs::Split { train, test, .. } => vec![
+            (if a.out_train.is_some() { "out-train" } else { "out" }, train),
+            (if a.out_test.is_some() { "out-test" } else { "out" }, test),
+        ],
+    };
+    file_identity::check_outputs(&out_flags, inputs)?;
+    Ok(outputs)
 }
 
 /// F.h5 -> (F-train.h5, F-test.h5); a name without an extension gets ".h5".

@@ -5,6 +5,7 @@
 //! [`PendingFile`]: the file appears under its name only when complete.
 
 use crate::io::output_file::PendingFile;
+use crate::tools::split::Split;
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use ndarray::s;
@@ -185,4 +186,70 @@ pub fn classes_from_numbers(values: &[f64], path: &Path, what: impl Fn(usize) ->
         y: values.iter().map(|&v| index[&(v as i64)]).collect(),
         names: Some(distinct.iter().map(|v| v.to_string()).collect()),
     })
+}
+
+/// Where each input row of an import goes (rows counted after any dropped): every row to one
+/// file in input order, or each to its place in the train or test part of a [`Split`] (whose
+/// parts are in a seeded order). 8 bytes a row with a split, nothing without.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Placement {
+    /// With a split: the row in the train file, or [`Placement::TEST`] | the row in the test file.
+    place: Vec<u64>,
+    /// Rows of each part: (parts,).
+    pub sizes: Vec<usize>,
+}
+
+impl Placement {
+    /// The bit of a place that says the row goes to the test part.
+    const TEST: u64 = 1 << 63;
+
+    /// All `rows` to one file, in input order.
+    pub fn one(rows: usize) -> Placement {
+        Placement { place: Vec::new(), sizes: vec![rows] }
+    }
+
+    /// The two parts of `split` (of `rows` rows): train is part 0, test part 1.
+    pub fn split(split: &Split, rows: usize) -> Placement {
+        let mut place = vec![0; rows];
+        for (part, list) in [(0, &split.train), (Placement::TEST, &split.test)] {
+            for (i, &k) in list.iter().enumerate() {
+                place[k] = part | i as u64;
+            }
+        }
+        Placement { place, sizes: vec![split.train.len(), split.test.len()] }
+    }
+
+    /// (part, row in that part's file) of input row `k`.
+    pub fn of(&self, k: usize) -> (usize, usize) {
+        match self.place.get(k) {
+            None => (0, k),
+            Some(&p) => ((p >> 63) as usize, (p & !Placement::TEST) as usize),
+        }
+    }
+
+    /// The (row in the part's file, index in `rows`) of those of `rows` (input rows
+    /// `first + i` for the i-th) that go to `part`, sorted by their row in the file.
+    pub fn in_part(&self, part: usize, first: usize, rows: usize) -> Vec<(usize, usize)> {
+        let mut at: Vec<(usize, usize)> =
+            (0..rows).filter_map(|i| Some(self.of(first + i)).filter(|p| p.0 == part).map(|p| (p.1, i))).collect();
+        at.sort_unstable();
+        at
+    }
+}
+
+/// Writes `x` ((at.len(), features) row-major, in the order of `at`) to the rows of `file`
+/// named by `at` (sorted, as [`Placement::in_part`] gives them): one write per run of
+/// consecutive rows.
+pub fn write_runs(file: &mut ChunkedOutput, at: &[(usize, usize)], x: &[f32]) -> Result<()> {
+    let d = file.features;
+    let mut i = 0;
+    while i < at.len() {
+        let mut j = i + 1;
+        while j < at.len() && at[j].0 == at[j - 1].0 + 1 {
+            j += 1;
+        }
+        file.write_rows_at(at[i].0, &x[i * d..j * d])?;
+        i = j;
+    }
+    Ok(())
 }

@@ -25,7 +25,7 @@ use crate::data::encoding::{
     Encoding, FitOptions, Inference, LabelTask, LabelValues, MissingPolicy, MissingReport, UnknownPolicy,
 };
 use crate::data::table::{TableSource, TextTable};
-use crate::tools::chunked_output::{ChunkedOutput, Targets};
+use crate::tools::chunked_output::{self, ChunkedOutput, Placement, Targets};
 use crate::tools::split;
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -146,9 +146,6 @@ pub fn import(spec: &ImportSpec, outputs: &Outputs, names: &DatasetNames) -> Res
     Ok(imported)
 }
 
-/// The bit of a row's place that says it goes to the test part.
-const TEST: u64 = 1 << 63;
-
 /// The kept rows of a chunk (those not in `dropped`, sorted indices into the whole table),
 /// with the index among all kept rows of the first of them.
 fn kept_rows(t: &TextTable, dropped: &[usize]) -> (Vec<usize>, usize) {
@@ -211,15 +208,11 @@ pub fn import_table(
     };
     let classify = encoding.label.task == LabelTask::Classify;
 
-    // Where each kept row goes (in file order), with --split: the row in the train file,
-    // or TEST | the row in the test file (8 bytes a row; none without a split).
+    // Where each kept row goes (kept rows counted in file order).
     let source = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let base = format!("nn-data import {source} --label {}", opts.label);
-    let mut place: Vec<u64> = Vec::new();
-    let parts: Vec<(PathBuf, usize, String)> = match outputs {
-        Outputs::One(out) => {
-            vec![(out.clone(), kept, "all rows, in file order".to_string())]
-        }
+    let (placement, parts): (Placement, Vec<(PathBuf, String)>) = match outputs {
+        Outputs::One(out) => (Placement::one(kept), vec![(out.clone(), "all rows, in file order".to_string())]),
         Outputs::Split { train, test, fraction, seed } => {
             let s = if classify {
                 // The labels of every kept row, for the stratified split (checks every label).
@@ -235,28 +228,17 @@ pub fn import_table(
             } else {
                 split::random(kept, *fraction, *seed)?
             };
-            place.resize(kept, 0);
-            for (part, rows) in [(0, &s.train), (TEST, &s.test)] {
-                for (i, &k) in rows.iter().enumerate() {
-                    place[k] = part | i as u64;
-                }
-            }
             let how = if classify { "stratified" } else { "random" };
             let part = |which: &str| format!("{which} part of a {how} split, --split {fraction} --seed {seed}");
-            vec![(train.clone(), s.train.len(), part("train")), (test.clone(), s.test.len(), part("test"))]
+            (Placement::split(&s, kept), vec![(train.clone(), part("train")), (test.clone(), part("test"))])
         }
-    };
-    // (part, row in that part's file) of kept row k.
-    let part_of = |k: usize| match place.get(k) {
-        None => (0, k),
-        Some(&p) => ((p >> 63) as usize, (p & !TEST) as usize),
     };
     // Fill values and target statistics from the training rows only.
     if let Some(mut stats) = encoding.statistics(opts.standardize_target) {
         src.scan(&mut |t| {
             let (rows, k0) = kept_rows(t, &dropped);
             let train: Vec<usize> =
-                rows.iter().enumerate().filter(|&(i, _)| part_of(k0 + i).0 == 0).map(|(_, &r)| r).collect();
+                rows.iter().enumerate().filter(|&(i, _)| placement.of(k0 + i).0 == 0).map(|(_, &r)| r).collect();
             stats.add(t, &train);
             Ok(())
         })?;
@@ -267,12 +249,12 @@ pub fn import_table(
     // their places, written as runs of consecutive rows.
     let d = encoding.width();
     let mut files = Vec::new();
-    for (out, rows, _) in &parts {
-        files.push(ChunkedOutput::create(out, *rows, d, &names.x, &names.y)?);
+    for ((out, _), &rows) in parts.iter().zip(&placement.sizes) {
+        files.push(ChunkedOutput::create(out, rows, d, &names.x, &names.y)?);
     }
     let mut classes: Vec<Vec<i64>> = Vec::new();
     let mut targets: Vec<Vec<f32>> = Vec::new();
-    for (_, rows, _) in &parts {
+    for rows in &placement.sizes {
         if classify {
             classes.push(vec![0; *rows]);
         } else {
@@ -282,27 +264,13 @@ pub fn import_table(
     src.scan(&mut |t| {
         let (rows, k0) = kept_rows(t, &dropped);
         for (part, file) in files.iter_mut().enumerate() {
-            let mut at: Vec<(usize, usize)> = rows
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| part_of(k0 + i).0 == part)
-                .map(|(i, &r)| (part_of(k0 + i).1, r))
-                .collect();
+            let at = placement.in_part(part, k0, rows.len());
             if at.is_empty() {
                 continue;
             }
-            at.sort_unstable();
-            let order: Vec<usize> = at.iter().map(|&(_, r)| r).collect();
+            let order: Vec<usize> = at.iter().map(|&(_, i)| rows[i]).collect();
             let encoded = encoding.apply(t, &order, UnknownPolicy::Error)?;
-            let mut i = 0;
-            while i < at.len() {
-                let mut j = i + 1;
-                while j < at.len() && at[j].0 == at[j - 1].0 + 1 {
-                    j += 1;
-                }
-                file.write_rows_at(at[i].0, &encoded.x[i * d..j * d])?;
-                i = j;
-            }
+            chunked_output::write_runs(file, &at, &encoded.x)?;
             match encoded.y.expect("the table has the label column") {
                 LabelValues::Classes(y) => at.iter().zip(y).for_each(|(&(p, _), v)| classes[part][p] = v),
                 LabelValues::Targets(y) => at.iter().zip(y).for_each(|(&(p, _), v)| targets[part][p] = v),
@@ -314,7 +282,8 @@ pub fn import_table(
     let names_attr = (!encoding.label.indices).then(|| class_names.clone());
     let json = encoding.to_json();
     let mut done = Vec::new();
-    for (part, (file, (_, rows, split_text))) in files.into_iter().zip(&parts).enumerate() {
+    for (part, (file, (_, split_text))) in files.into_iter().zip(&parts).enumerate() {
+        let rows = placement.sizes[part];
         let (y, class_counts) = if classify {
             let y = std::mem::take(&mut classes[part]);
             let mut counts = vec![0u64; class_names.len()];
@@ -324,7 +293,7 @@ pub fn import_table(
             (Targets::Values { y: std::mem::take(&mut targets[part]), width: 1 }, Vec::new())
         };
         let (dest, _) = file.finish_pending(&y, Some(&encoding.features), &base, split_text, Some(&json))?;
-        done.push((dest, Written { path: PathBuf::new(), rows: *rows, class_counts }));
+        done.push((dest, Written { path: PathBuf::new(), rows, class_counts }));
     }
     // Every part complete: rename them into place.
     let mut written = Vec::new();

@@ -9,7 +9,9 @@
 //! unpacked to a temporary file beside the output, so that their rows can be read in any
 //! order (Fortran-order arrays are read a column at a time).
 
-use super::chunked_output::{classes_from_numbers, ChunkedOutput, Targets};
+use super::chunked_output::{self, classes_from_numbers, ChunkedOutput, Placement, Targets};
+use super::csv_import::{Outputs, Written};
+use super::split;
 use crate::{Error, Result};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -357,7 +359,9 @@ pub struct NpyImport {
     pub source: NpySource,
     /// Class labels (true) or float targets (false).
     pub classify: bool,
-    pub out: PathBuf,
+    /// One file, or the parts of a seeded split (stratified by class for labels), as CSV
+    /// import splits.
+    pub outputs: Outputs,
     /// Dataset names written.
     pub x_name: String,
     pub y_name: String,
@@ -375,13 +379,18 @@ pub struct NpySummary {
     pub label_names: Option<Vec<String>>,
     pub x_dtype: String,
     pub y_dtype: String,
+    /// The files written (one, or train and test).
+    pub written: Vec<Written>,
 }
 
 /// Converts the arrays of `spec` to an HDF5 data file, a chunk of rows at a time;
 /// `progress(rows_done, rows)` is called after each chunk. Nothing is written under
 /// `spec.out` unless every value is good.
 pub fn import(spec: &NpyImport, mut progress: impl FnMut(usize, usize)) -> Result<NpySummary> {
-    let scratch = crate::io::output_file::folder_of(&spec.out);
+    let scratch = crate::io::output_file::folder_of(match &spec.outputs {
+        Outputs::One(out) => out,
+        Outputs::Split { train, .. } => train,
+    });
     let (mut xa, mut ya, y_column) = match &spec.source {
         NpySource::Two { x, y } => (open_npy(x)?, Some(open_npy(y)?), None),
         NpySource::Columns { path, y_column } => (open_npy(path)?, None, Some(*y_column)),
@@ -436,11 +445,67 @@ pub fn import(spec: &NpyImport, mut progress: impl FnMut(usize, usize)) -> Resul
     let x_dtype = xa.header.dtype;
     let y_dtype = ya.as_ref().map_or(x_dtype, |y| y.header.dtype);
 
-    let mut out = ChunkedOutput::create(&spec.out, rows, features, &spec.x_name, &spec.y_name)?;
     let chunk = spec.chunk_rows.unwrap_or(CHUNK_BYTES / (width * x_dtype.size.max(4))).max(1);
     let (mut raw, mut yraw) = (Vec::new(), Vec::new());
     let mut x = Vec::with_capacity(chunk * features);
     let mut y: Vec<f64> = Vec::with_capacity(rows * y_width);
+    let y_label = ya.as_ref().map_or_else(|| xa.label.clone(), |a| a.label.clone());
+    let y_path = ya.as_ref().map_or_else(|| xa.path.clone(), |a| a.path.clone());
+    let where_ = |i: usize| match y_column {
+        Some(k) => format!("{y_label}row {} column {k}", i / y_width),
+        None => format!("{y_label}y row {}", i / y_width),
+    };
+    let to_targets = |y: &[f64]| -> Result<Targets> {
+        if spec.classify {
+            return classes_from_numbers(y, &y_path, where_);
+        }
+        let mut t = Vec::with_capacity(y.len());
+        for (i, &v) in y.iter().enumerate() {
+            let f = v as f32;
+            if !f.is_finite() {
+                return Err(Error::data(&y_path, format!("{}: target {v} is not a finite float32", where_(i))));
+            }
+            t.push(f);
+        }
+        Ok(Targets::Values { y: t, width: y_width })
+    };
+    // With a split, y first (a pass over y's file, or over x for --y-column): the split
+    // needs the labels before rows can be written to their places.
+    let (placement, parts, mut targets) = match &spec.outputs {
+        Outputs::One(out) => (Placement::one(rows), vec![(out.clone(), "all rows, in file order".to_string())], None),
+        Outputs::Split { train, test, fraction, seed } => {
+            let mut lo = 0;
+            while lo < rows {
+                let hi = (lo + chunk).min(rows);
+                match (ya.as_mut(), y_column) {
+                    (Some(ya), _) => {
+                        ya.read_rows(lo, hi, &mut yraw)?;
+                        y.extend(yraw.chunks_exact(y_dtype.size).map(|e| y_dtype.f64(e)));
+                    }
+                    (None, Some(k)) => {
+                        xa.read_rows(lo, hi, &mut raw)?;
+                        let es = x_dtype.size;
+                        y.extend(raw.chunks_exact(width * es).map(|row| x_dtype.f64(&row[k * es..(k + 1) * es])));
+                    }
+                    (None, None) => unreachable!("y is a file or a column"),
+                }
+                lo = hi;
+            }
+            let t = to_targets(&y)?;
+            let s = match &t {
+                Targets::Classes { y, .. } => split::stratified(y, *fraction, *seed)?,
+                Targets::Values { .. } => split::random(rows, *fraction, *seed)?,
+            };
+            let how = if spec.classify { "stratified" } else { "random" };
+            let part = |which: &str| format!("{which} part of a {how} split, --split {fraction} --seed {seed}");
+            (Placement::split(&s, rows), vec![(train.clone(), part("train")), (test.clone(), part("test"))], Some(t))
+        }
+    };
+    let mut outs = Vec::new();
+    for ((out, _), &n) in parts.iter().zip(&placement.sizes) {
+        outs.push(ChunkedOutput::create(out, n, features, &spec.x_name, &spec.y_name)?);
+    }
+    let mut sorted = Vec::new();
     let mut lo = 0;
     while lo < rows {
         let hi = (lo + chunk).min(rows);
@@ -450,7 +515,9 @@ pub fn import(spec: &NpyImport, mut progress: impl FnMut(usize, usize)) -> Resul
         for (r, row) in raw.chunks_exact(width * es).enumerate() {
             for (j, e) in row.chunks_exact(es).enumerate() {
                 if Some(j) == y_column {
-                    y.push(x_dtype.f64(e));
+                    if targets.is_none() {
+                        y.push(x_dtype.f64(e));
+                    }
                     continue;
                 }
                 let v = x_dtype.f32(e);
@@ -465,32 +532,28 @@ pub fn import(spec: &NpyImport, mut progress: impl FnMut(usize, usize)) -> Resul
                 x.push(v);
             }
         }
-        if let Some(ya) = ya.as_mut() {
-            ya.read_rows(lo, hi, &mut yraw)?;
-            y.extend(yraw.chunks_exact(y_dtype.size).map(|e| y_dtype.f64(e)));
+        if targets.is_none() {
+            if let Some(ya) = ya.as_mut() {
+                ya.read_rows(lo, hi, &mut yraw)?;
+                y.extend(yraw.chunks_exact(y_dtype.size).map(|e| y_dtype.f64(e)));
+            }
         }
-        out.write_x(&x)?;
+        if outs.len() == 1 {
+            outs[0].write_rows_at(lo, &x)?;
+        } else {
+            for (part, out) in outs.iter_mut().enumerate() {
+                let at = placement.in_part(part, lo, hi - lo);
+                sorted.clear();
+                at.iter().for_each(|&(_, i)| sorted.extend_from_slice(&x[i * features..(i + 1) * features]));
+                chunked_output::write_runs(out, &at, &sorted)?;
+            }
+        }
         progress(hi, rows);
         lo = hi;
     }
-    let y_label = ya.as_ref().map_or_else(|| xa.label.clone(), |a| a.label.clone());
-    let y_path = ya.as_ref().map_or_else(|| xa.path.clone(), |a| a.path.clone());
-    let where_ = |i: usize| match y_column {
-        Some(k) => format!("{y_label}row {} column {k}", i / y_width),
-        None => format!("{y_label}y row {}", i / y_width),
-    };
-    let targets = if spec.classify {
-        classes_from_numbers(&y, &y_path, where_)?
-    } else {
-        let mut t = Vec::with_capacity(y.len());
-        for (i, &v) in y.iter().enumerate() {
-            let f = v as f32;
-            if !f.is_finite() {
-                return Err(Error::data(&y_path, format!("{}: target {v} is not a finite float32", where_(i))));
-            }
-            t.push(f);
-        }
-        Targets::Values { y: t, width: y_width }
+    let targets = match targets.take() {
+        Some(t) => t,
+        None => to_targets(&y)?,
     };
     let source = match &spec.source {
         NpySource::Two { x, y } => format!("nn-data import {} {}", file_name(x), file_name(y)),
@@ -501,8 +564,60 @@ pub fn import(spec: &NpyImport, mut progress: impl FnMut(usize, usize)) -> Resul
         Targets::Classes { names, .. } => names.clone(),
         Targets::Values { .. } => None,
     };
-    let (_, class_counts) = out.finish(&targets, None, &source, "all rows, in file order", None)?;
-    Ok(NpySummary { rows, features, class_counts, label_names, x_dtype: x_dtype.name(), y_dtype: y_dtype.name() })
+    // Each part's y in the order of its rows; every part complete before any is renamed.
+    let k = match &targets {
+        Targets::Classes { y, names } => {
+            names.as_ref().map_or_else(|| y.iter().max().map_or(0, |&m| m as usize + 1), |n| n.len())
+        }
+        Targets::Values { .. } => 0,
+    };
+    let mut class_counts = vec![0u64; k];
+    let mut pending = Vec::new();
+    for (part, (out, (_, split_text))) in outs.into_iter().zip(&parts).enumerate() {
+        let n = placement.sizes[part];
+        let mut counts = vec![0u64; k];
+        let part_targets = match &targets {
+            Targets::Classes { y, names } => {
+                let mut py = vec![0i64; n];
+                for (i, &l) in y.iter().enumerate() {
+                    let (p, at) = placement.of(i);
+                    if p == part {
+                        py[at] = l;
+                        counts[l as usize] += 1;
+                    }
+                }
+                Targets::Classes { y: py, names: names.clone() }
+            }
+            Targets::Values { y, width } => {
+                let mut py = vec![0f32; n * width];
+                for i in 0..rows {
+                    let (p, at) = placement.of(i);
+                    if p == part {
+                        py[at * width..(at + 1) * width].copy_from_slice(&y[i * width..(i + 1) * width]);
+                    }
+                }
+                Targets::Values { y: py, width: *width }
+            }
+        };
+        let (file, _) = out.finish_pending(&part_targets, None, &source, split_text, None)?;
+        class_counts.iter_mut().zip(&counts).for_each(|(c, n)| *c += n);
+        pending.push((file, Written { path: PathBuf::new(), rows: n, class_counts: counts }));
+    }
+    let mut written = Vec::new();
+    for (file, mut w) in pending {
+        w.path = file.dest.clone();
+        file.commit()?;
+        written.push(w);
+    }
+    Ok(NpySummary {
+        rows,
+        features,
+        class_counts,
+        label_names,
+        x_dtype: x_dtype.name(),
+        y_dtype: y_dtype.name(),
+        written,
+    })
 }
 
 fn file_name(p: &Path) -> String {
