@@ -33,6 +33,15 @@ pub enum GradientSum {
     Overlapped(Overlapped),
 }
 
+/// What [`GradientSum::sum_and_update`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct Summed {
+    /// Seconds spent waiting for sums (the rest of the call's time is the update's).
+    pub waited_s: f64,
+    /// Some rank asked to stop in this step and the step was droppable: no update applied.
+    pub dropped: bool,
+}
+
 /// The state of [`GradientSum::Overlapped`].
 pub struct Overlapped {
     /// Declared first so that its thread stops before the buffers it points into are freed.
@@ -109,50 +118,86 @@ impl GradientSum {
 
     /// Sums the gradients over the ranks and applies the optimizer to `params` (n_params,),
     /// with `scale` turning the sum into the mean and `lr` the step's rate. Overlapped, each
-    /// bucket is updated as soon as its sum arrives. Returns the seconds spent waiting for
-    /// sums (the rest of the time is the update's).
-    pub fn sum_and_update(&mut self, comm: &Comm, opt: &mut Optimizer, params: &mut [f32], scale: f32, lr: f32) -> f64 {
+    /// bucket is updated as soon as its sum arrives.
+    ///
+    /// With `drop_on` = Some(slot) (an index into the whole buffer, past the parameters): when
+    /// that summed extra slot is positive, some rank asked to stop during this step, so the
+    /// step is dropped and nothing is updated, on every rank alike (each reads the same sum).
+    /// Overlapped, that slot is in bucket 0, the first summed, so it is known before any
+    /// update.
+    pub fn sum_and_update(
+        &mut self,
+        comm: &Comm,
+        opt: &mut Optimizer,
+        params: &mut [f32],
+        scale: f32,
+        lr: f32,
+        drop_on: Option<usize>,
+    ) -> Summed {
         let n = params.len();
+        debug_assert!(drop_on.is_none_or(|slot| slot >= n), "the stop slot follows the parameters");
         let start = Instant::now();
+        let stopped = |summed: &[f32]| drop_on.is_some_and(|slot| summed[slot] > 0.0);
         match self {
             GradientSum::Local { grads } => {
-                opt.step(params, &grads[..n], scale, lr);
-                0.0
+                let stopped = stopped(grads);
+                if !stopped {
+                    opt.step(params, &grads[..n], scale, lr);
+                }
+                Summed { waited_s: 0.0, dropped: stopped }
             }
             GradientSum::Mpi { grads, summed } => {
                 comm.sum_into(grads, summed);
-                let waited = start.elapsed().as_secs_f64();
-                opt.step(params, &summed[..n], scale, lr);
-                waited
+                let waited_s = start.elapsed().as_secs_f64();
+                let stopped = stopped(summed);
+                if !stopped {
+                    opt.step(params, &summed[..n], scale, lr);
+                }
+                Summed { waited_s, dropped: stopped }
             }
             GradientSum::SharedWindow(shared) => {
                 shared.sum();
-                let waited = start.elapsed().as_secs_f64();
-                opt.step(params, &shared.result()[..n], scale, lr);
-                waited
+                let waited_s = start.elapsed().as_secs_f64();
+                let stopped = stopped(shared.result());
+                if !stopped {
+                    opt.step(params, &shared.result()[..n], scale, lr);
+                }
+                Summed { waited_s, dropped: stopped }
             }
             GradientSum::Overlapped(o) => {
                 let last = o.reducer.buckets() - 1;
+                o.reducer.wait(0);
+                if stopped(&o.summed) {
+                    // Every bucket's sum still has to finish before the buffers are reused.
+                    o.reducer.wait(last);
+                    return Summed { waited_s: start.elapsed().as_secs_f64(), dropped: true };
+                }
                 if opt.settings.clip_norm.is_some() {
                     // The global norm needs every sum first.
                     o.reducer.wait(last);
-                    let waited = start.elapsed().as_secs_f64();
+                    let waited_s = start.elapsed().as_secs_f64();
                     let (update, _) = opt.begin(&o.summed[..n], scale, lr);
                     opt.apply(&update, 0..n, params, &o.summed);
-                    waited
+                    Summed { waited_s, dropped: false }
                 } else {
                     let (update, _) = opt.begin(&[], scale, lr);
-                    let mut waited = 0.0;
+                    let mut waited_s = start.elapsed().as_secs_f64();
                     for (b, range) in o.bucket_params.iter().enumerate() {
                         let w = Instant::now();
                         o.reducer.wait(b);
-                        waited += w.elapsed().as_secs_f64();
+                        waited_s += w.elapsed().as_secs_f64();
                         opt.apply(&update, range.clone(), params, &o.summed);
                     }
-                    waited
+                    Summed { waited_s, dropped: false }
                 }
             }
         }
+    }
+
+    /// Whether layers are summed while the backward pass goes on (overlapped): then the extra
+    /// slots are handed over with the first layer finished and cannot change afterwards.
+    pub fn sums_during_backward(&self) -> bool {
+        matches!(self, GradientSum::Overlapped(_))
     }
 
     /// The summed gradients and extra slots after [`GradientSum::sum_and_update`]:

@@ -7,6 +7,8 @@ use crate::data::element::{self, Element};
 use crate::data::filters;
 use crate::data::moments::Moments;
 use crate::data::slice::open_file;
+use crate::engine::model::LayerSpec;
+use crate::io::checkpoint;
 use crate::io::metrics::thousands;
 use crate::{Error, Result};
 use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
@@ -70,6 +72,8 @@ pub struct Report {
     /// How each column of the imported table was read (from `/encoding`), or why the
     /// stored encoding cannot be read.
     pub encoding: Option<Vec<String>>,
+    /// For an nn-train checkpoint: where its run stands, or why it does not load.
+    pub checkpoint: Option<String>,
 }
 
 /// Reads the file's structure and summarises `x_name` and `y_name`.
@@ -78,7 +82,7 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
     let err = |e: hdf5::Error| Error::data(path, format!("cannot read: {e}"));
     let mut datasets = Vec::new();
     walk(&file, &mut datasets).map_err(err)?;
-    let attrs = file
+    let attrs: Vec<(String, String)> = file
         .attr_names()
         .map_err(err)?
         .into_iter()
@@ -110,6 +114,10 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
         crate::data::encoding::Encoding::from_json(path, &json)
             .map_or_else(|e| vec![format!("unreadable: {e}")], |e| e.describe())
     });
+    let is_checkpoint = attrs.iter().any(|(k, v)| k == "format" && v == checkpoint::FORMAT);
+    // The checkpoint reader opens the file itself, with HDF5's own locking flags.
+    drop(file);
+    let checkpoint = is_checkpoint.then(|| checkpoint_summary(path));
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(Report {
         path: path.to_path_buf(),
@@ -122,7 +130,25 @@ pub fn info(path: &Path, x_name: &str, y_name: &str) -> Result<Report> {
         feature_names,
         y,
         encoding,
+        checkpoint,
     })
+}
+
+/// One line on where a checkpoint's run stands (what `--resume` would continue from), or the
+/// reason it would not load.
+fn checkpoint_summary(path: &Path) -> String {
+    match checkpoint::load(path) {
+        Ok(snap) => format!(
+            "epoch {} step {} ({} samples seen; taken on {} rank{}); model {}",
+            snap.position.epoch,
+            snap.position.step,
+            snap.position.samples_seen,
+            snap.world_size,
+            if snap.world_size == 1 { "" } else { "s" },
+            LayerSpec::to_text(&snap.config.layers),
+        ),
+        Err(e) => format!("does not load: {e}"),
+    }
 }
 
 fn walk(group: &hdf5::Group, out: &mut Vec<DatasetInfo>) -> hdf5::Result<()> {
@@ -294,6 +320,11 @@ impl Report {
         let ws = self.datasets.iter().map(|d| shape_text(&d.shape).len()).max().unwrap_or(0);
         for d in &self.datasets {
             let _ = writeln!(out, "  {:<w$}  {:<ws$}  {}", d.path, shape_text(&d.shape), d.dtype);
+        }
+        if let Some(line) = &self.checkpoint {
+            // A checkpoint has no x and y to describe.
+            let _ = writeln!(out, "checkpoint: {line}");
+            return out;
         }
         match &self.x {
             Some((rows, stats)) => self.render_x(&mut out, *rows, stats, all_features),

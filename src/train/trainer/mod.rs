@@ -13,8 +13,8 @@ use crate::data::slice::Slice;
 use crate::dist::batch_plan::EpochPlan;
 use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
-use crate::dist::signals;
 use crate::dist::threads::ThreadChoice;
+use crate::dist::{kill_grace, signals};
 use crate::engine::eval_metrics::MetricSums;
 use crate::engine::model::{Model, Workspace};
 use crate::engine::optim::Optimizer;
@@ -87,6 +87,9 @@ pub struct Trainer<'c> {
     start_notes: Vec<String>,
     /// For the summary's first line: where the bf16 products run, or empty in f32.
     precision_note: String,
+    /// Under mpirun, until the advice has been given: seconds between mpirun's SIGTERM to the
+    /// ranks and its SIGKILL (see dist::kill_grace).
+    kill_grace_s: Option<f64>,
     /// Rank 0: the lock that makes this run the checkpoint's only writer (see io::run_lock).
     /// Last, so it is released after everything else.
     _run_lock: Option<RunLock>,
@@ -135,15 +138,19 @@ impl<'c> Trainer<'c> {
                         lr: self.cfg.lr.base,
                     });
                 }
-                self.pos.step = s + 1;
-                if let Some(b) = &bar {
-                    b.set_position(self.pos.step as u64);
-                }
-                if end == StepEnd::Stop {
+                if let StepEnd::Stop { dropped } = end {
+                    // A dropped step leaves the position at its start.
+                    if !dropped {
+                        self.pos.step = s + 1;
+                    }
                     if let Some(b) = &bar {
                         b.finish_and_clear();
                     }
                     return self.interrupted(log);
+                }
+                self.pos.step = s + 1;
+                if let Some(b) = &bar {
+                    b.set_position(self.pos.step as u64);
                 }
                 if let Some(every) = self.cfg.checkpoint_steps {
                     if self.pos.step.is_multiple_of(every) && self.pos.step < steps {
@@ -269,14 +276,20 @@ impl<'c> Trainer<'c> {
             let best = checkpoint::best_path(self.cfg.checkpoint.as_deref().expect("checked"));
             self.write_snapshot(&best)?;
         }
+        let mut grace_warning = None;
         if self.cfg.checkpoint.is_some() && due {
             let (size, secs) = self.write_snapshot(self.cfg.checkpoint.clone().as_deref().expect("checked"))?;
             line += &format!("  [checkpoint {:.0} KB, {:.0} ms]", size as f64 / 1e3, secs * 1e3);
+            let step_s = train_s / self.plan.steps().max(1) as f64;
+            grace_warning = self.kill_grace_warning(step_s + secs);
         }
         if root {
             log(&line);
             if self.cfg.profile {
                 log(&record.profile_line());
+            }
+            if let Some(warning) = grace_warning {
+                log(&warning);
             }
             if let Some(lr) = reduced_to {
                 log(&format!(
@@ -295,6 +308,14 @@ impl<'c> Trainer<'c> {
             }
         }
         Ok(())
+    }
+
+    /// The first time a stop (one step dropped and the checkpoint written, `needed_s` seconds
+    /// at most) would not fit in the time mpirun leaves the ranks after a signal: the advice
+    /// to print. Once per run.
+    fn kill_grace_warning(&mut self, needed_s: f64) -> Option<String> {
+        let grace_s = self.kill_grace_s.take()?;
+        (needed_s > grace_s).then(|| kill_grace::advice(grace_s, needed_s))
     }
 
     /// The learning rate at `progress` epochs: the schedule's, after any plateau reductions.

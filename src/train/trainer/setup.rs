@@ -132,6 +132,7 @@ impl<'c> Trainer<'c> {
         let sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node);
         let fused = cfg.loss.required_activation().is_some();
         Ok(Trainer {
+            kill_grace_s: crate::dist::kill_grace::mpirun_kill_grace(),
             _run_lock: run_lock,
             sum,
             comm,

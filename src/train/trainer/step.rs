@@ -20,6 +20,9 @@ pub(super) struct StepStats {
     pub stop: f32,
 }
 
+/// Where the stop flag sits among the STATS slots.
+const STOP_SLOT: usize = 2;
+
 impl StepStats {
     /// The slots as they follow the gradients in the summed buffer.
     fn to_slots(self) -> [f32; STATS] {
@@ -36,8 +39,9 @@ impl StepStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepEnd {
     Continue,
-    /// Some rank received a stop signal.
-    Stop,
+    /// Some rank received a stop signal. The step was `dropped` (nothing updated), or, with
+    /// batch normalization, completed.
+    Stop { dropped: bool },
     /// The summed loss or gradients are NaN or infinite: the run diverged. Names which.
     NonFinite(&'static str),
 }
@@ -74,67 +78,102 @@ impl Trainer<'_> {
     /// One training step on step `s` of the current epoch's plan. Returns whether to go on,
     /// stop for a signal some rank received, or stop because the summed loss or gradients are
     /// not finite (every rank returns the same: each looks at the same summed values).
+    ///
+    /// A stop drops the step: no rank applies its update, so the state stays that of the last
+    /// complete step, which is what the checkpoint then holds and what a resume redoes from.
+    /// A rank that sees the signal before its backward pass skips the rest of its work and
+    /// goes straight to the sum, so the stop is answered within about a forward or backward
+    /// pass rather than a whole step (see [`crate::dist::signals`]). Not with batch
+    /// normalization: its passes have collectives of their own, which every rank must join,
+    /// and its forward pass moves the moving statistics, so such a step is completed and the
+    /// run stops after it.
     pub fn step(&mut self, s: usize) -> StepEnd {
         let n = self.model.n_params;
         let start = Instant::now();
         let mut clock = PhaseClock(start);
         let mut profile = self.profile;
-
-        // Gather.
-        self.batch.gather(&self.train, self.plan.batch(s));
-        let rows = self.batch.rows;
-        clock.lap(&mut profile.data_s);
-
-        // Forward.
-        let keys = DropoutKeys { seed: self.cfg.seed, epoch: self.pos.epoch as u64, rows: &self.batch.row_ids[..rows] };
-        // Batch normalization's statistics are those of the global batch: `comm` sums each
-        // layer's few per-feature sums over the ranks (also with 0 rows on this rank).
-        let pass = Pass::Train { keys: &keys, moving: &mut self.moving, sync: self.comm };
-        self.model.forward(&self.params, self.batch.x(), rows, &mut self.ws, pass);
-        clock.lap(&mut profile.forward_s);
-
-        // Loss, and its gradient with respect to the output.
-        let (out, delta) = self.model.output_and_delta(&mut self.ws, rows);
-        let k = self.model.out_dim();
-        let targets = self.batch.targets();
-        let sums = weighted_loss_and_delta(self.cfg.loss, out, k, targets, self.class_weights.as_deref(), Some(delta));
-        // Kernel penalties count once per global batch, as Keras adds them to the mean loss:
-        // rank 0 adds count * penalty to the loss sum and its gradient to its own gradients.
         let count = self.plan.global_count(s);
+        let droppable = !self.model.has_moving();
+        let stop_asked = || droppable && signals::received().is_some();
+        let mut stats = StepStats::default();
+        let mut stop = stop_asked();
+
+        if !stop {
+            // Gather.
+            self.batch.gather(&self.train, self.plan.batch(s));
+            clock.lap(&mut profile.data_s);
+            stop = stop_asked();
+        }
+        let rows = self.batch.rows;
         let penalty_weight = if self.comm.is_root() { count as f32 } else { 0.0 };
-        let penalty = if self.comm.is_root() { self.model.regularization(&self.params) } else { 0.0 };
-        let stats = StepStats {
-            loss: (sums.loss + count as f64 * penalty) as f32,
-            correct: sums.correct as f32,
-            stop: signals::received().is_some() as u32 as f32,
-        };
+        if !stop {
+            // Forward.
+            let keys =
+                DropoutKeys { seed: self.cfg.seed, epoch: self.pos.epoch as u64, rows: &self.batch.row_ids[..rows] };
+            // Batch normalization's statistics are those of the global batch: `comm` sums each
+            // layer's few per-feature sums over the ranks (also with 0 rows on this rank).
+            let pass = Pass::Train { keys: &keys, moving: &mut self.moving, sync: self.comm };
+            self.model.forward(&self.params, self.batch.x(), rows, &mut self.ws, pass);
+            clock.lap(&mut profile.forward_s);
+
+            // Loss, and its gradient with respect to the output.
+            let (out, delta) = self.model.output_and_delta(&mut self.ws, rows);
+            let k = self.model.out_dim();
+            let targets = self.batch.targets();
+            let sums =
+                weighted_loss_and_delta(self.cfg.loss, out, k, targets, self.class_weights.as_deref(), Some(delta));
+            // Kernel penalties count once per global batch, as Keras adds them to the mean
+            // loss: rank 0 adds count * penalty to the loss sum and its gradient to its own
+            // gradients.
+            let penalty = if self.comm.is_root() { self.model.regularization(&self.params) } else { 0.0 };
+            stats.loss = (sums.loss + count as f64 * penalty) as f32;
+            stats.correct = sums.correct as f32;
+            stop = signals::received().is_some();
+        }
+        stats.stop = stop as u32 as f32;
 
         // Backward, into the buffer the gradient sum reads (handing over finished layers).
+        let sums_during_backward = self.sum.sums_during_backward();
         let (grads, layer_done) = self.sum.begin();
         grads[n..].copy_from_slice(&stats.to_slots());
-        let x = self.batch.x();
-        self.model.backward_with(
-            &self.params,
-            &mut grads[..n],
-            x,
-            rows,
-            &mut self.ws,
-            self.fused,
-            penalty_weight,
-            self.comm,
-            &mut |d| layer_done.call(d),
-        );
-        clock.lap(&mut profile.backward_s);
+        if stop && droppable {
+            // Nothing to compute, but every layer's part of the sum still has to be handed over.
+            (0..self.model.dense_layers().count()).rev().for_each(|d| layer_done.call(d));
+        } else {
+            let x = self.batch.x();
+            self.model.backward_with(
+                &self.params,
+                &mut grads[..n],
+                x,
+                rows,
+                &mut self.ws,
+                self.fused,
+                penalty_weight,
+                self.comm,
+                &mut |d| layer_done.call(d),
+            );
+            clock.lap(&mut profile.backward_s);
+            if !sums_during_backward && signals::received().is_some() {
+                // Nothing has been summed yet: a signal during the backward pass still stops
+                // at this step rather than the next.
+                grads[n + STOP_SLOT] = 1.0;
+            }
+        }
 
-        // Sum over the ranks, and update.
+        // Sum over the ranks, and update (unless a stop drops the step).
         let lr = self.lr_at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
-        let waited = self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr);
+        let drop_on = droppable.then_some(n + STOP_SLOT);
+        let summed = self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr, drop_on);
+        if summed.dropped {
+            self.profile = profile;
+            return StepEnd::Stop { dropped: true };
+        }
         // bf16: the one conversion of the weights per step, after the update.
         self.ws.refresh_weights(&self.model, &self.params);
         let mut update_s = 0.0;
         clock.lap(&mut update_s);
-        profile.allreduce_s += waited;
-        profile.optimizer_s += update_s - waited;
+        profile.allreduce_s += summed.waited_s;
+        profile.optimizer_s += update_s - summed.waited_s;
 
         // The epoch's running sums.
         let summed = StepStats::from_slots(&self.sum.summed()[n..]);
@@ -153,7 +192,8 @@ impl Trainer<'_> {
             return StepEnd::NonFinite("the gradient sum");
         }
         if summed.stop > 0.0 {
-            StepEnd::Stop
+            // Completed (not droppable): the run stops after this step.
+            StepEnd::Stop { dropped: false }
         } else {
             StepEnd::Continue
         }
