@@ -477,3 +477,81 @@ fn rank_only_errors_print_once() {
     let line = fails(2, "nn-train", &["--data", &s(&nan), "--layers", "2:softmax"], &["rank 1", "row 33 column 1"]);
     assert_eq!(line.matches("row 33 column 1").count(), 1, "{line}");
 }
+
+/// Failure 11: a stop signal to mpirun (Ctrl-C, a scheduler signalling the launcher) during
+/// steps longer than Open MPI's kill delay. mpirun passes SIGTERM to the ranks 1 s after its
+/// own signal and kills them 1 s later (odls_base_sigkill_timeout, default); the ranks cut the
+/// step under way short between layers, drop it, and rank 0 writes the checkpoint of the last
+/// complete step within that second. The run also printed how to give the ranks more time.
+#[test]
+fn a_stop_signal_to_mpirun_during_long_steps_checkpoints_in_its_grace() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.h5");
+    // Steps of about a second on a 2-core machine (8 layers of 512 over 2048 rows per rank),
+    // a checkpoint of 16 MB.
+    write_classification(&data, 8192, 64, 10, 3);
+    let ck = dir.path().join("ck.h5");
+    let log = dir.path().join("log.txt");
+    let layers = format!("{}10:softmax", "512:relu,".repeat(6));
+    let mut cmd = Command::new("mpirun");
+    mpi_env(&mut cmd)
+        .args(["--bind-to", "none", "-n", "2"])
+        .arg(bin("nn-train"))
+        .args(["--data", &s(&data), "--layers", &layers, "--batch-size", "4096", "--epochs", "50"])
+        .args(["--threads", "1", "--checkpoint", &s(&ck)])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    wait_for("the first checkpoint", Duration::from_secs(BOUND_S), || ck.exists());
+    // Into the middle of a step of the second epoch.
+    std::thread::sleep(Duration::from_millis(1300));
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            kill_group(&mut child);
+            panic!("mpirun did not end within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&log).unwrap();
+    // A signalled mpirun exits 1 whatever its ranks did (Open MPI's rule, documented).
+    assert_eq!(status.code(), Some(1), "{out}");
+    let saved: Vec<&str> = out.lines().filter(|l| l.starts_with("checkpoint (signal)")).collect();
+    assert_eq!(saved.len(), 1, "no checkpoint was written within mpirun's grace:\n{out}");
+    assert!(out.contains("stopping: SIGTERM received"), "{out}");
+    let snap = nn_train::io::checkpoint::load(&ck).unwrap();
+    let at = format!("at epoch {} step {} ", snap.position.epoch, snap.position.step);
+    assert!(saved[0].contains(&at), "the checkpoint holds {at}but the run said: {}", saved[0]);
+    assert!(snap.position.epoch >= 1, "{out}");
+    loads_finite(&ck);
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: after a stop signal to mpirun")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].contains("--mca odls_base_sigkill_timeout"), "{}", warnings[0]);
+}
+
+/// Ctrl-C on a run started without mpirun: SIGINT checkpoints and exits 75 like SIGTERM.
+#[test]
+fn ctrl_c_checkpoints_and_exits_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, flags) = setup(dir.path());
+    let ck = dir.path().join("ck.h5");
+    let mut cmd = Command::new(bin("nn-train"));
+    mpi_env(&mut cmd).args(with(&flags, &["--epochs", "100000", "--checkpoint", &s(&ck)]));
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for("the first checkpoint", Duration::from_secs(BOUND_S), || ck.exists());
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(75), "{out}");
+    assert!(out.contains("stopping: SIGINT received"), "{out}");
+    assert!(out.contains("checkpointed after SIGINT; exit code 75"), "{out}");
+    loads_finite(&ck);
+}

@@ -254,8 +254,11 @@ pub enum Pass<'a> {
     Eval { moving: &'a [f32] },
     /// Training: dropout masks from `keys`; batch normalization uses the statistics of the
     /// global batch (summed over the ranks by `sync`) and updates `moving` (n_moving,) with
-    /// them, as Keras does in each training call.
-    Train { keys: &'a DropoutKeys<'a>, moving: &'a mut [f32], sync: &'a dyn BatchSum },
+    /// them, as Keras does in each training call. `abandon` is asked before each layer: when
+    /// it answers true the pass stops there and its output is meaningless (the trainer drops
+    /// such a step). Only for models without batch normalization, whose layers would wait for
+    /// the other ranks' sums.
+    Train { keys: &'a DropoutKeys<'a>, moving: &'a mut [f32], sync: &'a dyn BatchSum, abandon: &'a dyn Fn() -> bool },
 }
 
 /// Keys that make dropout masks reproducible: a mask element depends only on the seed, the
@@ -531,14 +534,15 @@ impl Model {
     /// Returns the output: (rows, out_dim).
     pub fn forward<'w>(&self, params: &[f32], x: &[f32], rows: usize, ws: &'w mut Workspace, pass: Pass) -> &'w [f32] {
         assert!(rows <= ws.max_rows, "batch of {rows} rows exceeds workspace of {}", ws.max_rows);
-        let (keys, mut train) = match pass {
+        let never = || false;
+        let (keys, mut train, abandon): (_, _, &dyn Fn() -> bool) = match pass {
             Pass::Eval { moving } => {
                 assert_eq!(moving.len(), self.n_moving, "moving statistics of another model");
-                (None, Err(moving))
+                (None, Err(moving), &never)
             }
-            Pass::Train { keys, moving, sync } => {
+            Pass::Train { keys, moving, sync, abandon } => {
                 assert_eq!(moving.len(), self.n_moving, "moving statistics of another model");
-                (Some(keys), Ok((moving, sync)))
+                (Some(keys), Ok((moving, sync)), abandon)
             }
         };
         ws.training = keys.is_some();
@@ -549,6 +553,9 @@ impl Model {
         }
         let mut dense_index = 0;
         for (l, layer) in self.layers.iter().enumerate() {
+            if abandon() {
+                break;
+            }
             let (before, rest) = ws.acts.split_at_mut(l);
             let input: &[f32] = if l == 0 { x } else { &before[l - 1] };
             let input = &input[..rows * layer.in_dim];
@@ -680,7 +687,18 @@ impl Model {
         ws: &mut Workspace,
         delta_is_logit_grad: bool,
     ) {
-        self.backward_with(params, grads, x, rows, ws, delta_is_logit_grad, rows as f32, &LocalSum, &mut |_| {});
+        self.backward_with(
+            params,
+            grads,
+            x,
+            rows,
+            ws,
+            delta_is_logit_grad,
+            rows as f32,
+            &LocalSum,
+            &|| false,
+            &mut |_| {},
+        );
     }
 
     /// [`Model::backward`], calling `on_dense_done(d)` as soon as the gradients of the d-th
@@ -695,6 +713,10 @@ impl Model {
     /// `sync` sums batch normalization's per-feature sums of dL/dy and dL/dy x_hat over the
     /// ranks after a training forward pass (the batch statistics depend on every rank's rows);
     /// it must be the `sync` of that forward pass.
+    ///
+    /// `abandon` is asked before each layer, as in a training forward pass (see [`Pass`]):
+    /// when it answers true the pass returns at once, its gradients incomplete and no more
+    /// layers handed to `on_dense_done`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_with(
         &self,
@@ -706,6 +728,7 @@ impl Model {
         delta_is_logit_grad: bool,
         penalty_weight: f32,
         sync: &dyn BatchSum,
+        abandon: &dyn Fn() -> bool,
         on_dense_done: &mut dyn FnMut(usize),
     ) {
         // Deltas are needed down to the lowest layer with parameters, no further.
@@ -717,6 +740,9 @@ impl Model {
         let mut dense_left = self.dense_layers().count();
         let mut is_logit_grad = delta_is_logit_grad;
         for (l, layer) in self.layers.iter().enumerate().rev() {
+            if abandon() {
+                return;
+            }
             let delta = &mut ws.delta[..rows * layer.out_dim];
             match layer.kind {
                 LayerKind::Dense { activation, kernel, bias, l1, l2 } if ws.mixed.is_some() => {
@@ -882,7 +908,7 @@ mod tests {
         // statistics (they only shift the sums, not the function).
         fn train<'a>(keys: &'a DropoutKeys<'a>, m: &'a mut [f32], from: &[f32]) -> Pass<'a> {
             m.copy_from_slice(from);
-            Pass::Train { keys, moving: m, sync: &LocalSum }
+            Pass::Train { keys, moving: m, sync: &LocalSum, abandon: &|| false }
         }
         let mut m = moving.clone();
         let mut loss_at = |p: &[f32], ws: &mut Workspace| -> f64 {
@@ -1008,7 +1034,7 @@ mod tests {
                 &[1.0, 3.0],
                 2,
                 &mut ws,
-                Pass::Train { keys: &keys, moving: &mut moving, sync: &LocalSum },
+                Pass::Train { keys: &keys, moving: &mut moving, sync: &LocalSum, abandon: &|| false },
             )
             .to_vec();
         let s = (1.0f32 + 1e-3).sqrt();
@@ -1065,7 +1091,7 @@ mod tests {
                 &x,
                 rows,
                 &mut ws,
-                Pass::Train { keys: &keys, moving: &mut moving, sync: &LocalSum },
+                Pass::Train { keys: &keys, moving: &mut moving, sync: &LocalSum, abandon: &|| false },
             );
             let first = ws.acts[0][..rows * 48].to_vec();
             let (y, delta) = model.output_and_delta(&mut ws, rows);
@@ -1132,7 +1158,13 @@ mod tests {
         let rows = [7u64, 8];
         let mut ws = model.workspace(2);
         let keys = DropoutKeys { seed: 1, epoch: 0, rows: &rows };
-        model.forward(&params, &x, 2, &mut ws, Pass::Train { keys: &keys, moving: &mut [], sync: &LocalSum });
+        model.forward(
+            &params,
+            &x,
+            2,
+            &mut ws,
+            Pass::Train { keys: &keys, moving: &mut [], sync: &LocalSum, abandon: &|| false },
+        );
         let kept = ws.acts[0].iter().filter(|&&v| v != 0.0).count();
         assert!((kept as f64 / 2000.0 - 0.75).abs() < 0.04, "{kept}");
         assert!(ws.acts[0].iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));

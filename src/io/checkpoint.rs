@@ -180,7 +180,10 @@ pub fn save(path: &Path, model: &Model, snap: &Snapshot) -> Result<u64> {
     written.map_err(|e| match e {
         Error::Checkpoint { message, .. } | Error::Output { message, .. } => Error::Checkpoint {
             path: path.to_path_buf(),
-            message: format!("write failed: {message} (the previous checkpoint, if any, is intact)"),
+            message: format!(
+                "write failed: {} (the previous checkpoint, if any, is intact)",
+                crate::error::brief(&message)
+            ),
         },
         other => other,
     })

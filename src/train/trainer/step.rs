@@ -41,7 +41,9 @@ pub enum StepEnd {
     Continue,
     /// Some rank received a stop signal. The step was `dropped` (nothing updated), or, with
     /// batch normalization, completed.
-    Stop { dropped: bool },
+    Stop {
+        dropped: bool,
+    },
     /// The summed loss or gradients are NaN or infinite: the run diverged. Names which.
     NonFinite(&'static str),
 }
@@ -93,7 +95,7 @@ impl Trainer<'_> {
         let mut clock = PhaseClock(start);
         let mut profile = self.profile;
         let count = self.plan.global_count(s);
-        let droppable = !self.model.has_moving();
+        let droppable = self.model.n_moving == 0;
         let stop_asked = || droppable && signals::received().is_some();
         let mut stats = StepStats::default();
         let mut stop = stop_asked();
@@ -112,10 +114,13 @@ impl Trainer<'_> {
                 DropoutKeys { seed: self.cfg.seed, epoch: self.pos.epoch as u64, rows: &self.batch.row_ids[..rows] };
             // Batch normalization's statistics are those of the global batch: `comm` sums each
             // layer's few per-feature sums over the ranks (also with 0 rows on this rank).
-            let pass = Pass::Train { keys: &keys, moving: &mut self.moving, sync: self.comm };
+            // Without batch normalization a stop may cut the pass short between layers.
+            let pass = Pass::Train { keys: &keys, moving: &mut self.moving, sync: self.comm, abandon: &stop_asked };
             self.model.forward(&self.params, self.batch.x(), rows, &mut self.ws, pass);
             clock.lap(&mut profile.forward_s);
-
+            stop = stop_asked();
+        }
+        if !stop {
             // Loss, and its gradient with respect to the output.
             let (out, delta) = self.model.output_and_delta(&mut self.ws, rows);
             let k = self.model.out_dim();
@@ -128,15 +133,15 @@ impl Trainer<'_> {
             let penalty = if self.comm.is_root() { self.model.regularization(&self.params) } else { 0.0 };
             stats.loss = (sums.loss + count as f64 * penalty) as f32;
             stats.correct = sums.correct as f32;
-            stop = signals::received().is_some();
         }
-        stats.stop = stop as u32 as f32;
+        // Whether this rank received a stop signal (so far), for every rank to learn from the sum.
+        stats.stop = signals::received().is_some() as u32 as f32;
 
         // Backward, into the buffer the gradient sum reads (handing over finished layers).
         let sums_during_backward = self.sum.sums_during_backward();
         let (grads, layer_done) = self.sum.begin();
         grads[n..].copy_from_slice(&stats.to_slots());
-        if stop && droppable {
+        if stop {
             // Nothing to compute, but every layer's part of the sum still has to be handed over.
             (0..self.model.dense_layers().count()).rev().for_each(|d| layer_done.call(d));
         } else {
@@ -150,6 +155,9 @@ impl Trainer<'_> {
                 self.fused,
                 penalty_weight,
                 self.comm,
+                // Overlapped, the stop flag has been summed with the first layer finished:
+                // the rest must be computed and handed over.
+                &|| !sums_during_backward && stop_asked(),
                 &mut |d| layer_done.call(d),
             );
             clock.lap(&mut profile.backward_s);
@@ -163,7 +171,8 @@ impl Trainer<'_> {
         // Sum over the ranks, and update (unless a stop drops the step).
         let lr = self.lr_at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
         let drop_on = droppable.then_some(n + STOP_SLOT);
-        let summed = self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr, drop_on);
+        let summed =
+            self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr, drop_on);
         if summed.dropped {
             self.profile = profile;
             return StepEnd::Stop { dropped: true };
