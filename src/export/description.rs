@@ -5,90 +5,18 @@
 //! writer runs.
 
 use crate::data::scaling::Scaling;
-use crate::engine::model::LayerKind;
+use crate::engine::activation::Activation;
+use crate::engine::model::{LayerKind, LayerSpec};
 use crate::io::checkpoint;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The activations the exporters know how to write, with nn-train's definitions (which are
-/// Keras 3's: see `engine::activation`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Activation {
-    Relu,
-    Tanh,
-    Sigmoid,
-    /// Along the last axis (each row).
-    Softmax,
-    Linear,
-    /// Exact GELU: 0.5 z (1 + erf(z / sqrt 2)).
-    Gelu,
-    /// z for z >= 0, slope * z below.
-    LeakyRelu(f32),
-    /// z for z >= 0, e^z - 1 below.
-    Elu,
-    /// SELU_SCALE * (z for z >= 0, SELU_ALPHA (e^z - 1) below).
-    Selu,
-    /// ln(1 + e^z).
-    Softplus,
-    /// z * sigmoid(z).
-    Swish,
-}
-
-impl Activation {
-    /// From nn-train's serialized activation ("relu", "leaky_relu=0.1", ...). Activations are
-    /// matched by name rather than by the engine's enum so that an activation added to the
-    /// engine later is rejected here, in one line, until the exporters learn its definition.
-    fn from_engine_text(text: &str) -> Option<Activation> {
-        let (name, arg) = match text.split_once('=') {
-            Some((n, a)) => (n, Some(a)),
-            None => (text, None),
-        };
-        let act = match name {
-            "relu" => Activation::Relu,
-            "tanh" => Activation::Tanh,
-            "sigmoid" => Activation::Sigmoid,
-            "softmax" => Activation::Softmax,
-            "linear" => Activation::Linear,
-            "gelu" => Activation::Gelu,
-            "leaky_relu" => {
-                let slope = match arg {
-                    Some(a) => a.parse().ok()?,
-                    None => crate::engine::activation::LEAKY_RELU_SLOPE,
-                };
-                return Some(Activation::LeakyRelu(slope));
-            }
-            "elu" => Activation::Elu,
-            "selu" => Activation::Selu,
-            "softplus" => Activation::Softplus,
-            "swish" | "silu" => Activation::Swish,
-            _ => return None,
-        };
-        arg.is_none().then_some(act)
-    }
-
-    /// The Keras name, without parameters ("relu", "leaky_relu", ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Relu => "relu",
-            Activation::Tanh => "tanh",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Softmax => "softmax",
-            Activation::Linear => "linear",
-            Activation::Gelu => "gelu",
-            Activation::LeakyRelu(_) => "leaky_relu",
-            Activation::Elu => "elu",
-            Activation::Selu => "selu",
-            Activation::Softplus => "softplus",
-            Activation::Swish => "swish",
-        }
-    }
-
-    /// The name with its parameter, as nn-train writes it ("leaky_relu=0.1").
-    pub fn text(self) -> String {
-        match self {
-            Activation::LeakyRelu(s) => format!("leaky_relu={}", shortest(s)),
-            other => other.name().to_string(),
-        }
+/// An activation's text in the exporters' metadata: the Keras name, with `=SLOPE` for
+/// leaky_relu always (the metadata names every parameter, default or not).
+pub fn activation_text(activation: Activation) -> String {
+    match activation {
+        Activation::LeakyRelu(s) => format!("leaky_relu={}", shortest(s)),
+        other => other.name().to_string(),
     }
 }
 
@@ -151,19 +79,10 @@ impl Description {
         let mut norms = model.norm_layers();
         let mut layers = Vec::with_capacity(snap.config.layers.len());
         for (i, spec) in snap.config.layers.iter().enumerate() {
-            // The spec's serialized form names its kind; see Activation::from_engine_text for
-            // why this goes by names.
-            let value = serde_json::to_value(spec).map_err(|e| Error::checkpoint(path, format!("layer {i}: {e}")))?;
-            let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or("?");
-            match kind {
-                "dense" => {
-                    let name = value.get("activation").and_then(|a| a.as_str()).unwrap_or("?");
-                    let activation = Activation::from_engine_text(name).ok_or_else(|| {
-                        Error::checkpoint(
-                            path,
-                            format!("layer {i} has activation '{name}', which nn-export cannot write yet"),
-                        )
-                    })?;
+            // Every layer kind (and, in the writers, every activation) is matched by name, so
+            // that one added to the engine does not compile until the exporters write it.
+            match *spec {
+                LayerSpec::Dense { activation, .. } => {
                     let (_, layer, kernel, bias) =
                         dense.next().ok_or_else(|| Error::checkpoint(path, "fewer dense layers than the config"))?;
                     layers.push(Layer::Dense {
@@ -174,11 +93,8 @@ impl Description {
                         bias: snap.params[bias.range()].to_vec(),
                     });
                 }
-                "dropout" => {
-                    let rate = value.get("rate").and_then(|r| r.as_f64()).unwrap_or(0.0) as f32;
-                    layers.push(Layer::Dropout { rate });
-                }
-                "batchnorm" | "layernorm" => {
+                LayerSpec::Dropout { rate } => layers.push(Layer::Dropout { rate }),
+                LayerSpec::BatchNorm { .. } | LayerSpec::LayerNorm { .. } => {
                     let (_, layer, gamma, beta) = norms
                         .next()
                         .ok_or_else(|| Error::checkpoint(path, "fewer normalization layers than the config"))?;
@@ -200,12 +116,6 @@ impl Description {
                         LayerKind::LayerNorm { epsilon, .. } => Layer::LayerNorm { width, gamma, beta, epsilon },
                         _ => return Err(Error::checkpoint(path, format!("layer {i}: not a normalization layer"))),
                     });
-                }
-                other => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!("layer {i} is a '{other}' layer, which nn-export cannot write yet"),
-                    ))
                 }
             }
         }
@@ -261,7 +171,7 @@ impl Description {
             .iter()
             .map(|l| match l {
                 Layer::Dense { units, activation, .. } => {
-                    serde_json::json!({"type": "dense", "units": units, "activation": activation.text()})
+                    serde_json::json!({"type": "dense", "units": units, "activation": activation_text(*activation)})
                 }
                 // The rate as written (0.2, not 0.20000000298...).
                 Layer::Dropout { rate } => serde_json::json!({"type": "dropout", "rate": shortest(*rate)}),
@@ -280,7 +190,7 @@ impl Description {
         let mut s = self.in_dim.to_string();
         for l in &self.layers {
             match l {
-                Layer::Dense { units, activation, .. } => s += &format!(" -> {units} {}", activation.text()),
+                Layer::Dense { units, activation, .. } => s += &format!(" -> {units} {}", activation_text(*activation)),
                 Layer::Dropout { rate } => s += &format!(" -> dropout {rate}"),
                 Layer::BatchNorm { .. } => s += " -> batchnorm",
                 Layer::LayerNorm { .. } => s += " -> layernorm",

@@ -29,7 +29,8 @@
 //! never zero (a constant feature gets 1), so variance = std^2 reproduces nn-train's scaling
 //! unless a std is below 1e-7, which is reported as an error.
 
-use super::description::{shortest, Activation, Description, Layer};
+use super::description::{shortest, Description, Layer};
+use crate::engine::activation::Activation;
 use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use serde_json::{json, Value};
@@ -134,12 +135,24 @@ fn keras_layers(desc: &Description) -> Vec<(String, KerasLayer<'_>)> {
     }
     for layer in &desc.layers {
         match layer {
-            Layer::Dense { activation, .. } => match activation {
-                Activation::LeakyRelu(slope) if *slope != crate::engine::activation::LEAKY_RELU_SLOPE => {
+            Layer::Dense { activation, .. } => match *activation {
+                // Keras's activation string takes no slope: a LeakyReLU layer after a linear Dense.
+                Activation::LeakyRelu(slope) if slope != crate::engine::activation::LEAKY_RELU_SLOPE => {
                     layers.push(KerasLayer::Dense { layer, activation: "linear" });
-                    layers.push(KerasLayer::LeakyRelu { slope: *slope });
+                    layers.push(KerasLayer::LeakyRelu { slope });
                 }
-                other => layers.push(KerasLayer::Dense { layer, activation: other.name() }),
+                // Keras 3 spells these as nn-train does, with the same definitions.
+                a @ (Activation::Relu
+                | Activation::Tanh
+                | Activation::Sigmoid
+                | Activation::Softmax
+                | Activation::Linear
+                | Activation::Gelu
+                | Activation::LeakyRelu(_)
+                | Activation::Elu
+                | Activation::Selu
+                | Activation::Softplus
+                | Activation::Swish) => layers.push(KerasLayer::Dense { layer, activation: a.name() }),
             },
             Layer::Dropout { rate } => layers.push(KerasLayer::Dropout { rate: *rate }),
             Layer::BatchNorm { .. } | Layer::LayerNorm { .. } => layers.push(KerasLayer::Norm(layer)),

@@ -15,8 +15,9 @@
 //! label names, when the checkpoint has them, are the model metadata `label_names` (a JSON
 //! array); `layers` holds the layer list as JSON.
 
-use super::description::{Activation, Description, Layer};
+use super::description::{Description, Layer};
 use super::onnx_proto::*;
+use crate::engine::activation::Activation;
 use crate::{Error, Result};
 use prost::Message;
 use std::path::Path;
