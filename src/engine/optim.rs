@@ -457,4 +457,47 @@ mod tests {
         let other = Optimizer::new(OptimizerSettings { kind: OptimizerKind::Sgd, ..Default::default() }, 3).state();
         assert!(Optimizer::new(OptimizerSettings::default(), 3).restore(&other).is_err());
     }
+
+    /// One training step on one rank, as the trainer takes it (forward, loss, backward,
+    /// update with the mean gradient), on a model small enough to do by hand: 2 inputs ->
+    /// 1 linear unit, mse, rows x = [1, 2] and [3, -1], targets 1 and 0, w = [0.5, -0.25],
+    /// b = 0.1. Then y = [0.1, 1.85], dL/dy = 2 (y - t) = [-1.8, 3.7], the summed gradient
+    /// dW = -1.8 [1, 2] + 3.7 [3, -1] = [9.3, -7.3], db = 1.9; SGD with lr 0.1 on the mean
+    /// (scale 1/2) gives w = [0.035, 0.115], b = 0.005, and the mean loss falls from
+    /// (0.81 + 3.4225) / 2 = 2.11625 to (0.27^2 + 0.005^2) / 2 = 0.2664625.
+    #[test]
+    fn one_sgd_step_on_a_tiny_model_matches_the_hand_computation() {
+        use crate::engine::loss::{loss_and_delta, Loss, Targets};
+        use crate::engine::model::{DropoutKeys, LayerSpec, Model, Pass};
+        use crate::engine::normalization::LocalSum;
+        let model = Model::new(2, &LayerSpec::parse_list("1:linear").unwrap());
+        let (x, t) = ([1.0f32, 2.0, 3.0, -1.0], [1.0f32, 0.0]);
+        let mut params = vec![0.5f32, -0.25, 0.1];
+        let mut ws = model.workspace(2);
+        let mut grads = vec![0.0f32; model.n_params];
+        let mean_loss = |params: &[f32], grads: Option<&mut [f32]>, ws: &mut crate::engine::model::Workspace| {
+            let keys = DropoutKeys { seed: 0, epoch: 0, rows: &[0, 1] };
+            let pass = Pass::Train { keys: &keys, moving: &mut [], sync: &LocalSum, abandon: &|| false };
+            model.forward(params, &x, 2, ws, pass);
+            let (y, delta) = model.output_and_delta(ws, 2);
+            let sums = loss_and_delta(Loss::Mse, y, 1, Targets::Values(&t), Some(delta));
+            if let Some(g) = grads {
+                model.backward(params, g, &x, 2, ws, false);
+            }
+            sums.loss / 2.0
+        };
+        let before = mean_loss(&params, Some(&mut grads), &mut ws);
+        assert!((before - 2.11625).abs() < 1e-6, "{before}");
+        for (g, want) in grads.iter().zip([9.3, -7.3, 1.9]) {
+            assert!((g - want).abs() < 1e-5, "gradient {grads:?}");
+        }
+        let mut opt = Optimizer::new(OptimizerSettings { kind: OptimizerKind::Sgd, ..Default::default() }, 3);
+        opt.step(&mut params, &grads, 0.5, 0.1);
+        for (p, want) in params.iter().zip([0.035, 0.115, 0.005]) {
+            assert!((p - want).abs() < 1e-6, "parameters {params:?}");
+        }
+        let after = mean_loss(&params, None, &mut ws);
+        assert!((after - 0.2664625).abs() < 1e-6 && after < before, "{after}");
+        assert_eq!(opt.steps_taken(), 1);
+    }
 }
