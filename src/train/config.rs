@@ -697,4 +697,43 @@ mod tests {
         ]);
         assert_eq!(args.resolve().unwrap().val_metrics, [MetricKind::Mae]);
     }
+
+    fn args(flags: &[&str]) -> TrainArgs {
+        TrainArgs::try_parse_from(std::iter::once("nn-train").chain(flags.iter().copied())).unwrap()
+    }
+
+    /// A `--config` TOML file fills what the command line leaves out; a flag given on both
+    /// wins; switches set in either are on.
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "epochs = 3\nbatch-size = 64\nlr = 0.5\nstandardize = true\ndata = \"file.h5\"\n")
+            .unwrap();
+        let f = file.to_str().unwrap();
+        let merged = args(&["--config", f, "--epochs", "7", "--data", "flag.h5"]).merged().unwrap();
+        assert_eq!(merged.epochs, Some(7), "the flag wins");
+        assert_eq!(merged.batch_size, Some(64), "the file fills in");
+        assert_eq!(merged.lr, Some(0.5));
+        assert!(merged.standardize);
+        let config = merged.resolve().unwrap();
+        assert_eq!((config.epochs, config.batch_size, config.data.as_path()), (7, 64, Path::new("flag.h5")));
+        // Without --config the flags alone count, and defaults fill the rest.
+        let plain = args(&["--data", "d.h5"]).merged().unwrap().resolve().unwrap();
+        assert!(!plain.standardize && plain.epochs != 7);
+    }
+
+    /// An unknown key, or a value of the wrong type, is a `--config` error naming the file
+    /// and the key.
+    #[test]
+    fn unknown_or_mistyped_config_keys_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        for (text, needle) in [("epochs = 2\nbatch_sise = 8\n", "batch_sise"), ("epochs = \"ten\"\n", "epochs")] {
+            std::fs::write(&file, text).unwrap();
+            let err = args(&["--config", file.to_str().unwrap()]).merged().unwrap_err().to_string();
+            assert!(err.starts_with("--config: ") && err.contains("bad.toml") && err.contains(needle), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
 }
