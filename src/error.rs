@@ -3,45 +3,93 @@
 
 use std::path::PathBuf;
 
+/// The library's result type: its errors are [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Everything the library can fail with; each variant's text is one line for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A flag or config key has a value we cannot use.
     #[error("--{flag}: {message}")]
-    Flag { flag: &'static str, message: String },
+    Flag {
+        /// The flag's long name without dashes (also its TOML key).
+        flag: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
 
     /// A data file is missing, malformed, or disagrees with the model.
     #[error("{}: {message}", path.display())]
-    Data { path: PathBuf, message: String },
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// A checkpoint cannot be read or written.
     #[error("checkpoint {}: {message}", path.display())]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// A line of a text input (a CSV row, a JSON Lines record) is malformed.
     #[error("{} line {line}: {message}", path.display())]
-    Line { path: PathBuf, line: u64, message: String },
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong with the line.
+        message: String,
+    },
 
     /// An output file (metrics, predictions) cannot be written.
     #[error("{}: {message}", path.display())]
-    Output { path: PathBuf, message: String },
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// A failure on some ranks but not all: names the lowest failing rank. (The inner error
     /// is not an error "source": anyhow's `{:#}` would print its text a second time.)
     #[error("rank {rank}: {error}")]
-    Rank { rank: usize, error: Box<Error> },
+    Rank {
+        /// The lowest failing rank.
+        rank: usize,
+        /// Its error.
+        error: Box<Error>,
+    },
 
     /// Something went wrong on another rank; that rank has printed the reason.
     #[error("stopped because rank {rank} failed")]
-    OtherRank { rank: usize },
+    OtherRank {
+        /// The rank that failed.
+        rank: usize,
+    },
 
     /// Training diverged: the summed loss or gradients became NaN or infinite. Nothing is
     /// saved after it; the checkpoint, if any, keeps the last good state.
     #[error(
         "training diverged: {what} is not finite in epoch {epoch}, step {step} of {steps}; nothing was saved after the last good checkpoint; use a lower --lr (was {lr}) or --clip-norm"
     )]
-    Diverged { what: String, epoch: usize, step: usize, steps: usize, lr: f64 },
+    Diverged {
+        /// What became non-finite ("the loss", "the gradient sum").
+        what: String,
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// Steps per epoch.
+        steps: usize,
+        /// The learning rate of that step.
+        lr: f64,
+    },
 
     /// The ranks disagree about something that must be identical on all of them.
     #[error("{0}")]
@@ -49,22 +97,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// A bad flag or config key value: `--FLAG: MESSAGE`.
     pub fn flag(flag: &'static str, message: impl Into<String>) -> Error {
         Error::Flag { flag, message: message.into() }
     }
 
+    /// A data file at fault: `PATH: MESSAGE`.
     pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
         Error::Data { path: path.into(), message: brief(&message.into()) }
     }
 
+    /// A checkpoint that cannot be read or written: `checkpoint PATH: MESSAGE`.
     pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
         Error::Checkpoint { path: path.into(), message: brief(&message.into()) }
     }
 
+    /// A malformed line (1-based) of a text input: `PATH line N: MESSAGE`.
     pub fn line(path: impl Into<PathBuf>, line: u64, message: impl Into<String>) -> Error {
         Error::Line { path: path.into(), line, message: message.into() }
     }
 
+    /// An output file that cannot be written: `PATH: MESSAGE`.
     pub fn output(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
         Error::Output { path: path.into(), message: brief(&message.into()) }
     }

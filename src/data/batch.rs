@@ -4,7 +4,10 @@
 use crate::data::slice::{Slice, TargetStore};
 use crate::engine::loss::Targets;
 
+/// The rows of one step gathered from a slice into contiguous buffers, allocated once for
+/// `max_rows` rows.
 pub struct Batch {
+    /// Rows gathered by the last gather (<= max_rows).
     pub rows: usize,
     features: usize,
     width: usize,
@@ -20,6 +23,7 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Buffers for up to `max_rows` rows of `slice`'s widths.
     pub fn new(slice: &Slice, max_rows: usize) -> Batch {
         let (labels, values) = match slice.targets {
             TargetStore::Labels(_) => (vec![0; max_rows], Vec::new()),
@@ -66,10 +70,12 @@ impl Batch {
         self.rows = count;
     }
 
+    /// The gathered features: (rows, features).
     pub fn x(&self) -> &[f32] {
         &self.x[..self.rows * self.features]
     }
 
+    /// The gathered targets: (rows,) labels or (rows, width) values.
     pub fn targets(&self) -> Targets<'_> {
         if self.has_labels {
             Targets::Labels(&self.labels[..self.rows])

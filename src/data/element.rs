@@ -17,7 +17,10 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Element {
     /// Integers and float32/float64: HDF5 converts them to the type asked for.
-    Converted { integer: bool },
+    Converted {
+        /// Read as integers (else as floats).
+        integer: bool,
+    },
     /// IEEE binary16, widened after reading.
     Half,
     /// h5py's bool: 0 and 1.

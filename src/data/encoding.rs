@@ -111,13 +111,26 @@ pub struct Column {
 pub enum ColumnKind {
     /// One x column, the number itself; `fill` replaces a missing value (under
     /// `--missing fill`: the training rows' mean).
-    Numeric { fill: Option<f32> },
+    Numeric {
+        /// The value that replaces a missing one, when filled.
+        fill: Option<f32>,
+    },
     /// One x column per value of `values` (sorted), then one for "other" when `other` (the
     /// values folded by `--max-categories`, sorted) is not empty, then one for "missing"
     /// when `missing`.
-    Categorical { values: Vec<String>, other: Vec<String>, missing: bool },
+    Categorical {
+        /// The values with their own column, sorted.
+        values: Vec<String>,
+        /// The values folded into "other", sorted.
+        other: Vec<String>,
+        /// Whether there is a "missing" column.
+        missing: bool,
+    },
     /// Not a feature: `reason` says why (`--drop`, an identifier, no values).
-    Dropped { reason: String },
+    Dropped {
+        /// Why it is not a feature.
+        reason: String,
+    },
     /// The label column.
     Label,
 }

@@ -63,6 +63,7 @@ type FilterFn = unsafe extern "C" fn(c_uint, usize, *const c_uint, usize, *mut u
 /// One filter of a dataset's pipeline, as the file names it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterUse {
+    /// HDF5's filter id.
     pub id: H5Z_filter_t,
     /// The name stored in the file (e.g. "lzf"), empty when none.
     pub name: String,

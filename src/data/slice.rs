@@ -16,15 +16,20 @@ use std::path::{Path, PathBuf};
 /// The names of a file's datasets, as `--x` and `--y` give them.
 #[derive(Clone, Debug)]
 pub struct Source {
+    /// The HDF5 file.
     pub path: PathBuf,
+    /// Name of the features dataset (`--x`).
     pub x: String,
+    /// Name of the targets dataset (`--y`).
     pub y: String,
 }
 
 /// What a data file holds, from its metadata only (no data is read).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Shape {
+    /// Rows in the file.
     pub rows: usize,
+    /// Features per row.
     pub features: usize,
     /// None when y is 1-D (one value per row), else the width K of y: (N, K).
     pub y_width: Option<usize>,
@@ -34,9 +39,15 @@ pub struct Shape {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum TargetKind {
     /// 1-D y read as class indices in [0, classes).
-    Labels { classes: usize },
+    Labels {
+        /// Number of classes (the model's outputs, 2 for one sigmoid output).
+        classes: usize,
+    },
     /// y read as float targets of this width ((N,) counts as width 1).
-    Values { width: usize },
+    Values {
+        /// Values per row.
+        width: usize,
+    },
 }
 
 /// The targets of the rows a rank holds.
@@ -53,16 +64,20 @@ pub enum TargetStore {
 pub struct Slice {
     /// Global index (within the part) of the first row held here.
     pub first_row: usize,
+    /// Rows held here.
     pub rows: usize,
+    /// Features per row.
     pub features: usize,
     /// (rows, features)
     pub x: Vec<f32>,
+    /// Targets of the rows held here.
     pub targets: TargetStore,
     /// Width of one target row (1 for labels).
     pub target_width: usize,
 }
 
 impl Slice {
+    /// The targets of every row of the slice.
     pub fn targets(&self) -> Targets<'_> {
         match &self.targets {
             TargetStore::Labels(l) => Targets::Labels(l),

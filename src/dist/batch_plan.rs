@@ -59,6 +59,8 @@ impl EpochPlan {
         n.div_ceil(batch)
     }
 
+    /// A plan for `n` training rows in global batches of `batch` split over `ranks`, as
+    /// rank `rank` sees it; filled per epoch.
     pub fn new(shuffle: Shuffle, n: usize, batch: usize, ranks: usize, rank: usize) -> EpochPlan {
         let r = slice_range(n, ranks, rank);
         let steps = Self::steps_for(n, batch);
@@ -87,6 +89,7 @@ impl EpochPlan {
         }
     }
 
+    /// Steps per epoch (the same on every rank).
     pub fn steps(&self) -> usize {
         self.global_counts.len()
     }

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+/// This process's place among the ranks (MPI_COMM_WORLD) and the collectives the trainer
+/// uses; every other module talks to MPI through it.
 pub struct Comm {
     world: SimpleCommunicator,
     rank: usize,
@@ -76,6 +78,8 @@ pub fn abort_job_on_panic(program: &'static str) {
 }
 
 impl Comm {
+    /// Initializes MPI, asking for MPI_THREAD_MULTIPLE (overlapped sums run on a thread) and
+    /// recording the level provided, and wraps the world communicator.
     pub fn init() -> Result<Comm> {
         let (universe, provided) = mpi::initialize_with_threading(Threading::Multiple)
             .ok_or_else(|| Error::Consistency("MPI was already initialised".into()))?;
@@ -86,14 +90,17 @@ impl Comm {
         Ok(Comm { world, rank, size, threads_ok, threads_multiple, _universe: universe })
     }
 
+    /// This process's rank, 0-based.
     pub fn rank(&self) -> usize {
         self.rank
     }
 
+    /// Number of ranks.
     pub fn size(&self) -> usize {
         self.size
     }
 
+    /// Whether this is rank 0 (which writes files and prints).
     pub fn is_root(&self) -> bool {
         self.rank == 0
     }
@@ -346,6 +353,7 @@ impl GradientReducer {
         Some(GradientReducer { shared, thread: Some(thread), base: 0 })
     }
 
+    /// Number of gradient buckets summed separately.
     pub fn buckets(&self) -> usize {
         self.shared.ranges.len()
     }

@@ -15,7 +15,9 @@ extern "C" {
 /// The chosen thread count and where it came from, for the start-up summary.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ThreadChoice {
+    /// BLAS threads per rank.
     pub threads: usize,
+    /// Why that many (the flag, or cores / ranks on the node).
     pub reason: String,
 }
 
@@ -39,6 +41,8 @@ fn env_count(name: &str) -> Option<usize> {
     std::env::var(name).ok()?.trim().parse().ok().filter(|&n: &usize| n > 0)
 }
 
+/// BLAS threads for this rank: `--threads` when given, else this node's cores shared among
+/// its ranks.
 pub fn choose(flag: Option<usize>, ranks_on_node: usize) -> ThreadChoice {
     if let Some(n) = flag {
         return ThreadChoice { threads: n, reason: "--threads".into() };
@@ -63,11 +67,13 @@ pub fn choose(flag: Option<usize>, ranks_on_node: usize) -> ThreadChoice {
     }
 }
 
+/// Sets OpenBLAS's thread count for this process (at least 1).
 pub fn set_blas_threads(n: usize) {
     // SAFETY: OpenBLAS is linked and initialised at load; the call takes a plain int.
     unsafe { openblas_set_num_threads(n.max(1) as c_int) }
 }
 
+/// OpenBLAS's current thread count for this process.
 pub fn blas_threads() -> usize {
     // SAFETY: as above; no arguments.
     unsafe { openblas_get_num_threads() as usize }

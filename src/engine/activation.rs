@@ -26,10 +26,15 @@ pub const LEAKY_RELU_SLOPE: f32 = 0.2;
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Activation {
+    /// max(0, z).
     Relu,
+    /// tanh z.
     Tanh,
+    /// 1 / (1 + e^-z).
     Sigmoid,
+    /// e^z_i / sum_j e^z_j along each row.
     Softmax,
+    /// z.
     Linear,
     /// Exact GELU: 0.5 z (1 + erf(z / sqrt 2)).
     Gelu,
@@ -182,6 +187,7 @@ impl From<Activation> for String {
     }
 }
 
+/// 1 / (1 + e^-z).
 pub fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }

@@ -151,6 +151,7 @@ pub struct MetricValues {
     /// k of the top-k accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
+    /// Share of rows whose label is among the k highest outputs (ties count for the label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k_accuracy: Option<f64>,
     /// The confusion matrix's side (classes), when per-class metrics were computed.
@@ -168,15 +169,19 @@ pub struct MetricValues {
     /// (classes,)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub f1: Vec<f64>,
+    /// Unweighted mean of the per-class precisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macro_precision: Option<f64>,
+    /// Unweighted mean of the per-class recalls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macro_recall: Option<f64>,
+    /// Unweighted mean of the per-class F1 scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macro_f1: Option<f64>,
     /// Exact ROC AUC; None when the set lacks positives or negatives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auc: Option<f64>,
+    /// Mean absolute error over all outputs (regression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mae: Option<f64>,
 }

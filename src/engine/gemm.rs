@@ -7,12 +7,16 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// A row-major matrix view: `data` holds `rows * cols` floats.
 pub struct Mat<'a> {
+    /// (rows, cols) row-major.
     pub data: &'a [f32],
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
 }
 
 impl<'a> Mat<'a> {
+    /// A view of `data`, which must hold `rows * cols` values.
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Mat<'a> {
         Mat { data: &data[..rows * cols], rows, cols }
     }

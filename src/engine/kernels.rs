@@ -258,6 +258,7 @@ pub struct AdamStep {
     pub one_minus_b1: f32,
     /// 1 - beta2
     pub one_minus_b2: f32,
+    /// Added to sqrt(v) in the denominator.
     pub eps: f32,
     /// 1 - lr * weight_decay (decoupled weight decay; 1 when off)
     pub decay: f32,
@@ -282,10 +283,15 @@ multiversion! {
 /// SGD's per-step constants (Keras 3's formulation).
 #[derive(Clone, Copy, Debug)]
 pub struct SgdStep {
+    /// Multiplies the summed gradient into the mean gradient (1 / global batch).
     pub scale: f32,
+    /// This step's learning rate.
     pub lr: f32,
+    /// Momentum (0 = plain SGD).
     pub momentum: f32,
+    /// Nesterov momentum.
     pub nesterov: bool,
+    /// 1 - lr * weight_decay (decoupled weight decay; 1 when off)
     pub decay: f32,
 }
 

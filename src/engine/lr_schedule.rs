@@ -6,25 +6,34 @@
 //! - linear warmup over the first E epochs, rising from near 0 to lr (Goyal et al. 2017, "Accurate,
 //!   Large Minibatch SGD": scale lr with the global batch and warm up), composable with both.
 
+/// How the rate changes after warmup (`--lr-schedule`).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Decay {
+    /// The base rate throughout.
     Constant,
     /// Multiply by `factor` every `every` epochs.
     Step {
+        /// Epochs between reductions.
         every: f64,
+        /// Multiplier per reduction.
         factor: f64,
     },
     /// Cosine from the base rate to `min` over `epochs` epochs.
     Cosine {
+        /// Epochs of the decay (after warmup).
         epochs: f64,
+        /// The rate at the end.
         min: f64,
     },
 }
 
+/// The learning rate as a function of the (fractional) epoch.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LrSchedule {
+    /// The rate after warmup, before decay (`--lr`).
     pub base: f64,
+    /// The decay after warmup.
     pub decay: Decay,
     /// Linear warmup length in epochs (0 = none).
     pub warmup_epochs: f64,

@@ -58,6 +58,7 @@ struct DenseProducts {
 /// The bf16 side of a workspace (see the module comment). Buffers are sized for the padded
 /// maximum batch.
 pub struct Bf16Gemms {
+    /// The CPU's bf16 unit the products run on.
     pub unit: Bf16Unit,
     /// bf16 copy of the flat parameter buffer (only the kernels' spans are used): (n_params,).
     pub weights: Vec<u16>,

@@ -21,11 +21,14 @@ use rand::Rng;
 /// A contiguous range in the flat parameter (and gradient) buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
+    /// First index in the buffer.
     pub start: usize,
+    /// Number of values.
     pub len: usize,
 }
 
 impl Span {
+    /// `start..start + len`.
     pub fn range(self) -> std::ops::Range<usize> {
         self.start..self.start + self.len
     }
@@ -37,7 +40,9 @@ impl Span {
 pub enum LayerSpec {
     /// Keras `Dense(units, activation, kernel_regularizer=L1L2(l1, l2))`.
     Dense {
+        /// Output width.
         units: usize,
+        /// Applied to x W + b.
         activation: Activation,
         /// L1 penalty factor on the kernel (`:l1=F`; `--l1` fills it in where absent).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,16 +51,22 @@ pub enum LayerSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         l2: Option<f32>,
     },
+    /// Keras `Dropout(rate)`: in training, zeroes each unit with probability `rate` and
+    /// scales the rest by 1 / (1 - rate); the identity in evaluation.
     Dropout {
+        /// Probability of dropping a unit, in [0, 1).
         rate: f32,
     },
     /// Keras `BatchNormalization(momentum, epsilon)` over the feature axis.
     BatchNorm {
+        /// Weight of the old moving statistics in each update.
         momentum: f32,
+        /// Added to the variance before the square root.
         epsilon: f32,
     },
     /// Keras `LayerNormalization(epsilon)` over the feature axis.
     LayerNorm {
+        /// Added to the variance before the square root.
         epsilon: f32,
     },
 }
@@ -146,6 +157,7 @@ impl LayerSpec {
         }
     }
 
+    /// The `--layers` text that parses back to `specs`.
     pub fn to_text(specs: &[LayerSpec]) -> String {
         let parts: Vec<String> = specs
             .iter()
@@ -179,33 +191,49 @@ impl LayerSpec {
     }
 }
 
+/// A layer with its places in the flat buffers.
 #[derive(Clone, Debug)]
 pub enum LayerKind {
     /// y = f(x W + b); `l1`, `l2` are the kernel's penalty factors (0 = none).
     Dense {
+        /// f.
         activation: Activation,
+        /// W: (in_dim, out_dim) in the parameter buffer.
         kernel: Span,
+        /// b: (out_dim,) in the parameter buffer.
         bias: Span,
+        /// L1 penalty factor on the kernel.
         l1: f32,
+        /// L2 penalty factor on the kernel.
         l2: f32,
     },
+    /// Inverted dropout in training (see [`LayerSpec::Dropout`]), the identity otherwise.
     Dropout {
+        /// Probability of dropping a unit.
         rate: f32,
     },
     /// y = gamma x_hat + beta, x_hat normalized per feature by the global batch's mean and
     /// biased variance in training, by the moving statistics in evaluation. `moving`: the
     /// layer's (2 width,) in the moving-statistics buffer, mean then variance.
     BatchNorm {
+        /// gamma: (width,) in the parameter buffer.
         gamma: Span,
+        /// beta: (width,) in the parameter buffer.
         beta: Span,
+        /// Moving mean then moving variance: (2 width,) in the moving-statistics buffer.
         moving: Span,
+        /// Weight of the old moving statistics in each update.
         momentum: f32,
+        /// Added to the variance before the square root.
         epsilon: f32,
     },
     /// y = gamma x_hat + beta, x_hat normalized per row by the row's mean and biased variance.
     LayerNorm {
+        /// gamma: (width,) in the parameter buffer.
         gamma: Span,
+        /// beta: (width,) in the parameter buffer.
         beta: Span,
+        /// Added to the variance before the square root.
         epsilon: f32,
     },
 }
@@ -230,16 +258,24 @@ impl LayerKind {
     }
 }
 
+/// One layer of the model: its kind and widths (features in and out).
 #[derive(Clone, Debug)]
 pub struct Layer {
+    /// What it computes, and where its parameters are.
     pub kind: LayerKind,
+    /// Features in.
     pub in_dim: usize,
+    /// Features out.
     pub out_dim: usize,
 }
 
+/// A Keras-style Sequential network over one flat parameter buffer (layers' kernels and
+/// biases in Keras orientation, one after another).
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The layers from input to output.
     pub layers: Vec<Layer>,
+    /// Features per input row.
     pub in_dim: usize,
     /// Length of the flat parameter buffer.
     pub n_params: usize,
@@ -251,21 +287,35 @@ pub struct Model {
 pub enum Pass<'a> {
     /// Evaluation and prediction: no dropout; batch normalization uses the moving statistics
     /// `moving` (n_moving,).
-    Eval { moving: &'a [f32] },
+    Eval {
+        /// The moving statistics (n_moving,).
+        moving: &'a [f32],
+    },
     /// Training: dropout masks from `keys`; batch normalization uses the statistics of the
     /// global batch (summed over the ranks by `sync`) and updates `moving` (n_moving,) with
     /// them, as Keras does in each training call. `abandon` is asked before each layer: when
     /// it answers true the pass stops there and its output is meaningless (the trainer drops
     /// such a step). Only for models without batch normalization, whose layers would wait for
     /// the other ranks' sums.
-    Train { keys: &'a DropoutKeys<'a>, moving: &'a mut [f32], sync: &'a dyn BatchSum, abandon: &'a dyn Fn() -> bool },
+    Train {
+        /// What dropout masks depend on.
+        keys: &'a DropoutKeys<'a>,
+        /// The moving statistics (n_moving,), updated.
+        moving: &'a mut [f32],
+        /// Sums batch statistics over the ranks.
+        sync: &'a dyn BatchSum,
+        /// Asked before each layer: true stops the pass there.
+        abandon: &'a dyn Fn() -> bool,
+    },
 }
 
 /// Keys that make dropout masks reproducible: a mask element depends only on the seed, the
 /// epoch, the sample's global row index, the layer and the unit, never on which rank holds
 /// the sample.
 pub struct DropoutKeys<'a> {
+    /// The run's `--seed`.
     pub seed: u64,
+    /// The 0-based epoch.
     pub epoch: u64,
     /// Global row index of each batch row: (rows,).
     pub rows: &'a [u64],
@@ -273,6 +323,7 @@ pub struct DropoutKeys<'a> {
 
 /// Per-layer buffers for up to `max_rows` samples, allocated once.
 pub struct Workspace {
+    /// Rows the buffers hold.
     pub max_rows: usize,
     /// Output of each layer (post-activation): (max_rows, out_dim).
     acts: Vec<Vec<f32>>,
@@ -337,6 +388,7 @@ impl Workspace {
 }
 
 impl Model {
+    /// The network `specs` describes on inputs of `in_dim` features (buffers not allocated).
     pub fn new(in_dim: usize, specs: &[LayerSpec]) -> Model {
         let mut layers = Vec::with_capacity(specs.len());
         let mut offset = 0;
@@ -376,6 +428,7 @@ impl Model {
         Model { layers, in_dim, n_params: offset, n_moving: moving_offset }
     }
 
+    /// Outputs per row (the last layer's width).
     pub fn out_dim(&self) -> usize {
         self.layers.last().map_or(self.in_dim, |l| l.out_dim)
     }

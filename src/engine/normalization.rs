@@ -19,6 +19,7 @@
 /// of every rank's `send` (the same length on every rank). Called in the same order on
 /// every rank, once per batch-normalization layer in each forward and backward pass.
 pub trait BatchSum {
+    /// `recv` = the element-wise sum over the ranks of `send`; both the same length.
     fn sum_batch(&self, send: &[f64], recv: &mut [f64]);
 }
 

@@ -44,6 +44,7 @@ pub enum Bf16Unit {
 }
 
 impl Bf16Unit {
+    /// The unit's name, for the start-up summary.
     pub fn name(self) -> &'static str {
         match self {
             Bf16Unit::Amx => "AMX",
@@ -165,16 +166,23 @@ fn context() -> Result<&'static Context> {
 /// `trans_b`), C `m x n` f32, bias `n` f32 added to every row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
+    /// Rows of A and C.
     pub m: usize,
+    /// Columns of A, rows of B.
     pub k: usize,
+    /// Columns of B and C.
     pub n: usize,
+    /// A is stored transposed (k x m).
     pub trans_a: bool,
+    /// B is stored transposed (n x k).
     pub trans_b: bool,
+    /// A bias row (n,) is added to C.
     pub bias: bool,
 }
 
 /// One created matmul primitive and the memory objects bound to it at each execution.
 pub struct Matmul {
+    /// The product it computes.
     pub shape: Shape,
     prim: sys::dnnl_primitive_t,
     src: sys::dnnl_memory_t,

@@ -76,6 +76,7 @@ pub struct OptimizerState {
 /// Optimizer settings. Defaults are Keras 3's.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OptimizerSettings {
+    /// Which optimizer (`--optimizer`).
     pub kind: OptimizerKind,
     /// Adam's first-moment decay. Defaults to 0.9.
     pub beta1: f32,

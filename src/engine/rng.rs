@@ -19,13 +19,19 @@ pub fn hash(seed: u64, words: &[u64]) -> u64 {
 
 /// Purposes, so that streams for different uses never coincide.
 pub const INIT: u64 = 1;
+/// Purpose: the global shuffle of the training rows per epoch.
 pub const SHUFFLE: u64 = 2;
+/// Purpose: the per-rank shuffle (`--shuffle local`).
 pub const LOCAL_SHUFFLE: u64 = 3;
+/// Purpose: dropout masks.
 pub const DROPOUT: u64 = 4;
 /// `nn-data gen`: features, teacher weights, target noise, the teacher's calibration rows.
 pub const GEN_X: u64 = 5;
+/// Purpose: `nn-data gen`'s teacher weights.
 pub const GEN_TEACHER: u64 = 6;
+/// Purpose: `nn-data gen`'s target noise.
 pub const GEN_NOISE: u64 = 7;
+/// Purpose: `nn-data gen`'s calibration rows.
 pub const GEN_CALIBRATION: u64 = 8;
 /// `nn-data import --split`: which rows go to the test file, and their order.
 pub const SPLIT: u64 = 9;

@@ -29,6 +29,7 @@ pub enum Layer {
         in_dim: usize,
         /// Output width.
         units: usize,
+        /// f in activation(x W + b).
         activation: Activation,
         /// W: (in_dim, units) row-major, Keras orientation.
         kernel: Vec<f32>,
@@ -36,20 +37,39 @@ pub enum Layer {
         bias: Vec<f32>,
     },
     /// Identity at inference; the rate is kept for formats that record training layers.
-    Dropout { rate: f32 },
+    Dropout {
+        /// Probability of dropping a unit in training.
+        rate: f32,
+    },
     /// Keras `BatchNormalization` at inference: y = gamma (x - moving_mean) /
     /// sqrt(moving_variance + epsilon) + beta. All vectors (width,).
     BatchNorm {
+        /// Features in and out.
         width: usize,
+        /// Scale.
         gamma: Vec<f32>,
+        /// Offset.
         beta: Vec<f32>,
+        /// Moving mean of the inputs.
         moving_mean: Vec<f32>,
+        /// Moving (biased) variance of the inputs.
         moving_variance: Vec<f32>,
+        /// Keras's momentum, for the config (training only).
         momentum: f32,
+        /// Added to the variance before the square root.
         epsilon: f32,
     },
     /// Keras `LayerNormalization` over the feature axis. gamma, beta: (width,).
-    LayerNorm { width: usize, gamma: Vec<f32>, beta: Vec<f32>, epsilon: f32 },
+    LayerNorm {
+        /// Features in and out.
+        width: usize,
+        /// Scale.
+        gamma: Vec<f32>,
+        /// Offset.
+        beta: Vec<f32>,
+        /// Added to the variance before the square root.
+        epsilon: f32,
+    },
 }
 
 /// A trained model, ready to be written in any export format.
@@ -59,6 +79,7 @@ pub struct Description {
     pub source: PathBuf,
     /// Features per input row.
     pub in_dim: usize,
+    /// The layers from input to output.
     pub layers: Vec<Layer>,
     /// x' = (x - mean) / std applied to the input first, when trained with --standardize.
     pub scaling: Option<Scaling>,

@@ -5,6 +5,9 @@
 //! build machine) or depending on a crate that ships all of ONNX. Unset fields are simply not
 //! encoded, which protobuf readers treat as defaults.
 
+// The fields are onnx.proto3's, with its names and numbers; they are documented there.
+#![allow(missing_docs)]
+
 /// `onnx.ModelProto`: the file's top-level message.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {

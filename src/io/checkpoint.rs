@@ -58,15 +58,21 @@ use crate::{Error, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
 
+/// The root attribute `format` of every checkpoint.
 pub const FORMAT: &str = "nn-train-checkpoint";
+/// The layout version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Everything a checkpoint holds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
+    /// The run's configuration.
     pub config: Config,
+    /// The same as stored (`/config`).
     pub config_json: String,
+    /// Ranks of the run that wrote it.
     pub world_size: usize,
+    /// Input features of the model.
     pub in_dim: usize,
     /// (n_params,)
     pub params: Vec<f32>,
@@ -74,9 +80,13 @@ pub struct Snapshot {
     pub moving: Vec<f32>,
     /// The optimizer's step count and state buffers (each (n_params,)).
     pub optimizer: OptimizerState,
+    /// Where training stopped.
     pub position: Position,
+    /// One record per completed epoch.
     pub history: Vec<EpochRecord>,
+    /// The feature standardization, with --standardize.
     pub scaling: Option<Scaling>,
+    /// Early stopping's state, with --early-stopping.
     pub early: Option<EarlyStopping>,
     /// The training data's `/encoding` JSON, verbatim (see [`crate::data::encoding`]);
     /// None for data without one and for older checkpoints.

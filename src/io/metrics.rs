@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 pub struct Profile {
     /// Gathering the batch's rows from the slice.
     pub data_s: f64,
+    /// The forward pass.
     pub forward_s: f64,
     /// Loss and backward pass.
     pub backward_s: f64,
     /// Waiting for the gradient allreduce (the part not hidden behind backward).
     pub allreduce_s: f64,
+    /// The optimizer update.
     pub optimizer_s: f64,
     /// Time the gradient allreduces took in all, hidden or not (with --overlap, measured on
     /// the background thread). 1 - allreduce_s / comm_s is the share overlap hid.
@@ -29,18 +31,23 @@ pub struct Profile {
 pub struct EpochRecord {
     /// 1-based epoch number.
     pub epoch: usize,
+    /// Mean training loss over the epoch (with kernel penalties).
     pub loss: f64,
     /// None (null) when the loss is not a classification loss.
     pub accuracy: Option<f64>,
+    /// Validation loss, when there is validation data.
     pub val_loss: Option<f64>,
+    /// Validation accuracy, for classification with validation data.
     pub val_accuracy: Option<f64>,
     /// Training samples per second over the epoch's training steps (all ranks together).
     pub samples_per_s: f64,
     /// Wall time of the epoch, validation included.
     pub epoch_s: f64,
+    /// Ranks that trained the epoch.
     pub ranks: usize,
     /// Learning rate at the end of the epoch.
     pub lr: f64,
+    /// Seconds per phase of the steps.
     pub profile: Profile,
     /// Resident memory of each rank at the end of the epoch (VmRSS), MB (1e6 bytes); shows
     /// growth over epochs. Empty for epochs read back from a checkpoint.
@@ -142,6 +149,7 @@ impl EpochRecord {
         s
     }
 
+    /// The `--profile` line: seconds per phase of the epoch's steps.
     pub fn profile_line(&self) -> String {
         let p = &self.profile;
         let total = p.data_s + p.forward_s + p.backward_s + p.allreduce_s + p.optimizer_s;
@@ -194,6 +202,7 @@ impl MetricsFile {
         Ok(m)
     }
 
+    /// Appends one epoch's line and flushes it.
     pub fn append(&mut self, record: &EpochRecord) -> Result<()> {
         let mut line = serde_json::to_string(record).expect("records serialise");
         line.push('\n');

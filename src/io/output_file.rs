@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 /// A file being written at [`PendingFile::tmp`]; [`PendingFile::commit`] moves it to its
 /// destination. Dropped uncommitted, it removes the temporary file.
 pub struct PendingFile {
+    /// Where the file is written until [`PendingFile::commit`].
     pub tmp: PathBuf,
+    /// Where it goes.
     pub dest: PathBuf,
     committed: bool,
 }

@@ -15,9 +15,19 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Targets {
     /// Class indices (N,), and the names of classes 0..K-1 when labels were mapped.
-    Classes { y: Vec<i64>, names: Option<Vec<String>> },
+    Classes {
+        /// (N,) class indices.
+        y: Vec<i64>,
+        /// Names of classes 0..K-1.
+        names: Option<Vec<String>>,
+    },
     /// Float targets (N, width), row-major; written as (N,) when width is 1.
-    Values { y: Vec<f32>, width: usize },
+    Values {
+        /// (N, width) row-major.
+        y: Vec<f32>,
+        /// Targets per row.
+        width: usize,
+    },
 }
 
 /// An output file being filled with x in row order.

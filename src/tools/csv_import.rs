@@ -56,7 +56,16 @@ pub enum Outputs {
     /// All rows, in file order.
     One(PathBuf),
     /// A seeded split: `fraction` of the rows go to `test`.
-    Split { train: PathBuf, test: PathBuf, fraction: f64, seed: u64 },
+    Split {
+        /// The training file.
+        train: PathBuf,
+        /// The test file.
+        test: PathBuf,
+        /// Share of the rows in the test file, in (0, 1).
+        fraction: f64,
+        /// Seed of the split.
+        seed: u64,
+    },
 }
 
 /// One file written.

@@ -37,13 +37,16 @@ const CHUNK_BYTES: usize = 16 << 20;
 /// A data set to generate.
 #[derive(Clone, Debug)]
 pub struct GenSpec {
+    /// Rows N.
     pub rows: usize,
+    /// Features D.
     pub features: usize,
     /// Class labels or numeric targets.
     pub task: LabelTask,
     /// The teacher's outputs: the number of classes (classify), or of targets per row
     /// (regress: y is (N,) for 1, (N, outputs) otherwise).
     pub outputs: usize,
+    /// Seed of x, the teacher and the noise.
     pub seed: u64,
     /// Index of the first row: rows first_row..first_row+rows of the seed's endless
     /// sequence are generated, so files with the same seed and disjoint row ranges are
@@ -56,6 +59,7 @@ pub struct GenSpec {
 }
 
 impl GenSpec {
+    /// Checks every value, naming the flag at fault.
     pub fn validate(&self) -> Result<()> {
         if self.rows == 0 {
             return Err(Error::flag("rows", "must be at least 1"));

@@ -29,6 +29,7 @@ const MAX_CLASSES: usize = 10_000;
 pub struct DatasetInfo {
     /// Full path inside the file, e.g. "/x" or "/model/layer_0/kernel".
     pub path: String,
+    /// Its shape.
     pub shape: Vec<usize>,
     /// e.g. "float32", "int64", "unicode (var len)".
     pub dtype: String,
@@ -37,10 +38,13 @@ pub struct DatasetInfo {
 /// Per-column statistics over the finite values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ColumnStats {
+    /// Per column, over finite values: (width,).
     pub min: Vec<f64>,
+    /// Per column, over finite values (NaN for none): (width,).
     pub mean: Vec<f64>,
     /// Population standard deviation.
     pub std: Vec<f64>,
+    /// Per column, over finite values: (width,).
     pub max: Vec<f64>,
     /// NaN and infinite values (nn-train rejects them).
     pub non_finite: u64,
@@ -50,7 +54,12 @@ pub struct ColumnStats {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Targets {
     /// Integer labels: rows per label value, in label order, and the import's names.
-    Classes { counts: Vec<(i64, u64)>, names: Option<Vec<String>> },
+    Classes {
+        /// (label value, rows), in label order.
+        counts: Vec<(i64, u64)>,
+        /// The label names stored with y.
+        names: Option<Vec<String>>,
+    },
     /// Float (or too many distinct integer) values: statistics per column.
     Values(ColumnStats),
 }
@@ -58,16 +67,23 @@ pub enum Targets {
 /// Everything `nn-data info` prints.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The file described.
     pub path: PathBuf,
+    /// Its size in bytes.
     pub bytes: u64,
     /// Root attributes, values rendered as text.
     pub attrs: Vec<(String, String)>,
+    /// Every dataset in the file.
     pub datasets: Vec<DatasetInfo>,
+    /// The features dataset's name (`--x`).
     pub x_name: String,
+    /// The targets dataset's name (`--y`).
     pub y_name: String,
     /// Rows and statistics of x, when it is a 2-D numeric dataset.
     pub x: Option<(usize, ColumnStats)>,
+    /// x's feature names, when stored.
     pub feature_names: Option<Vec<String>>,
+    /// What y holds, when the file has it.
     pub y: Option<Targets>,
     /// How each column of the imported table was read (from `/encoding`), or why the
     /// stored encoding cannot be read.

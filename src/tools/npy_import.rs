@@ -23,26 +23,35 @@ const CHUNK_BYTES: usize = 16 << 20;
 /// The element type of an array.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dtype {
+    /// Integer, float or bool.
     pub kind: Kind,
     /// Bytes per element.
     pub size: usize,
+    /// Byte order (`>` in the descr).
     pub big_endian: bool,
 }
 
 /// What an element is.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
+    /// IEEE float.
     Float,
+    /// Signed integer.
     Int,
+    /// Unsigned integer.
     Uint,
+    /// numpy bool (one byte).
     Bool,
 }
 
 /// A parsed `.npy` header.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Header {
+    /// The element type.
     pub dtype: Dtype,
+    /// Column-major (`fortran_order`).
     pub fortran: bool,
+    /// The array's shape.
     pub shape: Vec<usize>,
     /// Bytes from the start of the .npy data to its first element.
     pub data_offset: usize,
@@ -346,16 +355,34 @@ fn open_npz(path: &Path, name: &str, flag: &'static str, scratch: &Path) -> Resu
 #[derive(Clone, Debug)]
 pub enum NpySource {
     /// x in one .npy file, y in another.
-    Two { x: PathBuf, y: PathBuf },
+    Two {
+        /// The x file.
+        x: PathBuf,
+        /// The y file.
+        y: PathBuf,
+    },
     /// One 2-D .npy array: column `y_column` is y, the others x.
-    Columns { path: PathBuf, y_column: usize },
+    Columns {
+        /// The array file.
+        path: PathBuf,
+        /// 0-based column of y.
+        y_column: usize,
+    },
     /// Arrays `x` and `y` of a .npz archive.
-    Npz { path: PathBuf, x: String, y: String },
+    Npz {
+        /// The archive.
+        path: PathBuf,
+        /// Name of the x array in it.
+        x: String,
+        /// Name of the y array in it.
+        y: String,
+    },
 }
 
 /// What to import and where.
 #[derive(Clone, Debug)]
 pub struct NpyImport {
+    /// Where x and y come from.
     pub source: NpySource,
     /// Class labels (true) or float targets (false).
     pub classify: bool,
@@ -364,6 +391,7 @@ pub struct NpyImport {
     pub outputs: Outputs,
     /// Dataset names written.
     pub x_name: String,
+    /// Name of the targets dataset written.
     pub y_name: String,
     /// Rows converted at a time; None: about 16 MB of x.
     pub chunk_rows: Option<usize>,
@@ -372,12 +400,17 @@ pub struct NpyImport {
 /// What was written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NpySummary {
+    /// Rows written.
     pub rows: usize,
+    /// Features per row written.
     pub features: usize,
     /// Rows per class (empty for float targets), and the class names when labels were mapped.
     pub class_counts: Vec<u64>,
+    /// Class names, when labels were mapped.
     pub label_names: Option<Vec<String>>,
+    /// x's element type as read (numpy descr).
     pub x_dtype: String,
+    /// y's element type as read (numpy descr).
     pub y_dtype: String,
     /// The files written (one, or train and test).
     pub written: Vec<Written>,

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::Once;
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
+/// Colour of the training curves (matplotlib's tab:blue).
 pub const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);
+/// Colour of the validation curves (matplotlib's tab:red).
 pub const VAL_COLOUR: RGBColor = RGBColor(214, 39, 40);
 /// Smallest and largest image side accepted, in pixels.
 const MIN_SIDE: u32 = 200;
@@ -24,10 +26,15 @@ const MAX_SIDE: u32 = 10_000;
 /// One epoch's numbers; None where the file has null or nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Epoch {
+    /// 1-based epoch.
     pub epoch: f64,
+    /// Training loss, when the line has it.
     pub loss: Option<f64>,
+    /// Training accuracy, when the line has it.
     pub accuracy: Option<f64>,
+    /// Validation loss, when the line has it.
     pub val_loss: Option<f64>,
+    /// Validation accuracy, when the line has it.
     pub val_accuracy: Option<f64>,
 }
 

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 /// Row indices of the two parts; together they hold every row exactly once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Split {
+    /// Row indices of the training part.
     pub train: Vec<usize>,
+    /// Row indices of the test part.
     pub test: Vec<usize>,
 }
 

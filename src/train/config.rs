@@ -218,19 +218,33 @@ pub struct TrainArgs {
 /// The validated configuration a run uses. Recorded in checkpoints as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Config {
+    /// Training data file (`--data`).
     pub data: PathBuf,
+    /// Validation data file (`--val`).
     pub val: Option<PathBuf>,
+    /// Fraction of --data held out for validation (0 = none).
     pub val_split: f64,
+    /// Features dataset name.
     pub x: String,
+    /// Targets dataset name.
     pub y: String,
+    /// The layers after the input.
     pub layers: Vec<LayerSpec>,
+    /// The loss.
     pub loss: Loss,
+    /// Optimizer and its settings.
     pub optimizer: OptimizerSettings,
+    /// Learning rate schedule.
     pub lr: LrSchedule,
+    /// Epochs to train in all.
     pub epochs: usize,
+    /// Global batch size (over all ranks).
     pub batch_size: usize,
+    /// How rows are shuffled each epoch.
     pub shuffle: Shuffle,
+    /// Seed of every random stream.
     pub seed: u64,
+    /// JSON Lines file of per-epoch metrics.
     pub metrics: Option<PathBuf>,
     /// The `--val-metrics`, sorted, each once (with the one `--monitor` watches).
     #[serde(default)]
@@ -238,22 +252,34 @@ pub struct Config {
     /// k of the top-k accuracy.
     #[serde(default = "default_top_k")]
     pub top_k: usize,
+    /// BLAS threads per rank (None = cores / ranks on the node).
     pub threads: Option<usize>,
+    /// Print the per-phase seconds after each epoch.
     pub profile: bool,
+    /// Whether gradient sums overlap the backward pass.
     #[serde(default)]
     pub overlap: Overlap,
+    /// How gradients are summed across ranks.
     #[serde(default)]
     pub allreduce: AllreduceMode,
     /// Checkpoints written before this setting existed were f32.
     #[serde(default)]
     pub precision: Precision,
+    /// Checkpoint file, written by rank 0.
     pub checkpoint: Option<PathBuf>,
+    /// Checkpoint every this many epochs.
     pub checkpoint_every: usize,
+    /// Also checkpoint every this many steps within an epoch.
     pub checkpoint_steps: Option<usize>,
+    /// Numbered checkpoint copies kept (0 = none).
     pub keep: usize,
+    /// Continue from the checkpoint when it exists.
     pub resume: bool,
+    /// Start from this checkpoint's weights.
     pub init_from: Option<PathBuf>,
+    /// Standardize the features (per-feature mean and std of the training data).
     pub standardize: bool,
+    /// Early stopping's patience in epochs, when on.
     pub early_stopping: Option<usize>,
     /// What early stopping and the plateau watch.
     #[serde(default)]
@@ -267,6 +293,7 @@ pub struct Config {
     /// ReduceLROnPlateau's min_lr.
     #[serde(default)]
     pub reduce_lr_min: f64,
+    /// Weight classes inversely to their frequency (`--class-weight balanced`).
     pub class_weight_balanced: bool,
 }
 

@@ -13,9 +13,11 @@ use crate::Result;
 /// slices.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
+    /// Mean loss per sample, with the kernel penalty.
     pub loss: f64,
     /// None for mse.
     pub accuracy: Option<f64>,
+    /// Rows evaluated over all ranks.
     pub samples: u64,
 }
 

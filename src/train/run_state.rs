@@ -10,11 +10,15 @@ pub struct Position {
     pub epoch: usize,
     /// Steps completed in epoch `epoch` (0 at an epoch boundary).
     pub step: usize,
+    /// Training samples seen since the start (all ranks, all epochs).
     pub samples_seen: u64,
     /// Sums over the steps done so far in the current epoch.
     pub partial_loss: f64,
+    /// Correct predictions so far in the epoch.
     pub partial_correct: f64,
+    /// Samples so far in the epoch.
     pub partial_samples: f64,
+    /// Training seconds so far in the epoch.
     pub partial_train_s: f64,
 }
 
@@ -24,16 +28,26 @@ pub struct Position {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Monitor {
+    /// Training loss.
     Loss,
+    /// Training accuracy.
     Accuracy,
+    /// Validation loss (the default).
     #[default]
     ValLoss,
+    /// Validation accuracy.
     ValAccuracy,
+    /// Validation top-k accuracy (`--top-k`).
     ValTopKAccuracy,
+    /// Validation macro precision.
     ValPrecision,
+    /// Validation macro recall.
     ValRecall,
+    /// Validation macro F1.
     ValF1,
+    /// Validation ROC AUC (binary outputs).
     ValAuc,
+    /// Validation mean absolute error (lower is better).
     ValMae,
 }
 

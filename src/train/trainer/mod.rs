@@ -41,7 +41,16 @@ pub enum Outcome {
     /// All epochs done (or early stopping ended the run, or there was nothing left to do).
     Completed,
     /// A signal asked the run to stop; the checkpoint was written if `saved`.
-    Interrupted { signal: i32, saved: bool, epoch: usize, step: usize },
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// Whether the checkpoint was written.
+        saved: bool,
+        /// Completed epochs.
+        epoch: usize,
+        /// Steps completed in the next epoch.
+        step: usize,
+    },
 }
 
 /// A training run on this rank: the model, its flat parameters and optimizer, this rank's
@@ -51,7 +60,9 @@ pub struct Trainer<'c> {
     /// How gradients are summed over the ranks, chosen at set-up; owns the gradient buffers.
     sum: GradientSum,
     comm: &'c Comm,
+    /// The run's configuration.
     pub cfg: Config,
+    /// The network.
     pub model: Model,
     train: Slice,
     val: Option<Slice>,
@@ -64,8 +75,11 @@ pub struct Trainer<'c> {
     pub params: Vec<f32>,
     /// Batch normalization's moving statistics, (n_moving,): state, not trained.
     pub moving: Vec<f32>,
+    /// The optimizer and its state.
     pub opt: Optimizer,
+    /// Where training is.
     pub pos: Position,
+    /// One record per completed epoch.
     pub history: Vec<EpochRecord>,
     scaling: Option<Scaling>,
     class_weights: Option<Vec<f32>>,
@@ -363,6 +377,7 @@ impl<'c> Trainer<'c> {
         Ok((size, start.elapsed().as_secs_f64()))
     }
 
+    /// Everything a checkpoint stores about the run as it stands.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             config: self.cfg.clone(),

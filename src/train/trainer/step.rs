@@ -38,10 +38,12 @@ impl StepStats {
 /// How a step ended (the same on every rank).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepEnd {
+    /// Go on with the next step.
     Continue,
     /// Some rank received a stop signal. The step was `dropped` (nothing updated), or, with
     /// batch normalization, completed.
     Stop {
+        /// Whether the step was dropped.
         dropped: bool,
     },
     /// The summed loss or gradients are NaN or infinite: the run diverged. Names which.
