@@ -24,6 +24,10 @@
 //! The binaries in `src/bin/` are thin: they parse flags, call into here and turn
 //! [`Error`] into a one-line message and an exit code.
 
+// Every public item is documented (with shapes and units where they apply); `make lint`
+// turns a missing doc comment into an error.
+#![warn(missing_docs)]
+
 // Link OpenBLAS (through blas-src) for ndarray's sgemm and for openblas_set_num_threads.
 extern crate blas_src;
 extern crate openblas_src;
