@@ -275,6 +275,16 @@ fn resume_with_another_network_or_data_width_fails_clearly() {
     assert!(!run.ok() && run.stderr.contains("this run builds 9 -> 16 relu"), "{}", run.stderr);
     let run = mpirun(2, "nn-train", &with(&flags, &["--optimizer", "sgd", "--checkpoint", &s(&ck), "--resume"]), 60);
     assert!(!run.ok() && run.stderr.contains("holds adam state"), "{}", run.stderr);
+    // batchnorm and layernorm have the same parameters but not the same state.
+    let bn = dir.path().join("bn.h5");
+    let with_norm = |norm: &str, ck: &Path| {
+        let layers = format!("16:relu,{norm},3:softmax");
+        let args = ["--data", &s(&data), "--layers", &layers, "--epochs", "1", "--checkpoint", &s(ck), "--resume"];
+        mpirun(2, "nn-train", &args, 60)
+    };
+    with_norm("batchnorm", &bn).expect_ok();
+    let run = with_norm("layernorm", &bn);
+    assert!(!run.ok() && run.stderr.contains("batchnorm -> 3 softmax but this run builds"), "{}", run.stderr);
     // The checkpoint is untouched by the failed attempts.
     assert_eq!(nn_train::io::checkpoint::load(&ck).unwrap().position.epoch, 1);
 }

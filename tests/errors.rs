@@ -135,6 +135,12 @@ fn bad_flags() {
     fails(2, &["--data", &g, "--layers", "8:mish,2:softmax"], &["--layers", "unknown activation 'mish'"]);
     fails(2, &["--data", &g, "--layers", "8:relu;2:softmax"], &["--layers", "unknown activation 'relu;2'"]);
     fails(2, &["--data", &g, "--layers", "relu:8,2:softmax"], &["--layers", "'relu' is not a layer width"]);
+    fails(
+        2,
+        &["--data", &g, "--layers", "8:relu,batchnorm:momentum=1.5,2:softmax"],
+        &["--layers", "'1.5' is not a momentum"],
+    );
+    fails(2, &["--data", &g, "--layers", "8:relu,layernorm:momentum=0.9,2:softmax"], &["--layers", "is not epsilon=E"]);
     fails(2, &["--data", &g, "--layers", "2:softmax", "--loss", "hinge"], &["--loss", "unknown loss 'hinge'"]);
     fails(2, &["--data", &g, "--layers", "2:linear"], &["--loss", "crossentropy needs a softmax output layer"]);
     fails(2, &["--data", &g, "--layers", "2:softmax", "--lr=-1"], &["--lr", "positive"]);
