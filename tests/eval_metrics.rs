@@ -8,6 +8,15 @@ mod common;
 use common::*;
 use std::path::Path;
 
+/// The tests of this file one at a time: a child process forked by one test inherits the
+/// HDF5 file locks of files another test has open at that moment (HDF5 opens them without
+/// close-on-exec), which then makes opening those files fail with EAGAIN.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn metrics_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -75,6 +84,7 @@ fn assert_same_fields(
 /// checkpoint's history keeps the columns.
 #[test]
 fn val_metrics_are_of_the_whole_set_on_any_rank_count() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("c.h5");
     write_classification(&data, 500, 6, 4, 3);
@@ -126,6 +136,7 @@ fn val_metrics_are_of_the_whole_set_on_any_rank_count() {
 /// Flag errors: a metric the loss does not have, and no validation data.
 #[test]
 fn val_metrics_flag_errors() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("c.h5");
     write_classification(&data, 50, 3, 3, 1);
@@ -140,4 +151,176 @@ fn val_metrics_flag_errors() {
     let run =
         direct("nn-train", &[&["--data", &d, "--monitor", "val_mae", "--val-split", "0.2"], &layers[..]].concat(), 30);
     assert!(run.stderr.contains("--monitor: mae needs --loss mse"), "{}", run.stderr);
+}
+
+/// Reads nn-predict's output: probabilities (N, K), labels (N,) if any, /metrics JSON and
+/// /confusion_matrix with its label_names.
+struct Predicted {
+    probabilities: Vec<f32>,
+    labels: Vec<i64>,
+    metrics: serde_json::Value,
+    confusion: Option<(Vec<i64>, usize, Vec<String>)>,
+}
+
+fn read_predicted(path: &Path) -> Predicted {
+    let f = hdf5::File::open(path).unwrap();
+    let metrics = f.dataset("metrics").unwrap().read_scalar::<hdf5::types::VarLenUnicode>().unwrap();
+    let confusion = f.dataset("confusion_matrix").ok().map(|d| {
+        let names = d
+            .attr("label_names")
+            .map(|a| a.read_raw::<hdf5::types::VarLenUnicode>().unwrap().iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default();
+        (d.read_raw::<i64>().unwrap(), d.shape()[0], names)
+    });
+    Predicted {
+        probabilities: f.dataset("probabilities").unwrap().read_raw().unwrap(),
+        labels: f.dataset("labels").map(|d| d.read_raw().unwrap()).unwrap_or_default(),
+        metrics: serde_json::from_str(metrics.as_str()).unwrap(),
+        confusion,
+    }
+}
+
+fn predict(dir: &Path, model: &str, data: &Path, ranks: usize, name: &str) -> Predicted {
+    let out = dir.join(name).display().to_string();
+    let d = data.display().to_string();
+    let args = ["--model", model, "--data", &d, "--out", &out, "--top-k", "2"];
+    if ranks == 1 {
+        direct("nn-predict", &args, 60).expect_ok();
+    } else {
+        mpirun(ranks, "nn-predict", &args, 60).expect_ok();
+    }
+    read_predicted(Path::new(&out))
+}
+
+fn train(dir: &Path, data: &Path, name: &str, flags: &[&str]) -> String {
+    let ckpt = dir.join(name).display().to_string();
+    let d = data.display().to_string();
+    let mut args = vec!["--data", &d, "--checkpoint", &ckpt, "--epochs", "3", "--threads", "1", "--lr", "0.01"];
+    args.extend_from_slice(flags);
+    direct("nn-train", &args, 60).expect_ok();
+    ckpt
+}
+
+fn num(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+/// nn-predict's stored confusion matrix and metrics against a recomputation from its own
+/// stored predictions and the data's labels (the counting written out here, independently
+/// of the library), the same on 1 and 2 ranks (301 rows: uneven slices).
+#[test]
+fn predict_stores_metrics_that_match_its_predictions() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("c.h5");
+    let names = ["cat", "dog", "emu"];
+    let y = {
+        // x, y and y's label_names written through one handle: reopening the file read-write
+        // could meet the lock a child process of a parallel test inherited from it.
+        let x = uniform(301 * 5, 8);
+        let y: Vec<i64> = (0..301)
+            .map(|r| {
+                let row = &x[r * 5..r * 5 + 5];
+                if row[0] > row[1].max(row[2]) {
+                    0
+                } else if row[1] > row[2] {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let f = hdf5::File::create(&data).unwrap();
+        let xa = ndarray::ArrayView2::from_shape((301, 5), &x[..]).unwrap();
+        f.new_dataset_builder().with_data(&xa).create("x").unwrap();
+        let ds = f.new_dataset_builder().with_data(&y[..]).create("y").unwrap();
+        let v: Vec<hdf5::types::VarLenUnicode> = names.iter().map(|s| s.parse().unwrap()).collect();
+        ds.new_attr::<hdf5::types::VarLenUnicode>().shape(3).create("label_names").unwrap().write(&v).unwrap();
+        y
+    };
+    let model = train(dir.path(), &data, "c.ckpt", &["--layers", "8:relu,3:softmax"]);
+    let p = predict(dir.path(), &model, &data, 1, "p1.h5");
+    let (stored, side, stored_names) = p.confusion.clone().unwrap();
+    assert_eq!(side, 3);
+    assert_eq!(stored_names, names);
+    let mut c = [[0i64; 3]; 3];
+    for (t, q) in y.iter().zip(&p.labels) {
+        c[*t as usize][*q as usize] += 1;
+    }
+    assert_eq!(stored, c.concat());
+    // Precision, recall and F1 per class from the recomputed matrix; macro = plain means.
+    let mut f1_sum = 0.0;
+    #[allow(clippy::needless_range_loop)]
+    for k in 0..3 {
+        let tp = c[k][k] as f64;
+        let col: i64 = (0..3).map(|t| c[t][k]).sum();
+        let row: i64 = c[k].iter().sum();
+        let prec = if col > 0 { tp / col as f64 } else { 0.0 };
+        let rec = if row > 0 { tp / row as f64 } else { 0.0 };
+        let f1 = if prec + rec > 0.0 { 2.0 * prec * rec / (prec + rec) } else { 0.0 };
+        assert!((p.metrics["precision"][k].as_f64().unwrap() - prec).abs() < 1e-12);
+        assert!((p.metrics["recall"][k].as_f64().unwrap() - rec).abs() < 1e-12);
+        assert!((p.metrics["f1"][k].as_f64().unwrap() - f1).abs() < 1e-12);
+        f1_sum += f1;
+    }
+    assert!((num(&p.metrics, "macro_f1") - f1_sum / 3.0).abs() < 1e-12);
+    // Top-2: the true class's probability has at most one strictly larger.
+    let hits = (0..y.len())
+        .filter(|&r| {
+            let row = &p.probabilities[r * 3..r * 3 + 3];
+            row.iter().filter(|&&v| v > row[y[r] as usize]).count() < 2
+        })
+        .count();
+    // (serde_json's default float parsing may be one ulp off)
+    assert!((num(&p.metrics, "top_k_accuracy") - hits as f64 / y.len() as f64).abs() < 1e-12);
+    let trace = (0..3).map(|k| c[k][k]).sum::<i64>() as f64;
+    assert!((num(&p.metrics, "accuracy") - trace / 301.0).abs() < 1e-12);
+    assert_eq!(p.metrics["label_names"], serde_json::json!(names));
+    let p2 = predict(dir.path(), &model, &data, 2, "p2.h5");
+    assert_eq!(p2.confusion.unwrap().0, stored);
+    assert_eq!(p2.metrics["f1"], p.metrics["f1"]);
+    assert_eq!(p2.metrics["top_k_accuracy"], p.metrics["top_k_accuracy"]);
+
+    // Binary: the AUC by counting (positive, negative) pairs of the stored probabilities.
+    let bin = dir.path().join("b.h5");
+    write_binary(&bin, 301, 4);
+    let yb: Vec<i64> = hdf5::File::open(&bin).unwrap().dataset("y").unwrap().read_raw().unwrap();
+    let model = train(dir.path(), &bin, "b.ckpt", &["--layers", "8:tanh,1:sigmoid", "--loss", "binary-crossentropy"]);
+    let p = predict(dir.path(), &model, &bin, 1, "b1.h5");
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for (_, &pi) in p.probabilities.iter().enumerate().filter(|&(i, _)| yb[i] == 1) {
+        for (_, &nj) in p.probabilities.iter().enumerate().filter(|&(j, _)| yb[j] == 0) {
+            wins += if pi > nj {
+                1.0
+            } else if pi == nj {
+                0.5
+            } else {
+                0.0
+            };
+            pairs += 1.0;
+        }
+    }
+    let auc = num(&p.metrics, "auc");
+    assert!((auc - wins / pairs).abs() < 1e-12, "{auc} vs {}", wins / pairs);
+    assert_eq!(p.confusion.as_ref().unwrap().1, 2);
+    let p2 = predict(dir.path(), &model, &bin, 2, "b2.h5");
+    // Probabilities may differ in the last bit with the rows per product (BLAS blocking).
+    assert!((num(&p2.metrics, "auc") - auc).abs() < 1e-9);
+
+    // Regression: MAE of the stored predictions.
+    let reg = dir.path().join("r.h5");
+    {
+        let x = uniform(301 * 3, 5);
+        let f = hdf5::File::create(&reg).unwrap();
+        let xa = ndarray::ArrayView2::from_shape((301, 3), &x[..]).unwrap();
+        f.new_dataset_builder().with_data(&xa).create("x").unwrap();
+        let t: Vec<f32> = (0..301).map(|r| x[r * 3] - 0.5 * x[r * 3 + 2]).collect();
+        f.new_dataset_builder().with_data(&t[..]).create("y").unwrap();
+    }
+    let t: Vec<f32> = hdf5::File::open(&reg).unwrap().dataset("y").unwrap().read_raw().unwrap();
+    let model = train(dir.path(), &reg, "r.ckpt", &["--layers", "4:tanh,1:linear", "--loss", "mse"]);
+    let p = predict(dir.path(), &model, &reg, 2, "r2.h5");
+    let mae = p.probabilities.iter().zip(&t).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / 301.0;
+    assert!((num(&p.metrics, "mae") - mae).abs() < 1e-9, "{} vs {mae}", p.metrics);
+    assert!(p.confusion.is_none());
 }

@@ -12,15 +12,17 @@ use nn_train::engine::onednn;
 use nn_train::io::console::parse_args;
 use nn_train::io::file_identity;
 use nn_train::train::config::check_output_path;
-use nn_train::train::predict::{has_targets, is_hdf5, write_outputs, Predictor, RankOutputs};
+use nn_train::train::predict::{data_label_names, has_targets, is_hdf5, write_outputs, Predictor, RankOutputs, Scores};
 use nn_train::Error;
 use std::path::PathBuf;
 
 /// Predict with a trained nn-train checkpoint. Writes `probabilities` (N, K) and, for
 /// classification, `labels` (N,) (with the class names as its attribute `label_names`) to an
 /// HDF5 file, or a CSV (row, predicted class name, one probability column per class) when --out
-/// ends in .csv; when the data has targets, also prints (and stores as attributes) the loss and
-/// accuracy. The data is an HDF5 file or a table (CSV), which is encoded with the checkpoint's
+/// ends in .csv; when the data has targets, also prints the loss, accuracy and metrics (a
+/// confusion matrix and per-class precision/recall/F1 for classes, top-k accuracy, AUC for
+/// sigmoid outputs, MAE for regression) and stores them in an HDF5 output (`/metrics` JSON,
+/// `/confusion_matrix`). The data is an HDF5 file or a table (CSV), which is encoded with the checkpoint's
 /// stored encoding exactly as the training data was (the label column is optional). Runs under
 /// mpirun: each rank predicts its slice of the rows.
 #[derive(Parser, Debug)]
@@ -54,6 +56,9 @@ struct Args {
     /// (oneDNN), as nn-train --precision bf16. Any checkpoint works with either.
     #[arg(long, value_enum, default_value = "fp32", value_name = "P")]
     precision: Precision,
+    /// k of the top-k accuracy reported for softmax models. Default 5 (Keras).
+    #[arg(long, default_value_t = nn_train::engine::eval_metrics::DEFAULT_TOP_K, value_name = "K")]
+    top_k: usize,
     /// Exit with status 3 when the accuracy is below this (for scripts and `make run`).
     #[arg(long, value_name = "A")]
     min_accuracy: Option<f64>,
@@ -105,16 +110,32 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
     let mut predictor = comm.agree(Predictor::load(&args.model))?;
     comm.agree(predictor.set_precision(args.precision))?;
     onednn::set_threads(threads::choose(None, comm.ranks_on_node()).threads);
+    if args.top_k == 0 {
+        return Err(Error::flag("top-k", "must be at least 1").into());
+    }
+    let mut names = predictor.class_names().map(<[String]>::to_vec);
     let (slice, total, with_targets) = if is_hdf5(&args.data) {
         let src = Source { path: args.data.clone(), x: args.x.clone(), y: args.y.clone() };
         let with_targets = has_targets(&src);
         let (slice, total) = comm.agree(predictor.read_slice(&src, comm, with_targets))?;
+        if names.is_none() && with_targets {
+            names = data_label_names(&src);
+        }
         (slice, total, with_targets)
     } else {
         comm.agree(predictor.read_table_slice(&args.data, args.delimiter, args.unknown, comm))?
     };
     let mut outputs = predictor.outputs(&slice);
-    let evaluation = with_targets.then(|| predictor.evaluate(comm, &slice));
+    let scores = match with_targets {
+        true => {
+            let (evaluation, metrics) = predictor.evaluate(comm, &slice, args.top_k)?;
+            // Names only when they name every class of the matrix.
+            let class_names = names.filter(|n| Some(n.len()) == metrics.classes);
+            Some(Scores { evaluation, metrics, class_names })
+        }
+        false => None,
+    };
+    let evaluation = scores.as_ref().map(|s| s.evaluation);
     let classification = predictor.loss().is_classification();
     let labels = classification.then(|| predictor.labels(&outputs));
     if !classification {
@@ -129,7 +150,7 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
         labels: labels.as_deref(),
         class_names: predictor.class_names(),
     };
-    write_outputs(comm, &args.out, &part, evaluation)?;
+    write_outputs(comm, &args.out, &part, scores.as_ref())?;
     if comm.is_root() {
         let mut line = format!(
             "nn-predict: {total} rows of {} on {} rank{} -> {}",
@@ -151,7 +172,26 @@ fn predict(comm: &Comm, args: &Args) -> Result<i32> {
                 line += &format!(" (standardized targets; rmse {:.4} in the units of '{name}')", e.loss.sqrt() * s.std);
             }
         }
+        if let Some(m) = scores.as_ref().map(|s| &s.metrics) {
+            if let (Some(k), Some(a)) = (m.top_k, m.top_k_accuracy) {
+                line += &format!(", top-{k} accuracy {a:.4}");
+            }
+            if let Some(f) = m.macro_f1 {
+                line += &format!(", macro F1 {f:.4}");
+            }
+            match (predictor.loss(), m.auc) {
+                (_, Some(auc)) => line += &format!(", AUC {auc:.4}"),
+                (nn_train::engine::loss::Loss::BinaryCrossentropy, None) => line += ", AUC undefined (one class only)",
+                _ => {}
+            }
+            if let Some(mae) = m.mae {
+                line += &format!(", MAE {mae:.4}");
+            }
+        }
         println!("{line}");
+        if let Some(s) = &scores {
+            print!("{}", s.report());
+        }
     }
     if let Some(min) = args.min_accuracy {
         let acc = evaluation.and_then(|e| e.accuracy);

@@ -13,13 +13,14 @@ use crate::data::scaling;
 use crate::data::slice::{self as data, Slice, Source, TargetStore};
 use crate::dist::batch_plan::slice_range;
 use crate::dist::comm::Comm;
+use crate::engine::eval_metrics::{MetricKind, MetricSums, MetricValues};
 use crate::engine::loss::{argmax, Loss};
 use crate::engine::mixed::Precision;
 use crate::engine::model::{Model, Pass, Workspace};
 use crate::engine::onednn;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::output_file::PendingFile;
-use crate::train::evaluate::{evaluate, Evaluation};
+use crate::train::evaluate::{evaluate, reduce_metrics, Evaluation};
 use crate::{Error, Result};
 use ndarray::s;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -214,12 +215,15 @@ impl Predictor {
         out
     }
 
-    /// Loss and accuracy over all ranks' slices (collective), as nn-train computes val_loss.
-    pub fn evaluate(&self, comm: &Comm, slice: &Slice) -> Evaluation {
+    /// Loss and accuracy over all ranks' slices (collective), as nn-train computes val_loss,
+    /// and the metrics that fit the model ([`Predictor::metric_kinds`], top-k with `top_k`)
+    /// of the whole set.
+    pub fn evaluate(&self, comm: &Comm, slice: &Slice, top_k: usize) -> Result<(Evaluation, MetricValues)> {
         let chunk = 1024.min(slice.rows.max(1));
         let mut ws = self.workspace(chunk);
         let mut batch = Batch::new(slice, chunk);
-        evaluate(
+        let mut sums = MetricSums::new(&self.metric_kinds(), self.loss(), self.model.out_dim(), top_k);
+        let evaluation = evaluate(
             comm,
             &self.model,
             &self.snapshot.params,
@@ -228,8 +232,19 @@ impl Predictor {
             slice,
             &mut ws,
             &mut batch,
-            None,
-        )
+            Some(&mut sums),
+        );
+        Ok((evaluation, reduce_metrics(comm, &mut sums)?))
+    }
+
+    /// The metrics nn-predict reports for this model: for classes, precision, recall and F1
+    /// (and top-k for softmax); AUC for sigmoid outputs; MAE for regression.
+    pub fn metric_kinds(&self) -> Vec<MetricKind> {
+        let (loss, k) = (self.loss(), self.model.out_dim());
+        [MetricKind::TopK, MetricKind::Precision, MetricKind::Recall, MetricKind::F1, MetricKind::Auc, MetricKind::Mae]
+            .into_iter()
+            .filter(|m| m.check(loss, k, "model").is_ok())
+            .collect()
     }
 
     /// Class index per output row: argmax, or p > 0.5 for a single sigmoid output.
@@ -267,6 +282,86 @@ pub fn is_hdf5(path: &Path) -> bool {
         && magic == *b"\x89HDF\r\n\x1a\n"
 }
 
+/// The class names stored with the data's targets (y's attribute `label_names`), if any.
+pub fn data_label_names(src: &Source) -> Option<Vec<String>> {
+    let file = hdf5::File::open(&src.path).ok()?;
+    let attr = file.dataset(&src.y).ok()?.attr("label_names").ok()?;
+    attr.read_raw::<hdf5::types::VarLenUnicode>()
+        .map(|v| v.iter().map(|s| s.to_string()).collect())
+        .or_else(|_| attr.read_raw::<hdf5::types::VarLenAscii>().map(|v| v.iter().map(|s| s.to_string()).collect()))
+        .ok()
+}
+
+/// What nn-predict measured on data with targets, stored in its output file.
+#[derive(Clone, Debug)]
+pub struct Scores {
+    pub evaluation: Evaluation,
+    pub metrics: MetricValues,
+    /// The class names in index order, when known (rows and columns of the confusion matrix).
+    pub class_names: Option<Vec<String>>,
+}
+
+impl Scores {
+    /// The `/metrics` JSON: loss, accuracy and the [`MetricValues`] (the confusion matrix is
+    /// its own dataset, `/confusion_matrix`).
+    pub fn json(&self) -> String {
+        let mut m = self.metrics.clone();
+        m.confusion.clear();
+        let mut v = serde_json::to_value(&m).expect("metrics serialise");
+        v["loss"] = self.evaluation.loss.into();
+        if let Some(a) = self.evaluation.accuracy {
+            v["accuracy"] = a.into();
+        }
+        if let Some(names) = &self.class_names {
+            v["label_names"] = names.clone().into();
+        }
+        v.to_string()
+    }
+
+    /// The lines nn-predict prints: the confusion matrix (rows true, columns predicted) and
+    /// the per-class precision/recall/F1 table with macro averages, for classes; empty else.
+    pub fn report(&self) -> String {
+        let m = &self.metrics;
+        let Some(c) = m.classes else { return String::new() };
+        let name =
+            |i: usize| self.class_names.as_ref().and_then(|n| n.get(i)).cloned().unwrap_or_else(|| i.to_string());
+        let w = (0..c).map(|i| name(i).chars().count()).chain([9]).max().unwrap_or(9);
+        let cell = (0..c * c)
+            .map(|i| m.confusion[i].to_string().len())
+            .chain((0..c).map(|i| name(i).chars().count()))
+            .max()
+            .unwrap_or(1);
+        let mut out = String::from("confusion matrix (rows: true class, columns: predicted class):\n");
+        out += &format!("{:>w$}", "");
+        for j in 0..c {
+            out += &format!(" {:>cell$}", name(j));
+        }
+        out += "\n";
+        for i in 0..c {
+            out += &format!("{:>w$}", name(i));
+            for j in 0..c {
+                out += &format!(" {:>cell$}", m.confusion[i * c + j]);
+            }
+            out += "\n";
+        }
+        out += &format!("{:>w$} {:>9} {:>9} {:>9} {:>9}\n", "class", "precision", "recall", "f1", "support");
+        for i in 0..c {
+            let support: u64 = m.confusion[i * c..(i + 1) * c].iter().sum();
+            out += &format!(
+                "{:>w$} {:>9.4} {:>9.4} {:>9.4} {:>9}\n",
+                name(i),
+                m.precision[i],
+                m.recall[i],
+                m.f1[i],
+                support
+            );
+        }
+        let (p, r, f) = (m.macro_precision.unwrap_or(0.0), m.macro_recall.unwrap_or(0.0), m.macro_f1.unwrap_or(0.0));
+        out += &format!("{:>w$} {p:>9.4} {r:>9.4} {f:>9.4} {:>9}\n", "macro avg", m.samples);
+        out
+    }
+}
+
 /// Whether `src` has a targets dataset.
 pub fn has_targets(src: &Source) -> bool {
     hdf5::File::open(&src.path).is_ok_and(|f| f.link_exists(&src.y))
@@ -292,7 +387,7 @@ pub struct RankOutputs<'a> {
 /// Writes `probabilities` (N, K) and, for classification, `labels` (N,) into `out`: rank 0
 /// creates the file under a temporary name, each rank then writes its rows in rank order,
 /// and rank 0 renames the file into place. Collective.
-pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Option<Evaluation>) -> Result<()> {
+pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, scores: Option<&Scores>) -> Result<()> {
     if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
         return write_csv_outputs(comm, out, part);
     }
@@ -315,10 +410,30 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, evaluation: Op
                         .map_err(err)?;
                 }
             }
-            if let Some(e) = evaluation {
+            if let Some(sc) = scores {
+                let e = &sc.evaluation;
                 file.new_attr::<f64>().create("loss").and_then(|a| a.write_scalar(&e.loss)).map_err(err)?;
                 if let Some(acc) = e.accuracy {
                     file.new_attr::<f64>().create("accuracy").and_then(|a| a.write_scalar(&acc)).map_err(err)?;
+                }
+                let json: hdf5::types::VarLenUnicode = sc.json().parse().expect("JSON has no NUL");
+                file.new_dataset::<hdf5::types::VarLenUnicode>()
+                    .create("metrics")
+                    .and_then(|d| d.write_scalar(&json))
+                    .map_err(err)?;
+                if let Some(c) = sc.metrics.classes {
+                    let counts: Vec<i64> = sc.metrics.confusion.iter().map(|&v| v as i64).collect();
+                    let view = ndarray::ArrayView2::from_shape((c, c), &counts[..]).expect("classes^2 counts");
+                    let ds = file.new_dataset_builder().with_data(&view).create("confusion_matrix").map_err(err)?;
+                    if let Some(names) = &sc.class_names {
+                        let v: Vec<hdf5::types::VarLenUnicode> =
+                            names.iter().map(|s| s.replace('\0', "").parse().expect("no NUL")).collect();
+                        ds.new_attr::<hdf5::types::VarLenUnicode>()
+                            .shape(v.len())
+                            .create("label_names")
+                            .and_then(|a| a.write(&v))
+                            .map_err(err)?;
+                    }
                 }
             }
             Ok(())
