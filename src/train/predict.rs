@@ -295,7 +295,9 @@ pub fn data_label_names(src: &Source) -> Option<Vec<String>> {
 /// What nn-predict measured on data with targets, stored in its output file.
 #[derive(Clone, Debug)]
 pub struct Scores {
+    /// Loss and accuracy of the whole set.
     pub evaluation: Evaluation,
+    /// The metrics of [`Predictor::metric_kinds`] over the whole set.
     pub metrics: MetricValues,
     /// The class names in index order, when known (rows and columns of the confusion matrix).
     pub class_names: Option<Vec<String>>,
