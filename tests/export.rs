@@ -1,5 +1,5 @@
 //! nn-export checked by the real consumers of each format: the ONNX model checked by
-//! onnx.checker and run by ONNX Runtime, the `.keras` file and the `.weights.h5` loaded and
+//! onnx.checker and run by ONNX Runtime and by tract (from Rust), the `.keras` file and the `.weights.h5` loaded and
 //! run by Keras 3 (jax backend), the safetensors file read back by the safetensors crate. Each one's outputs on
 //! the digits test set are compared with nn-predict's for the same checkpoint.
 
@@ -40,6 +40,8 @@ struct Models {
     activations: Trained,
     /// digits with batchnorm and layernorm layers (their own momentum and epsilon too).
     normalized: Trained,
+    /// a CSV table imported with --standardize-target: the exports scale the output back.
+    target: Trained,
 }
 
 fn models() -> &'static Models {
@@ -118,8 +120,35 @@ fn models() -> &'static Models {
                 ["batchnorm", 0.9, 0.001], ["dense", 10, "softmax"]]"#,
             false,
         );
-        Models { _dir: dir, plain, standardized, regression, activations, normalized }
+        let target = standardized_target_model(dir.path());
+        Models { _dir: dir, plain, standardized, regression, activations, normalized, target }
     })
+}
+
+/// A regression on a CSV table whose target (about 5 +- 1.5) was standardized at import:
+/// nn-predict reports it in its own units, and so must every export.
+fn standardized_target_model(dir: &Path) -> Trained {
+    let u = common::uniform(900, 11);
+    let mut text = String::from("a,b,c,y\n");
+    for r in u.chunks_exact(3) {
+        text += &format!("{},{},{},{}\n", r[0], r[1], r[2], 5.0 + 2.0 * (r[0] - r[1]) + r[2]);
+    }
+    let csv = dir.join("target.csv");
+    std::fs::write(&csv, text).unwrap();
+    let (train, test) = (dir.join("target-train.h5"), dir.join("target-test.h5"));
+    let args = ["import", &s(&csv), "--label", "y", "--task", "regress", "--standardize-target", "--split", "0.25"];
+    let outs = ["--out-train", &s(&train), "--out-test", &s(&test)];
+    direct("nn-data", &[&args[..], &outs[..]].concat(), 60).expect_ok();
+    let flags = ["--layers", "16:relu,1:linear", "--loss", "mse"];
+    let mut model = train_and_predict(dir, "target", &s(&train), &s(&test), &flags, "", false);
+    // The hand-built Keras model ends with the same Rescaling (std, mean from the encoding).
+    let snap = nn_train::io::checkpoint::load(&model.checkpoint).unwrap();
+    let encoding: serde_json::Value = serde_json::from_str(snap.encoding.as_deref().unwrap()).unwrap();
+    let t = &encoding["label"]["standardize"];
+    let layers =
+        format!(r#"[["dense", 16, "relu"], ["dense", 1, "linear"], ["rescaling", {}, {}]]"#, t["std"], t["mean"]);
+    model.keras_layers = Box::leak(layers.into_boxed_str());
+    model
 }
 
 fn train_and_predict(
@@ -197,6 +226,7 @@ fn onnx_runs_in_onnx_runtime_and_matches_nn_predict() {
         ("regression", &m.regression),
         ("activations", &m.activations),
         ("normalized", &m.normalized),
+        ("target", &m.target),
     ] {
         let out = dir.path().join(format!("{name}.onnx"));
         let run = export(model, &out, None).expect_ok();
@@ -211,6 +241,7 @@ fn onnx_runs_in_onnx_runtime_and_matches_nn_predict() {
         let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
         assert!(!ops.contains(&"Dropout"), "{ops:?}");
         assert_eq!(ops[..2] == ["Sub", "Div"], model.standardize, "{ops:?}");
+        assert_eq!(ops.ends_with(&["Mul", "Add"]), name == "target", "{ops:?}");
         assert_eq!(ops.iter().filter(|&&o| o == "Gemm").count(), model.keras_layers.matches("\"dense\"").count());
         for (op, kind) in [("BatchNormalization", "\"batchnorm\""), ("LayerNormalization", "\"layernorm\"")] {
             assert_eq!(ops.iter().filter(|&&o| o == op).count(), model.keras_layers.matches(kind).count(), "{ops:?}");
@@ -230,6 +261,46 @@ fn onnx_runs_in_onnx_runtime_and_matches_nn_predict() {
         for key in ["all", "one"] {
             let diff = result[key].as_f64().unwrap();
             assert!(diff <= 1e-5, "{name}: ONNX Runtime ({key} rows) differs from nn-predict by {diff}");
+        }
+    }
+}
+
+/// The exported ONNX model run from Rust by tract (a maintained pure-Rust ONNX runtime, as a
+/// Rust or C++ service would load it): every model, with its batch dimension left symbolic,
+/// on the whole test set and on one row, against nn-predict's outputs.
+#[test]
+fn onnx_runs_in_tract_from_rust_and_matches_nn_predict() {
+    use tract_onnx::prelude::*;
+    let m = models();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, model) in [
+        ("plain", &m.plain),
+        ("standardized", &m.standardized),
+        ("regression", &m.regression),
+        ("activations", &m.activations),
+        ("normalized", &m.normalized),
+        ("target", &m.target),
+    ] {
+        let out = dir.path().join(format!("{name}.onnx"));
+        export(model, &out, None).expect_ok();
+        let runnable = tract_onnx::onnx()
+            .model_for_path(&out)
+            .and_then(|g| g.into_optimized())
+            .and_then(|g| g.into_runnable())
+            .unwrap_or_else(|e| panic!("{name}: tract cannot load the exported model: {e:?}"));
+        let x = read_x(&model.data);
+        let k = model.predictions.len() / model.rows;
+        for rows in [model.rows, 1] {
+            let input =
+                tract_ndarray::Array2::from_shape_vec((rows, model.features), x[..rows * model.features].to_vec())
+                    .unwrap();
+            let result = runnable.run(tvec!(Tensor::from(input).into())).unwrap();
+            let got = result[0].to_array_view::<f32>().unwrap();
+            assert_eq!(got.shape(), [rows, k], "{name}");
+            let got: Vec<f32> = got.iter().copied().collect();
+            let diff = max_abs_diff(&got, &model.predictions[..rows * k]);
+            eprintln!("tract {name} ({rows} rows): max |diff| {diff:.2e}");
+            assert!(diff <= 1e-5, "{name}: tract ({rows} rows) differs from nn-predict by {diff}");
         }
     }
 }
@@ -340,6 +411,18 @@ fn safetensors_read_back_with_the_crate() {
     }
     assert_eq!(moving, snap.moving);
     assert!(st.names().iter().filter(|n| n.starts_with("norm_")).count() == 10, "{:?}", st.names());
+
+    // A standardized target: its mean and std as tensors, applied after the last layer.
+    let out = dir.path().join("target.safetensors");
+    export(&m.target, &out, None).expect_ok();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let scalar = |n: &str| f32::from_le_bytes(st.tensor(n).unwrap().data().try_into().unwrap());
+    let snap = nn_train::io::checkpoint::load(&m.target.checkpoint).unwrap();
+    let encoding: serde_json::Value = serde_json::from_str(snap.encoding.as_deref().unwrap()).unwrap();
+    let t = &encoding["label"]["standardize"];
+    assert_eq!(scalar("target_scaling.mean"), t["mean"].as_f64().unwrap() as f32);
+    assert_eq!(scalar("target_scaling.std"), t["std"].as_f64().unwrap() as f32);
 }
 
 /// Loads the `.keras` file with keras.models.load_model and the `.weights.h5` into a
@@ -369,6 +452,8 @@ for l in json.loads(layers):
         built.append(keras.layers.BatchNormalization(momentum=l[1], epsilon=l[2]))
     elif l[0] == "layernorm":
         built.append(keras.layers.LayerNormalization(epsilon=l[1]))
+    elif l[0] == "rescaling":
+        built.append(keras.layers.Rescaling(scale=l[1], offset=l[2]))
     else:
         built.append(keras.layers.Dropout(l[1]))
 hand = keras.Sequential(built)
@@ -395,6 +480,7 @@ fn keras_loads_the_model_and_the_weights() {
         ("regression", &m.regression),
         ("activations", &m.activations),
         ("normalized", &m.normalized),
+        ("target", &m.target),
     ] {
         let keras_file = dir.path().join(format!("{name}.keras"));
         let weights = dir.path().join(format!("{name}.weights.h5"));
@@ -421,6 +507,7 @@ fn keras_loads_the_model_and_the_weights() {
         assert_eq!(layers.contains("\"Normalization\""), model.standardize, "{layers}");
         assert_eq!(layers.contains("BatchNormalization"), name == "normalized", "{layers}");
         assert_eq!(layers.contains("Dropout"), name == "plain", "{layers}");
+        assert_eq!(layers.contains("Rescaling"), name == "target", "{layers}");
         for key in ["keras", "weights"] {
             let diff = result[key].as_f64().unwrap();
             assert!(diff <= 1e-5, "{name}: Keras ({key}) differs from nn-predict by {diff}");

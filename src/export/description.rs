@@ -4,6 +4,7 @@
 //! format can express: anything else is rejected here, in one line naming it, before any
 //! writer runs.
 
+use crate::data::encoding::TargetScaling;
 use crate::data::scaling::Scaling;
 use crate::engine::activation::Activation;
 use crate::engine::model::{LayerKind, LayerSpec};
@@ -88,6 +89,10 @@ pub struct Description {
     pub label_names: Option<Vec<String>>,
     /// The training loss by nn-train's name ("crossentropy", "mse", ...), for metadata.
     pub loss: String,
+    /// y = output * std + mean applied to the last layer's output, when the regression target
+    /// was standardized at import (`nn-data import --standardize-target`): the model then
+    /// predicts in the target's own units, as nn-predict reports them.
+    pub target_scaling: Option<TargetScaling>,
 }
 
 impl Description {
@@ -140,7 +145,7 @@ impl Description {
                 }
             }
         }
-        let label_names = label_names(path, snap.encoding.as_deref())?;
+        let (label_names, target_scaling) = label(path, snap.encoding.as_deref())?;
         let out_dim = layers.iter().rev().find_map(|l| match l {
             Layer::Dense { units, .. } => Some(*units),
             _ => None,
@@ -164,6 +169,7 @@ impl Description {
             scaling: snap.scaling,
             label_names,
             loss,
+            target_scaling,
         })
     }
 
@@ -226,22 +232,12 @@ pub fn shortest(v: f32) -> f64 {
     format!("{v}").parse().unwrap_or(v as f64)
 }
 
-/// The class names of the checkpoint's tabular encoding (`/encoding`, written by `nn-data
-/// import` and copied by nn-train), when it has one and the label has names. A regression
-/// target standardized at import (`--standardize-target`) is undone by nn-predict on the
-/// model's outputs; no writer expresses that yet, so it is an error rather than a model
-/// whose outputs silently differ from nn-predict's.
-fn label_names(path: &Path, encoding: Option<&str>) -> Result<Option<Vec<String>>> {
-    let Some(text) = encoding else { return Ok(None) };
+/// From the checkpoint's tabular encoding (`/encoding`, written by `nn-data import` and
+/// copied by nn-train), when it has one: the class names, when the label has names, and the
+/// target's standardization, when it was standardized at import.
+fn label(path: &Path, encoding: Option<&str>) -> Result<(Option<Vec<String>>, Option<TargetScaling>)> {
+    let Some(text) = encoding else { return Ok((None, None)) };
     let encoding = crate::data::encoding::Encoding::from_json(path, text)?;
-    if encoding.label.standardize.is_some() {
-        return Err(Error::checkpoint(
-            path,
-            format!(
-                "its target '{}' was standardized at import (--standardize-target), which nn-export cannot write yet",
-                encoding.label.name
-            ),
-        ));
-    }
-    Ok(if encoding.label.indices { None } else { encoding.label.classes })
+    let names = if encoding.label.indices { None } else { encoding.label.classes };
+    Ok((names, encoding.label.standardize))
 }

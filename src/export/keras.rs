@@ -110,6 +110,11 @@ enum KerasLayer<'a> {
     },
     /// `BatchNormalization` or `LayerNormalization` (the description's layer says which).
     Norm(&'a Layer),
+    /// A regression target standardized at import, undone last: y * scale + offset.
+    Rescaling {
+        scale: f64,
+        offset: f64,
+    },
 }
 
 impl KerasLayer<'_> {
@@ -122,6 +127,7 @@ impl KerasLayer<'_> {
             KerasLayer::Dropout { .. } => ("Dropout", "dropout"),
             KerasLayer::Norm(Layer::BatchNorm { .. }) => ("BatchNormalization", "batch_normalization"),
             KerasLayer::Norm(_) => ("LayerNormalization", "layer_normalization"),
+            KerasLayer::Rescaling { .. } => ("Rescaling", "rescaling"),
         }
     }
 }
@@ -157,6 +163,9 @@ fn keras_layers(desc: &Description) -> Vec<(String, KerasLayer<'_>)> {
             Layer::Dropout { rate } => layers.push(KerasLayer::Dropout { rate: *rate }),
             Layer::BatchNorm { .. } | Layer::LayerNorm { .. } => layers.push(KerasLayer::Norm(layer)),
         }
+    }
+    if let Some(t) = &desc.target_scaling {
+        layers.push(KerasLayer::Rescaling { scale: t.std, offset: t.mean });
     }
     let mut used = std::collections::HashMap::<&str, usize>::new();
     layers
@@ -239,7 +248,10 @@ fn write_weights_of(desc: &Description, layers: &[(String, KerasLayer)], path: &
                         .map_err(h5(name))?;
                 }
             }
-            KerasLayer::Dense { .. } | KerasLayer::LeakyRelu { .. } | KerasLayer::Dropout { .. } => {}
+            KerasLayer::Dense { .. }
+            | KerasLayer::LeakyRelu { .. }
+            | KerasLayer::Dropout { .. }
+            | KerasLayer::Rescaling { .. } => {}
         }
     }
     file.flush().map_err(h5("flush"))?;
@@ -291,6 +303,8 @@ fn model_config(desc: &Description, layers: &[(String, KerasLayer)]) -> Value {
                        "gamma_initializer": initializer("Ones", json!({}))}),
                 Some(*width),
             ),
+            // Keras computes inputs * scale + offset in the layer's dtype.
+            KerasLayer::Rescaling { scale, offset } => (json!({"scale": scale, "offset": offset}), None),
             KerasLayer::Norm(_) => unreachable!("norm entries hold normalization layers"),
         };
         let mut merged = common;

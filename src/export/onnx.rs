@@ -6,6 +6,9 @@
 //!   -> probabilities (batch, outputs)
 //! ```
 //!
+//! A regression target standardized at import is scaled back last: `Mul(target_std)`,
+//! `Add(target_mean)`, so the model predicts in the target's units as nn-predict does.
+//!
 //! Activations: Relu, Tanh, Sigmoid, Softmax (axis -1), Elu, Selu, Softplus, LeakyRelu(alpha);
 //! swish as z * Sigmoid(z) and gelu as 0.5 z (1 + Erf(z / sqrt 2)) (opset 17 has neither).
 //! Kernels stay in Keras orientation (in, out), so Gemm runs with transB = 0; dropout is the
@@ -50,6 +53,8 @@ pub fn model(desc: &Description) -> ModelProto {
         current = graph.node("Div", &[&current, "scaling_std"], "scaled", vec![]);
     }
     let last_dense = desc.dense().count().saturating_sub(1);
+    // With a standardized target the last layer's output is scaled back to its units last.
+    let last_out = if desc.target_scaling.is_some() { "standardized_output" } else { OUTPUT };
     let (mut i, mut j) = (0, 0);
     for layer in &desc.layers {
         let (in_dim, units, activation, kernel, bias) = match layer {
@@ -83,13 +88,19 @@ pub fn model(desc: &Description) -> ModelProto {
         graph.initializer(&bias_name, &[*units as i64], bias);
         let last = i == last_dense;
         let linear = *activation == Activation::Linear;
-        let gemm_out = if last && linear { OUTPUT.to_string() } else { format!("layer_{i}_z") };
+        let gemm_out = if last && linear { last_out.to_string() } else { format!("layer_{i}_z") };
         current = graph.node("Gemm", &[&current, &kernel_name, &bias_name], &gemm_out, vec![]);
         if !linear {
-            let out = if last { OUTPUT.to_string() } else { format!("layer_{i}_y") };
+            let out = if last { last_out.to_string() } else { format!("layer_{i}_y") };
             current = graph.activation(*activation, &current, &out, i);
         }
         i += 1;
+    }
+    if let Some(t) = &desc.target_scaling {
+        graph.initializer("target_std", &[1], &[t.std as f32]);
+        graph.initializer("target_mean", &[1], &[t.mean as f32]);
+        current = graph.node("Mul", &[&current, "target_std"], "target_scaled", vec![]);
+        current = graph.node("Add", &[&current, "target_mean"], OUTPUT, vec![]);
     }
     debug_assert_eq!(current, OUTPUT);
 

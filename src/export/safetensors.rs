@@ -7,6 +7,8 @@
 //! norm_<j>.moving_mean, norm_<j>.moving_variance   (width,), batchnorm only
 //! scaling.mean       (features,)   with --standardize: x' = (x - mean) / std first
 //! scaling.std        (features,)
+//! target_scaling.mean (1,)         with a target standardized at import: y = output * std + mean
+//! target_scaling.std  (1,)
 //! ```
 //!
 //! `__metadata__` (string values): `format` = "nn-train", `layers` = the layer list as JSON
@@ -59,6 +61,14 @@ pub fn write(desc: &Description, path: &Path) -> Result<()> {
         tensors.push(("scaling.mean".into(), vec![s.mean.len()], bytes(&s.mean)));
         tensors.push(("scaling.std".into(), vec![s.std.len()], bytes(&s.std)));
         metadata.insert("scaling".into(), "x' = (x - scaling.mean) / scaling.std before layer_0".into());
+    }
+    if let Some(t) = &desc.target_scaling {
+        tensors.push(("target_scaling.mean".into(), vec![1], bytes(&[t.mean as f32])));
+        tensors.push(("target_scaling.std".into(), vec![1], bytes(&[t.std as f32])));
+        metadata.insert(
+            "target_scaling".into(),
+            "y = output * target_scaling.std + target_scaling.mean after the last layer".into(),
+        );
     }
     if let Some(names) = &desc.label_names {
         metadata.insert("label_names".into(), serde_json::to_string(names).expect("strings serialize"));
