@@ -57,7 +57,7 @@ test: test-deps
 	$(CARGO) build --release
 	$(CARGO) test --release -- --test-threads=2
 
-# The benchmark suite of issue 6 (bench/run.sh says what it measures). Knobs: BENCH_REPS,
+# The benchmark suite (bench/run.sh says what it measures). Knobs: BENCH_REPS,
 # BENCH_WORKLOADS, BENCH_W4=1 (the 6 GB workload), BENCH_QUICK=1 (tiny sizes), BENCH_ARGS,
 # BENCH_CORETYPE=1 (W1/W3 with the BLAS kernels forced), BENCH_PEERS=1 (PyTorch in the same run).
 bench: deps

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench-cluster` (issue 7): W3 (784-1024-1024-10, global batch 256) on 1, 2 and 4
+# `make bench-cluster`: W3 (784-1024-1024-10, global batch 256) on 1, 2 and 4
 # simulated nodes (tests/cluster/cluster.sh: network namespaces, Open MPI over TCP only), one
 # rank per node with one BLAS thread, the links capped with tc tbf at each of BENCH_RATES,
 # and the allreduce overlapped with backward (--overlap on) or not (off).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark suite of issue 6, run by `make bench` (after `make build`).
+# The benchmark suite, run by `make bench` (after `make build`).
 #
 # For each workload it measures the sgemm-bound limit (examples/sgemm_limit.rs) for one rank
 # with 2 threads and for two ranks with 1 thread each, then trains BENCH_REPS times in each
@@ -87,7 +87,7 @@ note() {
     json kind note text "$*" >>"$MANIFEST"
 }
 
-# The workloads of issue 6. Sets: ROWS FEATURES CLASSES LAYERS BATCH EPOCHS WREPS DATA VAL.
+# The workloads. Sets: ROWS FEATURES CLASSES LAYERS BATCH EPOCHS WREPS DATA VAL.
 define() {
     VAL="" CLASSES=10 WREPS=$REPS EPOCHS=2
     case $1 in

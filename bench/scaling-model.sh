@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The scaling model of issue 7, fitted to a bench-cluster results.csv (bench/cluster.sh):
+# The scaling model, fitted to a bench-cluster results.csv (bench/cluster.sh):
 # prints the measured tables, the fitted parameters and the model's predictions (Markdown).
 #
 #   bench/scaling-model.sh bench/results/cluster-STAMP/results.csv

@@ -1,5 +1,5 @@
 //! The per-rank memory fields of the `--metrics` lines (`rss_mb`, `peak_rss_mb`), which
-//! `make bench` reads for issue 6's memory target. About 3 s.
+//! `make bench` reads for its memory figures. About 3 s.
 
 mod common;
 
