@@ -44,6 +44,20 @@ struct Models {
     target: Trained,
 }
 
+impl Models {
+    /// Every model with its name, for the tests that check each format on all of them.
+    fn all(&self) -> [(&'static str, &Trained); 6] {
+        [
+            ("plain", &self.plain),
+            ("standardized", &self.standardized),
+            ("regression", &self.regression),
+            ("activations", &self.activations),
+            ("normalized", &self.normalized),
+            ("target", &self.target),
+        ]
+    }
+}
+
 fn models() -> &'static Models {
     static MODELS: OnceLock<Models> = OnceLock::new();
     MODELS.get_or_init(|| {
@@ -220,14 +234,7 @@ print(json.dumps({
 fn onnx_runs_in_onnx_runtime_and_matches_nn_predict() {
     let m = models();
     let dir = tempfile::tempdir().unwrap();
-    for (name, model) in [
-        ("plain", &m.plain),
-        ("standardized", &m.standardized),
-        ("regression", &m.regression),
-        ("activations", &m.activations),
-        ("normalized", &m.normalized),
-        ("target", &m.target),
-    ] {
+    for (name, model) in m.all() {
         let out = dir.path().join(format!("{name}.onnx"));
         let run = export(model, &out, None).expect_ok();
         assert!(run.stdout.contains("onnx"), "{}", run.stdout);
@@ -273,14 +280,7 @@ fn onnx_runs_in_tract_from_rust_and_matches_nn_predict() {
     use tract_onnx::prelude::*;
     let m = models();
     let dir = tempfile::tempdir().unwrap();
-    for (name, model) in [
-        ("plain", &m.plain),
-        ("standardized", &m.standardized),
-        ("regression", &m.regression),
-        ("activations", &m.activations),
-        ("normalized", &m.normalized),
-        ("target", &m.target),
-    ] {
+    for (name, model) in m.all() {
         let out = dir.path().join(format!("{name}.onnx"));
         export(model, &out, None).expect_ok();
         let runnable = tract_onnx::onnx()
@@ -474,14 +474,7 @@ print(json.dumps({"keras": float(np.abs(a - want).max()), "weights": float(np.ab
 fn keras_loads_the_model_and_the_weights() {
     let m = models();
     let dir = tempfile::tempdir().unwrap();
-    for (name, model) in [
-        ("plain", &m.plain),
-        ("standardized", &m.standardized),
-        ("regression", &m.regression),
-        ("activations", &m.activations),
-        ("normalized", &m.normalized),
-        ("target", &m.target),
-    ] {
+    for (name, model) in m.all() {
         let keras_file = dir.path().join(format!("{name}.keras"));
         let weights = dir.path().join(format!("{name}.weights.h5"));
         export(model, &keras_file, Some("keras")).expect_ok();
