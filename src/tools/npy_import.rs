@@ -127,32 +127,34 @@ fn parse_descr(d: &str) -> std::result::Result<Dtype, String> {
     Ok(Dtype { kind, size, big_endian })
 }
 
+/// Element bytes `$b` of `$dtype` as the number type `$t`, in the array's byte order.
+macro_rules! num {
+    ($dtype:expr, $b:expr, $t:ty) => {{
+        let a = $b.try_into().expect("element size");
+        if $dtype.big_endian {
+            <$t>::from_be_bytes(a)
+        } else {
+            <$t>::from_le_bytes(a)
+        }
+    }};
+}
+
 impl Dtype {
     /// Element `b` (exactly `size` bytes) as f32, rounded to nearest.
     #[inline]
     fn f32(self, b: &[u8]) -> f32 {
-        macro_rules! num {
-            ($t:ty) => {{
-                let a = b.try_into().expect("element size");
-                if self.big_endian {
-                    <$t>::from_be_bytes(a)
-                } else {
-                    <$t>::from_le_bytes(a)
-                }
-            }};
-        }
         match (self.kind, self.size) {
-            (Kind::Float, 2) => half::f16::from_bits(num!(u16)).to_f32(),
-            (Kind::Float, 4) => num!(f32),
-            (Kind::Float, _) => num!(f64) as f32,
+            (Kind::Float, 2) => half::f16::from_bits(num!(self, b, u16)).to_f32(),
+            (Kind::Float, 4) => num!(self, b, f32),
+            (Kind::Float, _) => num!(self, b, f64) as f32,
             (Kind::Int, 1) => b[0] as i8 as f32,
-            (Kind::Int, 2) => num!(i16) as f32,
-            (Kind::Int, 4) => num!(i32) as f32,
-            (Kind::Int, _) => num!(i64) as f32,
+            (Kind::Int, 2) => num!(self, b, i16) as f32,
+            (Kind::Int, 4) => num!(self, b, i32) as f32,
+            (Kind::Int, _) => num!(self, b, i64) as f32,
             (Kind::Uint, 1) => b[0] as f32,
-            (Kind::Uint, 2) => num!(u16) as f32,
-            (Kind::Uint, 4) => num!(u32) as f32,
-            (Kind::Uint, _) => num!(u64) as f32,
+            (Kind::Uint, 2) => num!(self, b, u16) as f32,
+            (Kind::Uint, 4) => num!(self, b, u32) as f32,
+            (Kind::Uint, _) => num!(self, b, u64) as f32,
             (Kind::Bool, _) => (b[0] != 0) as u8 as f32,
         }
     }
@@ -160,20 +162,10 @@ impl Dtype {
     /// Element `b` as f64 (exact for every type but integers beyond 2^53).
     #[inline]
     fn f64(self, b: &[u8]) -> f64 {
-        macro_rules! num {
-            ($t:ty) => {{
-                let a = b.try_into().expect("element size");
-                if self.big_endian {
-                    <$t>::from_be_bytes(a)
-                } else {
-                    <$t>::from_le_bytes(a)
-                }
-            }};
-        }
         match (self.kind, self.size) {
-            (Kind::Float, 8) => num!(f64),
-            (Kind::Int, 8) => num!(i64) as f64,
-            (Kind::Uint, 8) => num!(u64) as f64,
+            (Kind::Float, 8) => num!(self, b, f64),
+            (Kind::Int, 8) => num!(self, b, i64) as f64,
+            (Kind::Uint, 8) => num!(self, b, u64) as f64,
             (Kind::Float | Kind::Int | Kind::Uint | Kind::Bool, _) => self.f32(b) as f64,
         }
     }
