@@ -11,6 +11,7 @@
 //! made the first time it occurs, and the trainer makes those of a whole epoch before its
 //! first step ([`Bf16Gemms::prepare`]), so a step never creates one.
 
+use crate::engine::activation::Activation;
 use crate::engine::bf16;
 use crate::engine::onednn::{self, Bf16Unit, Matmul, Shape};
 use crate::{Error, Result};
@@ -35,6 +36,89 @@ pub const ROW_BLOCK: usize = 16;
 /// `rows` rounded up to a multiple of [`ROW_BLOCK`].
 pub fn padded(rows: usize) -> usize {
     rows.div_ceil(ROW_BLOCK) * ROW_BLOCK
+}
+
+/// Values per block of the fused element-wise passes ([`activate_rows`], [`delta_rows`]): 16 KB
+/// of f32, so that what one step of a pass writes is still in the core's L1 data cache (48 KB
+/// and more) when the next step reads it, and a layer's activations or deltas stream through
+/// L2 once instead of once per step.
+const BLOCK_VALUES: usize = 4096;
+
+/// Whole rows of `width` in one block (at least one).
+fn block_len(width: usize) -> usize {
+    (BLOCK_VALUES / width.max(1)).max(1) * width
+}
+
+/// The forward pass's element-wise work on a dense layer's product, in one sweep over `out`
+/// (rows, width), block of whole rows by block: copies z into `pre` when the activation's
+/// backward pass needs it ((rows, width), else None), applies `activation` in place, and
+/// stores the bf16 copy of the result in `bf` when a dense layer reads it next ((padded rows,
+/// width) or more; else None), zeroing its padding rows. Each value goes through the same
+/// operations as in the separate passes, so the results are the same bits.
+pub fn activate_rows(
+    activation: Activation,
+    out: &mut [f32],
+    width: usize,
+    mut pre: Option<&mut [f32]>,
+    mut bf: Option<&mut [u16]>,
+) {
+    if let (Activation::Relu, None, Some(bf)) = (activation, pre.as_ref(), bf.as_deref_mut()) {
+        // The common case in a single pass, without the round trip through L1.
+        bf16::relu_and_convert(out, &mut bf[..out.len()]);
+        bf[out.len()..padded(out.len() / width) * width].fill(0);
+        return;
+    }
+    let step = block_len(width);
+    for (b, chunk) in out.chunks_mut(step).enumerate() {
+        let at = b * step..b * step + chunk.len();
+        if let Some(pre) = pre.as_deref_mut() {
+            pre[at.clone()].copy_from_slice(chunk);
+        }
+        activation.forward(chunk, width);
+        if let Some(bf) = bf.as_deref_mut() {
+            bf16::convert(chunk, &mut bf[at]);
+        }
+    }
+    if let Some(bf) = bf {
+        bf[out.len()..padded(out.len() / width) * width].fill(0);
+    }
+}
+
+/// The backward pass's element-wise work on a dense layer's delta, in one sweep over `dy`
+/// (rows, width), block of whole rows by block: dz = dL/dz from dL/dy through `activation`'s
+/// derivative (None: `dy` already holds dz, a loss fused with its output activation), its
+/// bf16 copy into `bf` ((padded rows, width) or more) zeroing the padding rows, and the bias
+/// gradient db = the column sums of dz, (width,), overwriting it. `dy` is scratch: afterwards
+/// it holds dz or still dL/dy (relu's single pass does not store dz in f32; nothing reads it
+/// after, the products take its bf16 copy). `z`: the pre-activations (rows, width) when the
+/// activation needs them, else empty; `y`: the layer's outputs (rows, width). Same operations
+/// per value, and the sums in the same row order, as the separate passes: the same bits.
+pub fn delta_rows(
+    activation: Option<Activation>,
+    z: &[f32],
+    y: &[f32],
+    dy: &mut [f32],
+    width: usize,
+    bf: &mut [u16],
+    db: &mut [f32],
+) {
+    db.fill(0.0);
+    let n = dy.len();
+    if activation == Some(Activation::Relu) {
+        bf16::relu_delta_convert_and_sum_columns(y, dy, &mut bf[..n], db);
+        bf[n..padded(n / width) * width].fill(0);
+        return;
+    }
+    let step = block_len(width);
+    for (b, chunk) in dy.chunks_mut(step).enumerate() {
+        let at = b * step..b * step + chunk.len();
+        if let Some(a) = activation {
+            let z = if a.needs_input() { &z[at.clone()] } else { &[] };
+            a.backward(z, &y[at.clone()], chunk, width);
+        }
+        bf16::convert_and_sum_columns(chunk, &mut bf[at], db);
+    }
+    bf[n..padded(n / width) * width].fill(0);
 }
 
 /// The three products of one dense layer for one padded row count.
@@ -234,5 +318,111 @@ impl Bf16Gemms {
         let p = self.dense[dense].by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
         let m = p.input_grad.as_ref().expect("only the first dense layer has no input gradient");
         m.run(&self.delta, &self.weights[kernel], None, dx, &mut self.scratch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::kernels;
+
+    const ALL: [Activation; 11] = [
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Softmax,
+        Activation::Linear,
+        Activation::Gelu,
+        Activation::LeakyRelu(0.1),
+        Activation::Elu,
+        Activation::Selu,
+        Activation::Softplus,
+        Activation::Swish,
+    ];
+
+    /// Values as products and deltas give them, with exact zeros, negative zeros, a NaN and
+    /// infinities mixed in: (rows, width).
+    fn values(rows: usize, width: usize, seed: usize) -> Vec<f32> {
+        (0..rows * width)
+            .map(|i| match (i * 7 + seed) % 53 {
+                0 => 0.0,
+                1 => -0.0,
+                2 if i % 3 == 0 => f32::NAN,
+                3 if i % 5 == 0 => f32::INFINITY,
+                4 if i % 5 == 0 => f32::NEG_INFINITY,
+                _ => (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 3.0,
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Widths below, at and above a block (4096 values), and row counts that leave a partial
+    /// last block and padding rows.
+    const SHAPES: [(usize, usize); 5] = [(37, 1), (37, 10), (19, 1024), (256, 48), (5, 5000)];
+
+    /// The fused forward sweep against its separate passes (copy z, activation, bf16 copy,
+    /// padding zeros), bit for bit, for every activation, with and without each output.
+    #[test]
+    fn activate_rows_equals_the_separate_passes() {
+        for act in ALL {
+            for (rows, width) in SHAPES {
+                let z = values(rows, width, width);
+                let mut want = z.clone();
+                act.forward(&mut want, width);
+                let mut want_bf = vec![0xffffu16; padded(rows) * width];
+                Bf16Gemms::convert_rows(&want, &mut want_bf, rows, width);
+
+                let (mut out, mut pre) = (z.clone(), vec![1.0f32; rows * width]);
+                let mut bf = vec![0xffffu16; padded(rows) * width];
+                let pre_arg = act.needs_input().then_some(&mut pre[..]);
+                activate_rows(act, &mut out, width, pre_arg, Some(&mut bf));
+                let what = format!("{} on ({rows}, {width})", act.to_text());
+                assert_eq!(bits(&out), bits(&want), "{what}: outputs");
+                assert_eq!(bf, want_bf, "{what}: bf16 copy");
+                if act.needs_input() {
+                    assert_eq!(bits(&pre), bits(&z), "{what}: kept z");
+                }
+                let mut alone = z.clone();
+                activate_rows(act, &mut alone, width, None, None);
+                assert_eq!(bits(&alone), bits(&want), "{what}: without copies");
+            }
+        }
+    }
+
+    /// The fused backward sweep against its separate passes (activation derivative, bf16
+    /// copy with padding zeros, column sums into a zeroed bias gradient), bit for bit, for
+    /// every activation and for a delta that already is dz. (The f32 dz left in `dy` is not
+    /// part of the contract: nothing reads it.)
+    #[test]
+    fn delta_rows_equals_the_separate_passes() {
+        for act in ALL.into_iter().map(Some).chain([None]) {
+            for (rows, width) in SHAPES {
+                let z = values(rows, width, 3);
+                let mut y = z.clone();
+                if let Some(a) = act {
+                    a.forward(&mut y, width);
+                }
+                let dy = values(rows, width, 11);
+                let zin: &[f32] = if act.is_some_and(|a| a.needs_input()) { &z } else { &[] };
+
+                let mut want = dy.clone();
+                if let Some(a) = act {
+                    a.backward(zin, &y, &mut want, width);
+                }
+                let mut want_bf = vec![0xffffu16; padded(rows) * width];
+                Bf16Gemms::convert_rows(&want, &mut want_bf, rows, width);
+                let mut want_db = vec![0.0f32; width];
+                kernels::add_column_sums(&mut want_db, &want);
+
+                let (mut d, mut bf, mut db) = (dy.clone(), vec![0xffffu16; padded(rows) * width], vec![9.0; width]);
+                delta_rows(act, zin, &y, &mut d, width, &mut bf, &mut db);
+                let what = format!("{:?} on ({rows}, {width})", act.map(|a| a.to_text()));
+                assert_eq!(bf, want_bf, "{what}: bf16 dz");
+                assert_eq!(bits(&db), bits(&want_db), "{what}: bias gradient");
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@
 use crate::engine::activation::Activation;
 use crate::engine::gemm::{gemm, Mat};
 use crate::engine::kernels;
-use crate::engine::mixed::{padded, Bf16Gemms, Precision};
+use crate::engine::mixed::{self, padded, Bf16Gemms, Precision};
 use crate::engine::normalization::{self as norm, BatchStats, BatchSum, LocalSum};
 use crate::engine::rng;
 use crate::{Error, Result};
@@ -613,16 +613,20 @@ impl Model {
             let input: &[f32] = if l == 0 { x } else { &before[l - 1] };
             let input = &input[..rows * layer.in_dim];
             let width = layer.out_dim;
+            let next_is_dense = matches!(self.layers.get(l + 1).map(|n| &n.kind), Some(LayerKind::Dense { .. }));
+            // Whether this layer's arm already made the bf16 copy of its output.
+            let mut bf16_copied = false;
             match (layer.kind.clone(), ws.mixed.as_mut()) {
                 (LayerKind::Dense { activation, kernel, bias, .. }, Some(mx)) => {
                     // bf16 product into whole row blocks; the activation sees only real rows.
                     let out = &mut rest[0][..padded(rows) * layer.out_dim];
                     mx.forward(dense_index, l, kernel.range(), &params[bias.range()], rows, out);
                     let out = &mut out[..rows * layer.out_dim];
-                    if activation.needs_input() {
-                        ws.pre[l][..out.len()].copy_from_slice(out);
-                    }
-                    activation.forward(out, layer.out_dim);
+                    // Keeping z, the activation and the next dense layer's bf16 input: one sweep.
+                    let pre = activation.needs_input().then(|| &mut ws.pre[l][..out.len()]);
+                    let bf = next_is_dense.then(|| &mut mx.inputs[l + 1][..]);
+                    mixed::activate_rows(activation, out, layer.out_dim, pre, bf);
+                    bf16_copied = next_is_dense;
                     dense_index += 1;
                 }
                 (LayerKind::Dense { activation, kernel, bias, .. }, None) => {
@@ -706,10 +710,8 @@ impl Model {
                 }
             }
             // The bf16 copy of this output, when a dense layer reads it next.
-            if let (Some(mx), Some(next)) = (ws.mixed.as_mut(), self.layers.get(l + 1)) {
-                if matches!(next.kind, LayerKind::Dense { .. }) {
-                    Bf16Gemms::convert_rows(&rest[0], &mut mx.inputs[l + 1], rows, layer.out_dim);
-                }
+            if let (Some(mx), true, false) = (ws.mixed.as_mut(), next_is_dense, bf16_copied) {
+                Bf16Gemms::convert_rows(&rest[0], &mut mx.inputs[l + 1], rows, layer.out_dim);
             }
         }
         let last = self.layers.len() - 1;
@@ -800,20 +802,17 @@ impl Model {
             match layer.kind {
                 LayerKind::Dense { activation, kernel, bias, l1, l2 } if ws.mixed.is_some() => {
                     let mx = ws.mixed.as_mut().expect("checked");
-                    if !is_logit_grad {
-                        let n = rows * layer.out_dim;
-                        let pre = if activation.needs_input() { &ws.pre[l][..n] } else { &[] };
-                        activation.backward(pre, &ws.acts[l][..n], delta, layer.out_dim);
-                    }
+                    // dz, its bf16 copy and db = the column sums of the f32 dz: one sweep.
+                    let n = rows * layer.out_dim;
+                    let pre = if activation.needs_input() { &ws.pre[l][..n] } else { &[] };
+                    let act = (!is_logit_grad).then_some(activation);
+                    let db = &mut grads[bias.range()];
+                    mixed::delta_rows(act, pre, &ws.acts[l][..n], delta, layer.out_dim, &mut mx.delta, db);
                     is_logit_grad = false;
-                    Bf16Gemms::convert_rows(delta, &mut mx.delta, rows, layer.out_dim);
                     dense_left -= 1;
-                    // dW = x^T dz (bf16 inputs, f32 sums), db = column sums of the f32 dz.
+                    // dW = x^T dz (bf16 inputs, f32 sums).
                     mx.weights_grad(dense_left, l, rows, &mut grads[kernel.range()]);
                     add_penalty(&params[kernel.range()], &mut grads[kernel.range()], penalty_weight, l1, l2);
-                    let db = &mut grads[bias.range()];
-                    db.fill(0.0);
-                    kernels::add_column_sums(db, delta);
                     if l > first_dense || l == first_trained {
                         on_dense_done(dense_left);
                     } else {
