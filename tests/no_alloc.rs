@@ -76,7 +76,7 @@ fn check_steps(comm: &Comm, precision: &str) {
         precision,
     ]);
     let mut trainer = Trainer::new(comm, args.resolve().unwrap()).unwrap();
-    let steps = trainer.start_epoch();
+    let steps = trainer.start_epoch().unwrap();
     trainer.step(0); // first touch of lazily initialised library state (OpenBLAS buffers)
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     for s in 1..steps {

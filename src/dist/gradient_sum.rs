@@ -7,7 +7,7 @@
 //! allocated here once; nothing in a step allocates.
 
 use crate::dist::comm::{Comm, GradientReducer, SharedSum};
-use crate::engine::optim::Optimizer;
+use crate::engine::optim::{Optimizer, Weights};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -40,6 +40,8 @@ pub struct Summed {
     pub waited_s: f64,
     /// Some rank asked to stop in this step and the step was droppable: no update applied.
     pub dropped: bool,
+    /// Every summed gradient was finite (checked during the update; true when dropped).
+    pub finite: bool,
 }
 
 /// The state of [`GradientSum::Overlapped`].
@@ -117,7 +119,8 @@ impl GradientSum {
     }
 
     /// Sums the gradients over the ranks and applies the optimizer to `params` (n_params,),
-    /// with `scale` turning the sum into the mean and `lr` the step's rate. Overlapped, each
+    /// with `scale` turning the sum into the mean and `lr` the step's rate, writing the
+    /// updated parameters' bf16 copy too when there is one (see [`Weights`]). Overlapped, each
     /// bucket is updated as soon as its sum arrives.
     ///
     /// With `drop_on` = Some(slot) (an index into the whole buffer, past the parameters): when
@@ -129,40 +132,35 @@ impl GradientSum {
         &mut self,
         comm: &Comm,
         opt: &mut Optimizer,
-        params: &mut [f32],
+        weights: Weights<'_>,
         scale: f32,
         lr: f32,
         drop_on: Option<usize>,
     ) -> Summed {
+        let Weights { master: params, bf16: mut mirror } = weights;
         let n = params.len();
         debug_assert!(drop_on.is_none_or(|slot| slot >= n), "the stop slot follows the parameters");
         let start = Instant::now();
         let stopped = |summed: &[f32]| drop_on.is_some_and(|slot| summed[slot] > 0.0);
         match self {
             GradientSum::Local { grads } => {
-                let stopped = stopped(grads);
-                if !stopped {
-                    opt.step(params, &grads[..n], scale, lr);
-                }
-                Summed { waited_s: 0.0, dropped: stopped }
+                let dropped = stopped(grads);
+                let finite = dropped || update(opt, params, &grads[..n], mirror, scale, lr);
+                Summed { waited_s: 0.0, dropped, finite }
             }
             GradientSum::Mpi { grads, summed } => {
                 comm.sum_into(grads, summed);
                 let waited_s = start.elapsed().as_secs_f64();
-                let stopped = stopped(summed);
-                if !stopped {
-                    opt.step(params, &summed[..n], scale, lr);
-                }
-                Summed { waited_s, dropped: stopped }
+                let dropped = stopped(summed);
+                let finite = dropped || update(opt, params, &summed[..n], mirror, scale, lr);
+                Summed { waited_s, dropped, finite }
             }
             GradientSum::SharedWindow(shared) => {
                 shared.sum();
                 let waited_s = start.elapsed().as_secs_f64();
-                let stopped = stopped(shared.result());
-                if !stopped {
-                    opt.step(params, &shared.result()[..n], scale, lr);
-                }
-                Summed { waited_s, dropped: stopped }
+                let dropped = stopped(shared.result());
+                let finite = dropped || update(opt, params, &shared.result()[..n], mirror, scale, lr);
+                Summed { waited_s, dropped, finite }
             }
             GradientSum::Overlapped(o) => {
                 let last = o.reducer.buckets() - 1;
@@ -170,25 +168,26 @@ impl GradientSum {
                 if stopped(&o.summed) {
                     // Every bucket's sum still has to finish before the buffers are reused.
                     o.reducer.wait(last);
-                    return Summed { waited_s: start.elapsed().as_secs_f64(), dropped: true };
+                    return Summed { waited_s: start.elapsed().as_secs_f64(), dropped: true, finite: true };
                 }
                 if opt.settings.clip_norm.is_some() {
                     // The global norm needs every sum first.
                     o.reducer.wait(last);
                     let waited_s = start.elapsed().as_secs_f64();
                     let (update, _) = opt.begin(&o.summed[..n], scale, lr);
-                    opt.apply(&update, 0..n, params, &o.summed);
-                    Summed { waited_s, dropped: false }
+                    let finite = opt.apply(&update, 0..n, params, &o.summed, mirror);
+                    Summed { waited_s, dropped: false, finite }
                 } else {
                     let (update, _) = opt.begin(&[], scale, lr);
                     let mut waited_s = start.elapsed().as_secs_f64();
+                    let mut finite = true;
                     for (b, range) in o.bucket_params.iter().enumerate() {
                         let w = Instant::now();
                         o.reducer.wait(b);
                         waited_s += w.elapsed().as_secs_f64();
-                        opt.apply(&update, range.clone(), params, &o.summed);
+                        finite &= opt.apply(&update, range.clone(), params, &o.summed, mirror.as_deref_mut());
                     }
-                    Summed { waited_s, dropped: false }
+                    Summed { waited_s, dropped: false, finite }
                 }
             }
         }
@@ -230,6 +229,19 @@ impl GradientSum {
             GradientSum::Local { .. } | GradientSum::Mpi { .. } => String::new(),
         }
     }
+}
+
+/// One whole update (see [`Optimizer::apply`]); returns whether the gradients were finite.
+fn update(
+    opt: &mut Optimizer,
+    params: &mut [f32],
+    grads: &[f32],
+    mirror: Option<&mut [u16]>,
+    scale: f32,
+    lr: f32,
+) -> bool {
+    let (step, _) = opt.begin(grads, scale, lr);
+    opt.apply(&step, 0..params.len(), params, grads, mirror)
 }
 
 /// Gradient buckets for the overlapped sum: dense layers from the output down, grouped until

@@ -24,4 +24,6 @@ pub mod normalization;
 /// oneDNN bindings: bf16 matmul primitives, the CPU's bf16 unit, OpenMP threads.
 pub mod onednn;
 pub mod optim;
+/// The rank's worker threads for element-wise work (the optimizer update) on its BLAS cores.
+pub mod parallel;
 pub mod rng;

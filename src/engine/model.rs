@@ -369,6 +369,12 @@ impl Workspace {
         }
     }
 
+    /// With bf16, the bf16 copy of the flat parameter buffer (n_params,), for an update that
+    /// writes it as it goes (see [`crate::engine::optim::Optimizer::apply`]); None in f32.
+    pub fn bf16_weights_mut(&mut self) -> Option<&mut [u16]> {
+        self.mixed.as_mut().map(|mx| mx.weights.as_mut_slice())
+    }
+
     /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).
     pub fn implementations(&mut self, rows: usize) -> Result<Vec<String>> {
         match self.mixed.as_mut() {

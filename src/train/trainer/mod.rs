@@ -132,7 +132,7 @@ impl<'c> Trainer<'c> {
         while self.pos.epoch < self.cfg.epochs {
             let epoch_start = Instant::now();
             let resumed_s = self.pos.partial_train_s;
-            let steps = self.start_epoch();
+            let steps = self.start_epoch()?;
             if let Some(b) = &bar {
                 b.set_position(self.pos.step as u64);
                 b.set_message(format!("epoch {}/{}", self.pos.epoch + 1, self.cfg.epochs));

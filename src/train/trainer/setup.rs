@@ -91,7 +91,7 @@ impl<'c> Trainer<'c> {
             .or_else(|| snapshot.as_ref().and_then(|(s, _)| s.encoding.clone()));
         let class_weights = cfg.class_weight_balanced.then(|| balanced_class_weights(comm, &train, model.out_dim()));
 
-        let start = Start::new(comm, &cfg, &model, snapshot)?;
+        let mut start = Start::new(comm, &cfg, &model, snapshot)?;
         let plan = EpochPlan::new(cfg.shuffle, n_train, cfg.batch_size, comm.size(), comm.rank());
         if start.resumed && start.pos.step > plan.steps() {
             comm.agree::<()>(Err(Error::flag("batch-size", format!(
@@ -115,6 +115,8 @@ impl<'c> Trainer<'c> {
         let threads = threads::choose(cfg.threads, ranks_on_node);
         threads::set_blas_threads(threads.threads);
         onednn::set_threads(threads.threads);
+        // The update runs between products, when the BLAS threads' cores are idle.
+        start.opt.set_threads(threads.threads);
         let mut precision_note = String::new();
         if ws.mixed.is_some() {
             // The products of a full batch, made now: their kernels name the ISA for the summary.

@@ -8,6 +8,8 @@ use super::{Trainer, STATS};
 use crate::dist::signals;
 use crate::engine::loss::weighted_loss_and_delta;
 use crate::engine::model::{DropoutKeys, Pass};
+use crate::engine::optim::Weights;
+use crate::Result;
 use std::time::Instant;
 
 /// What every rank adds to the gradient sum besides the gradients, in the STATS slots after
@@ -65,18 +67,17 @@ impl PhaseClock {
 impl Trainer<'_> {
     /// Fills the batch plan of the current epoch (done by [`Trainer::fit`]; public for tests
     /// that drive [`Trainer::step`] directly). Returns the number of steps.
-    pub fn start_epoch(&mut self) -> usize {
+    ///
+    /// With bf16 it also makes the products of every batch size of the epoch, so that no step
+    /// creates one. They were made for a full batch at set-up, so a failure here is a oneDNN
+    /// fault (e.g. out of memory); every rank learns of it (one collective), so all stop alike.
+    pub fn start_epoch(&mut self) -> Result<usize> {
         self.plan.fill(self.cfg.seed, self.pos.epoch as u64);
         if self.ws.mixed.is_some() {
-            // bf16 products exist per batch size: make this epoch's before its first step.
-            for s in 0..self.plan.steps() {
-                if let Err(e) = self.ws.prepare(self.plan.batch(s).len()) {
-                    // They were made for a full batch at set-up; failing now is a oneDNN fault.
-                    panic!("{e}");
-                }
-            }
+            let prepared = (0..self.plan.steps()).try_for_each(|s| self.ws.prepare(self.plan.batch(s).len()).map(drop));
+            self.comm.agree(prepared)?;
         }
-        self.plan.steps()
+        Ok(self.plan.steps())
     }
 
     /// One training step on step `s` of the current epoch's plan. Returns whether to go on,
@@ -173,18 +174,18 @@ impl Trainer<'_> {
         // Sum over the ranks, and update (unless a stop drops the step).
         let lr = self.lr_at(self.pos.epoch as f64 + s as f64 / self.plan.steps() as f64) as f32;
         let drop_on = droppable.then_some(n + STOP_SLOT);
-        let summed =
-            self.sum.sum_and_update(self.comm, &mut self.opt, &mut self.params, 1.0 / count as f32, lr, drop_on);
+        // bf16: the update writes the weights' bf16 copy too (the one conversion per step).
+        let weights = Weights { master: &mut self.params, bf16: self.ws.bf16_weights_mut() };
+        let summed = self.sum.sum_and_update(self.comm, &mut self.opt, weights, 1.0 / count as f32, lr, drop_on);
         if summed.dropped {
             self.profile = profile;
             return StepEnd::Stop { dropped: true };
         }
-        // bf16: the one conversion of the weights per step, after the update.
-        self.ws.refresh_weights(&self.model, &self.params);
         let mut update_s = 0.0;
         clock.lap(&mut update_s);
         profile.allreduce_s += summed.waited_s;
         profile.optimizer_s += update_s - summed.waited_s;
+        let summed_finite = summed.finite;
 
         // The epoch's running sums.
         let summed = StepStats::from_slots(&self.sum.summed()[n..]);
@@ -199,7 +200,7 @@ impl Trainer<'_> {
         if !summed.loss.is_finite() {
             return StepEnd::NonFinite("the loss");
         }
-        if !crate::engine::kernels::all_finite(&self.sum.summed()[..n]) {
+        if !summed_finite {
             return StepEnd::NonFinite("the gradient sum");
         }
         if summed.stop > 0.0 {
