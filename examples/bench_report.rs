@@ -1,6 +1,6 @@
 //! The table of `make bench`: reads the manifest bench/run.sh wrote (one JSON line per
 //! workload, sgemm measurement and training run), the runs' `--metrics` files and logs, and
-//! prints one Markdown table with the issue-6 targets under it. Also writes every figure as
+//! prints one Markdown table with the README's targets under it. Also writes every figure as
 //! JSON Lines (`--jsonl`) and the printed text (`--table`).
 //!
 //!     target/release/examples/bench_report bench/results/STAMP/manifest.jsonl
@@ -25,7 +25,7 @@ struct Args {
     table: Option<PathBuf>,
 }
 
-/// Peer figures quoted from issue 6 (samples/s, medians of 4 runs, measured by the issue's
+/// Peer figures quoted from the benchmark's brief (samples/s, medians of 4 runs, measured by its
 /// author on a 2-core AVX-512 machine with OpenBLAS 0.3.21; not measured by this suite).
 const PEERS: [&str; 6] = [
     "Keras 3 fit (TF)",
@@ -166,6 +166,8 @@ struct RunResult {
     epoch_samples_per_s: Vec<f64>,
     measured_epochs: usize,
     val_accuracy: Option<f64>,
+    /// Mean training loss of the last epoch.
+    final_loss: Option<f64>,
     /// Summed over the measured epochs (rank 0's clock).
     profile: Profile,
     /// Per rank, at the end of the run.
@@ -196,6 +198,8 @@ struct Summary {
     best_peer: Option<String>,
     ratio_to_best_peer: Option<f64>,
     test_accuracy: Option<f64>,
+    /// Median over the runs of the last epoch's training loss.
+    final_loss: Option<f64>,
     peak_rss_mb: Option<f64>,
     rss_bound_mb: Option<f64>,
     rss_growth_mb: Option<f64>,
@@ -244,6 +248,7 @@ fn read_run(e: &TrainEntry) -> RunResult {
         epoch_samples_per_s: Vec::new(),
         measured_epochs: 0,
         val_accuracy: None,
+        final_loss: None,
         profile: Profile::default(),
         peak_rss_mb: Vec::new(),
         rss_first_mb: Vec::new(),
@@ -281,6 +286,7 @@ fn read_run(e: &TrainEntry) -> RunResult {
     }
     let last = records.last().expect("not empty");
     r.val_accuracy = last.val_accuracy;
+    r.final_loss = Some(last.loss);
     r.peak_rss_mb = last.peak_rss_mb.clone();
     r.rss_first_mb = records[0].rss_mb.clone();
     r.rss_last_mb = last.rss_mb.clone();
@@ -554,14 +560,15 @@ fn main() -> anyhow::Result<()> {
                     s.best_peer = Some(format!("{peer}, measured in this run"));
                 }
             } else if let Some((peer, figure)) = best_peer(name) {
-                s.best_peer = Some(format!("{peer}, quoted from issue 6"));
+                s.best_peer = Some(format!("{peer}, quoted from the benchmark's brief"));
                 s.ratio_to_best_peer = s.median.map(|m| m / figure);
             }
             s.test_accuracy = median(&ok.iter().filter_map(|r| r.val_accuracy).collect::<Vec<_>>());
+            s.final_loss = median(&ok.iter().filter_map(|r| r.final_loss).collect::<Vec<_>>());
             s.peak_rss_mb = ok.iter().flat_map(|r| r.peak_rss_mb.iter().copied()).reduce(f64::max);
             s.rss_growth_mb =
                 ok.iter().flat_map(|r| r.rss_first_mb.iter().zip(&r.rss_last_mb).map(|(a, b)| b - a)).reduce(f64::max);
-            // The issue's memory budget: this rank's slice (x as f32 and one 4-byte label per
+            // The memory budget: this rank's slice (x as f32 and one 4-byte label per
             // row) + 4 x the parameters (f32) + 100 MB.
             if let Some(rows) = ok.iter().find_map(|r| r.rows) {
                 let slice_rows = rows.div_ceil(ranks);
@@ -589,6 +596,8 @@ fn main() -> anyhow::Result<()> {
                 "blas-unrecognised" => format!("{label}, CPU unknown to OpenBLAS (simulated)"),
                 "blas-hand" => format!("{label}, best OPENBLAS_CORETYPE by hand"),
                 "blas-prescott" => format!("{label}, OPENBLAS_CORETYPE=Prescott by hand"),
+                "bf16" => format!("{label}, --precision bf16"),
+                "bf16-avx512" => format!("{label}, --precision bf16, AMX hidden (AVX512-BF16)"),
                 v => format!("{label}, {v}"),
             };
             writeln!(
@@ -623,13 +632,13 @@ fn main() -> anyhow::Result<()> {
         jsonl.push(serde_json::to_value(s)?);
     }
 
-    // The targets of issue 6, as ratios from this run (a report, not a test).
+    // The targets, as ratios from this run (a report, not a test).
     let get_variant = |w: &str, v: &str, ranks: usize| {
         summaries.iter().find(|s| s.workload == w && s.variant == v && s.ranks == ranks)
     };
     let get = |w: &str, ranks: usize| get_variant(w, "", ranks);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    writeln!(out, "\nTargets of issue 6, from this run:")?;
+    writeln!(out, "\nTargets, from this run:")?;
     let layouts = |w: &str, f: &dyn Fn(&Summary) -> Option<(String, bool)>| -> String {
         let parts: Vec<String> = [1, 2]
             .iter()
@@ -703,6 +712,61 @@ fn main() -> anyhow::Result<()> {
             )?;
         }
     }
+    // Mixed precision: against nn-train's own float32 and PyTorch's bf16 autocast, and the
+    // training loss against float32's.
+    let bf16_unit = runs.iter().find(|r| r.run.variant == "bf16").and_then(|r| {
+        let log = std::fs::read_to_string(&r.run.log).ok()?;
+        Some(if log.contains("products on AMX") { "AMX" } else { "AVX512-BF16" })
+    });
+    let per_layout = |f: &dyn Fn(usize) -> Option<String>| -> String {
+        let parts: Vec<String> = [1usize, 2]
+            .iter()
+            .filter_map(|&r| f(r).map(|v| format!("{r} rank{}: {v}", if r == 1 { "" } else { "s" })))
+            .collect();
+        if parts.is_empty() {
+            "not run".into()
+        } else {
+            parts.join("; ")
+        }
+    };
+    let ratio = |w: &str, a: &str, b: &str, r: usize, target: f64| -> Option<String> {
+        let (x, y) = (get_variant(w, a, r)?.median?, get_variant(w, b, r)?.median?);
+        Some(format!("{:.2}x ({})", x / y, verdict(x >= target * y)))
+    };
+    if let Some(unit) = bf16_unit {
+        let target = if unit == "AMX" { 3.0 } else { 1.6 };
+        writeln!(
+            out,
+            "- W3 bf16 ({unit}) at least {target}x nn-train's float32: {}",
+            per_layout(&|r| ratio("W3", "bf16", "", r, target))
+        )?;
+        if summaries.iter().any(|s| s.variant == "PyTorch bf16") {
+            writeln!(
+                out,
+                "- W3 bf16 at least 3x PyTorch's bf16 autocast: {}",
+                per_layout(&|r| ratio("W3", "bf16", "PyTorch bf16", r, 3.0))
+            )?;
+        }
+        if summaries.iter().any(|s| s.variant == "bf16-avx512") {
+            writeln!(
+                out,
+                "- W3 bf16 on AVX512-BF16 only (AMX hidden) at least 1.6x float32: {}",
+                per_layout(&|r| ratio("W3", "bf16-avx512", "", r, 1.6))
+            )?;
+        }
+        writeln!(
+            out,
+            "- W3 training loss of the last epoch, bf16 within 2% of float32: {}",
+            per_layout(&|r| {
+                let (b, f) = (get_variant("W3", "bf16", r)?.final_loss?, get_variant("W3", "", r)?.final_loss?);
+                Some(format!(
+                    "{b:.4} vs {f:.4}, {:+.2}% ({})",
+                    100.0 * (b / f - 1.0),
+                    verdict((b / f - 1.0).abs() <= 0.02)
+                ))
+            })
+        )?;
+    }
     writeln!(
         out,
         "- W4 peak RSS per rank at most slice + 4 x parameters + 100 MB: {}",
@@ -734,7 +798,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "vs best peer: median / the best figure quoted in issue 6 for that workload, measured there, not here: {} (BENCH_PEERS=1, or make bench-peers, measures PyTorch in the same run).",
+            "vs best peer: median / the best figure quoted in the benchmark's brief for that workload, measured there, not here: {} (BENCH_PEERS=1, or make bench-peers, measures PyTorch in the same run).",
             ["W1", "W2", "W3"]
                 .iter()
                 .filter_map(|w| best_peer(w).map(|(n, f)| format!("{w} {n} {}", thousands(f))))
@@ -742,7 +806,7 @@ fn main() -> anyhow::Result<()> {
                 .join(", ")
         )?;
     }
-    writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the issue's budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
+    writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
     writeln!(out, "ms/step: global batch / samples/s. Profile: rank 0's time in data gathering, forward, loss + backward, waiting for the allreduce, optimizer.")?;
     writeln!(out, "others' CPU: the most CPU that other processes (and the hypervisor's steal) took during one run or the sgemm measurement of that row, as a share of all cores; above a few percent the row's numbers are disturbed.")?;
 
