@@ -8,17 +8,17 @@
 //! contracts a * b + c into an FMA), so the results are bit-identical on any CPU.
 
 macro_rules! multiversion {
-    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports the features the function was compiled for.
                     return unsafe { avx512($($arg),*) };
@@ -430,21 +430,23 @@ multiversion! {
     }
 }
 
-/// Whether every value is finite (no NaN, no infinity). Branch-free over 16 lanes: x * 0 is 0
-/// for a finite x and NaN otherwise, and a NaN stays NaN through the sums.
-pub fn all_finite(x: &[f32]) -> bool {
-    let mut acc = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
+multiversion! {
+    /// Whether every value is finite (no NaN, no infinity). Branch-free over 16 lanes: x * 0
+    /// is 0 for a finite x and NaN otherwise, and a NaN stays NaN through the sums.
+    pub fn all_finite(x: &[f32]) -> bool {
+        let mut acc = [0.0f32; 16];
+        let chunks = x.chunks_exact(16);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v * 0.0;
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(tail) {
             *a += v * 0.0;
         }
+        acc.iter().all(|a| *a == 0.0)
     }
-    for (a, &v) in acc.iter_mut().zip(tail) {
-        *a += v * 0.0;
-    }
-    acc.iter().all(|a| *a == 0.0)
 }
 
 #[cfg(test)]
