@@ -450,9 +450,11 @@ fn reduce_loop(s: &ReducerShared) {
 pub struct SharedSum {
     win: ffi::MPI_Win,
     node: SimpleCommunicator,
-    /// The first float of rank 0's allocation: P inputs then the result, each `len` floats.
+    /// The first cache line of rank 0's allocation: P inputs then the result, each `len`
+    /// floats, `stride` apart.
     base: *mut f32,
     len: usize,
+    stride: usize,
     rank: usize,
     ranks: usize,
 }
@@ -469,7 +471,11 @@ impl SharedSum {
             return None;
         }
         let (rank, ranks) = (node.rank() as usize, node.size() as usize);
-        let floats = if rank == 0 { (ranks + 1) * len } else { 0 };
+        // Each buffer starts on a cache line (the products write into them): a stride of a
+        // multiple of 16 floats, and 16 floats of slack to align the start.
+        let stride = len.next_multiple_of(16);
+        let total = (ranks + 1) * stride + 16;
+        let floats = if rank == 0 { total } else { 0 };
         let mut base: *mut f32 = std::ptr::null_mut();
         // SAFETY: MPI_Win is a plain handle; MPI_Win_allocate_shared overwrites it.
         let mut win: ffi::MPI_Win = unsafe { std::mem::zeroed() };
@@ -492,14 +498,16 @@ impl SharedSum {
         // SAFETY: asks where rank 0's part is mapped in this process.
         let rc =
             unsafe { ffi::MPI_Win_shared_query(win, 0, &mut size, &mut unit, (&mut base as *mut *mut f32).cast()) };
-        if rc != 0 || (size as usize) < (ranks + 1) * len * 4 {
+        if rc != 0 || (size as usize) < total * 4 {
             return None;
         }
+        // SAFETY: at most 15 floats into the slack allocated above.
+        base = unsafe { base.add((64 - base as usize % 64) % 64 / 4) };
         // One passive-target epoch for the window's whole life; steps synchronise with
         // MPI_Win_sync and barriers (the MPI-3 recipe for shared-memory windows).
         // SAFETY: a valid window.
         unsafe { ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as i32, win) };
-        let mut shared = SharedSum { win, node, base, len, rank, ranks };
+        let mut shared = SharedSum { win, node, base, len, stride, rank, ranks };
         shared.input_mut().fill(0.0);
         shared.fence();
         Some(shared)
@@ -508,13 +516,13 @@ impl SharedSum {
     /// This rank's input buffer: (len,).
     pub fn input_mut(&mut self) -> &mut [f32] {
         // SAFETY: rank r alone writes input r, and only between the sums' barriers.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(self.rank * self.len), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(self.rank * self.stride), self.len) }
     }
 
     /// The sum of all inputs after [`SharedSum::sum`]: (len,).
     pub fn result(&self) -> &[f32] {
         // SAFETY: written only inside sum(), between barriers every rank takes part in.
-        unsafe { std::slice::from_raw_parts(self.base.add(self.ranks * self.len), self.len) }
+        unsafe { std::slice::from_raw_parts(self.base.add(self.ranks * self.stride), self.len) }
     }
 
     /// Adds every rank's input into the result (collective). Inputs must be complete.
@@ -523,12 +531,13 @@ impl SharedSum {
         let chunk = crate::dist::batch_plan::slice_range(self.len, self.ranks, self.rank);
         // SAFETY: chunk r of the result is written only by rank r, here; the inputs are only
         // read until the next fence.
-        let out =
-            unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.len + chunk.start), chunk.len()) };
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.stride + chunk.start), chunk.len())
+        };
         // SAFETY: input q lies inside the window (q < ranks), and no rank writes the inputs
         // between the two fences.
         let input =
-            |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.len + chunk.start), chunk.len()) };
+            |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.stride + chunk.start), chunk.len()) };
         // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
         crate::engine::kernels::add_into(out, input(0), input(1));
         for q in 2..self.ranks {

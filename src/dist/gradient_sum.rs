@@ -7,6 +7,7 @@
 //! allocated here once; nothing in a step allocates.
 
 use crate::dist::comm::{Comm, GradientReducer, SharedSum};
+use crate::engine::aligned::Aligned;
 use crate::engine::optim::{Optimizer, Weights};
 use std::ops::Range;
 use std::time::Instant;
@@ -15,13 +16,13 @@ use std::time::Instant;
 pub enum GradientSum {
     /// One rank: its own gradients are the sum.
     Local {
-        /// (n_params + extra,)
-        grads: Vec<f32>,
+        /// (n_params + extra,), on a cache line (the products write into it).
+        grads: Aligned<f32>,
     },
     /// MPI_Allreduce of the whole buffer after the backward pass.
     Mpi {
-        /// This rank's gradients: (n_params + extra,).
-        grads: Vec<f32>,
+        /// This rank's gradients: (n_params + extra,), on a cache line.
+        grads: Aligned<f32>,
         /// Their sum over the ranks: (n_params + extra,).
         summed: Vec<f32>,
     },
@@ -76,12 +77,12 @@ impl LayerDone<'_> {
 impl GradientSum {
     /// One rank's sum: buffers of `len` = n_params + extra floats.
     pub fn local(len: usize) -> GradientSum {
-        GradientSum::Local { grads: vec![0.0; len] }
+        GradientSum::Local { grads: Aligned::new(len) }
     }
 
     /// MPI_Allreduce after the backward pass.
     pub fn mpi(len: usize) -> GradientSum {
-        GradientSum::Mpi { grads: vec![0.0; len], summed: vec![0.0; len] }
+        GradientSum::Mpi { grads: Aligned::new(len), summed: vec![0.0; len] }
     }
 
     /// The shared-memory window (collective); None when the ranks span several nodes or the

@@ -12,6 +12,7 @@
 //! first step ([`Bf16Gemms::prepare`]), so a step never creates one.
 
 use crate::engine::activation::Activation;
+use crate::engine::aligned::Aligned;
 use crate::engine::bf16;
 use crate::engine::onednn::{self, Bf16Unit, Matmul, Shape};
 use crate::{Error, Result};
@@ -145,12 +146,12 @@ pub struct Bf16Gemms {
     /// The CPU's bf16 unit the products run on.
     pub unit: Bf16Unit,
     /// bf16 copy of the flat parameter buffer (only the kernels' spans are used): (n_params,).
-    pub weights: Vec<u16>,
+    pub weights: Aligned<u16>,
     /// bf16 copy of the input of each layer that feeds a dense layer, by the index of the
     /// layer that PRODUCED it (`inputs[0]` is the model input x): (padded rows, width).
-    pub inputs: Vec<Vec<u16>>,
+    pub inputs: Vec<Aligned<u16>>,
     /// bf16 dz of the current layer: (padded rows, widest layer).
-    pub delta: Vec<u16>,
+    pub delta: Aligned<u16>,
     scratch: Vec<u8>,
     dense: Vec<DenseProducts>,
     max_rows: usize,
@@ -173,9 +174,9 @@ impl Bf16Gemms {
         let blocks = cap / ROW_BLOCK;
         Ok(Bf16Gemms {
             unit,
-            weights: vec![0; n_params],
-            inputs: input_widths.iter().map(|w| w.map_or(Vec::new(), |w| vec![0; cap * w])).collect(),
-            delta: vec![0; cap * widest],
+            weights: Aligned::new(n_params),
+            inputs: input_widths.iter().map(|w| Aligned::new(w.map_or(0, |w| cap * w))).collect(),
+            delta: Aligned::new(cap * widest),
             scratch: Vec::new(),
             dense: dense
                 .iter()

@@ -4,6 +4,8 @@
 //! about ranks, files or flags.
 
 pub mod activation;
+/// Buffers that start on a cache line (for oneDNN's operands).
+pub mod aligned;
 /// bfloat16 values and the f32 -> bf16 conversion (round to nearest even).
 pub mod bf16;
 /// Which OpenBLAS kernels run: the CPU's features against the library's own pick.

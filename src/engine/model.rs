@@ -10,6 +10,7 @@
 //! batch-normalization layer), updated by training forward passes and read in evaluation.
 
 use crate::engine::activation::Activation;
+use crate::engine::aligned::Aligned;
 use crate::engine::gemm::{gemm, Mat};
 use crate::engine::kernels;
 use crate::engine::mixed::{self, padded, Bf16Gemms, Precision};
@@ -326,7 +327,7 @@ pub struct Workspace {
     /// Rows the buffers hold.
     pub max_rows: usize,
     /// Output of each layer (post-activation): (max_rows, out_dim).
-    acts: Vec<Vec<f32>>,
+    acts: Vec<Aligned<f32>>,
     /// Pre-activation of each dense layer whose activation's backward pass needs it (gelu,
     /// swish), else empty: (max_rows, out_dim).
     pre: Vec<Vec<f32>>,
@@ -342,8 +343,8 @@ pub struct Workspace {
     /// Rows of the global batch in the last training forward pass (batch normalization).
     global_rows: f64,
     /// Two ping-pong buffers for the backward pass: (max_rows, widest layer).
-    delta: Vec<f32>,
-    delta_next: Vec<f32>,
+    delta: Aligned<f32>,
+    delta_next: Aligned<f32>,
     /// Whether the last forward pass was a training pass (dropout masks, batch statistics).
     training: bool,
     /// The bf16 products and buffers with `--precision bf16`; None computes in f32.
@@ -372,7 +373,7 @@ impl Workspace {
     /// With bf16, the bf16 copy of the flat parameter buffer (n_params,), for an update that
     /// writes it as it goes (see [`crate::engine::optim::Optimizer::apply`]); None in f32.
     pub fn bf16_weights_mut(&mut self) -> Option<&mut [u16]> {
-        self.mixed.as_mut().map(|mx| mx.weights.as_mut_slice())
+        self.mixed.as_mut().map(|mx| &mut mx.weights[..])
     }
 
     /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).
@@ -548,7 +549,7 @@ impl Model {
         let cap = if mixed.is_some() { padded(max_rows) } else { max_rows };
         Ok(Workspace {
             max_rows,
-            acts: self.layers.iter().map(|l| vec![0.0; cap * l.out_dim]).collect(),
+            acts: self.layers.iter().map(|l| Aligned::new(cap * l.out_dim)).collect(),
             pre: self
                 .layers
                 .iter()
@@ -581,8 +582,8 @@ impl Model {
                 .collect(),
             sums: vec![0.0; 4 * widest + 2],
             global_rows: 0.0,
-            delta: vec![0.0; cap * widest],
-            delta_next: vec![0.0; cap * widest],
+            delta: Aligned::new(cap * widest),
+            delta_next: Aligned::new(cap * widest),
             training: false,
             mixed,
         })

@@ -4,6 +4,7 @@
 //! (1 / samples in the global batch) turns it into the mean inside the same loop, so no
 //! separate pass divides the gradient.
 
+use crate::engine::aligned::Aligned;
 use crate::engine::bf16;
 use crate::engine::kernels::{self, AdagradStep, AdamStep, NadamStep, RmspropStep, SgdStep};
 use crate::engine::parallel::{part_range, Parallel};
@@ -145,7 +146,7 @@ pub struct Optimizer {
     /// The settings the optimizer was made with.
     pub settings: OptimizerSettings,
     /// One buffer (n_params,) per name in `settings.kind.slots()`, in that order.
-    slots: Vec<Vec<f32>>,
+    slots: Vec<Aligned<f32>>,
     /// Number of steps taken so far.
     t: u64,
     /// Nadam only: mu_1 ... mu_t, derived from `t` (recomputed on restore, so it is not state
@@ -159,7 +160,16 @@ impl Optimizer {
     /// A fresh optimizer (zero moments, step 0) for `n_params` parameters.
     pub fn new(settings: OptimizerSettings, n_params: usize) -> Optimizer {
         let initial = if settings.kind == OptimizerKind::Adagrad { ADAGRAD_INITIAL_ACCUMULATOR } else { 0.0 };
-        let slots = settings.kind.slots().iter().map(|_| vec![initial; n_params]).collect();
+        let slots = settings
+            .kind
+            .slots()
+            .iter()
+            .map(|_| {
+                let mut slot = Aligned::new(n_params);
+                slot.fill(initial);
+                slot
+            })
+            .collect();
         Optimizer { settings, slots, t: 0, mu_product: 1.0, pool: Parallel::single() }
     }
 
@@ -179,7 +189,11 @@ impl Optimizer {
     /// A copy of the whole state, for a checkpoint.
     pub fn state(&self) -> OptimizerState {
         let kind = self.settings.kind;
-        OptimizerState { kind, step: self.t, slots: kind.slots().iter().copied().zip(self.slots.clone()).collect() }
+        OptimizerState {
+            kind,
+            step: self.t,
+            slots: kind.slots().iter().copied().zip(self.slots.iter().map(|s| s.to_vec())).collect(),
+        }
     }
 
     /// Continues from a saved state. Fails (naming the difference) when the state belongs to
@@ -296,7 +310,7 @@ impl Optimizer {
     /// The state slots as one array, unused ones empty (for the tests' plain kernels).
     #[cfg(test)]
     fn slots_mut(&mut self) -> [&mut [f32]; 3] {
-        let mut it = self.slots.iter_mut().map(|s| s.as_mut_slice());
+        let mut it = self.slots.iter_mut().map(|s| &mut s[..]);
         [it.next().unwrap_or(&mut []), it.next().unwrap_or(&mut []), it.next().unwrap_or(&mut [])]
     }
 
@@ -374,7 +388,7 @@ struct Views {
 unsafe impl Sync for Views {}
 
 impl Views {
-    fn new(params: &mut [f32], slots: &mut [Vec<f32>], range: Range<usize>, mirror: Option<&mut [u16]>) -> Views {
+    fn new(params: &mut [f32], slots: &mut [Aligned<f32>], range: Range<usize>, mirror: Option<&mut [u16]>) -> Views {
         let mut raw = [(std::ptr::null_mut(), 0); 3];
         for (r, s) in raw.iter_mut().zip(slots.iter_mut()) {
             let s = &mut s[range.clone()];

@@ -15,6 +15,7 @@ use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
 use crate::dist::threads::ThreadChoice;
 use crate::dist::{kill_grace, signals};
+use crate::engine::aligned::Aligned;
 use crate::engine::eval_metrics::MetricSums;
 use crate::engine::model::{Model, Workspace};
 use crate::engine::optim::Optimizer;
@@ -72,7 +73,7 @@ pub struct Trainer<'c> {
     batch: Batch,
     val_batch: Option<Batch>,
     /// (n_params,)
-    pub params: Vec<f32>,
+    pub params: Aligned<f32>,
     /// Batch normalization's moving statistics, (n_moving,): state, not trained.
     pub moving: Vec<f32>,
     /// The optimizer and its state.
@@ -384,7 +385,7 @@ impl<'c> Trainer<'c> {
             config_json: self.cfg.to_json_with_world(self.comm.size()),
             world_size: self.comm.size(),
             in_dim: self.model.in_dim,
-            params: self.params.clone(),
+            params: self.params.to_vec(),
             moving: self.moving.clone(),
             optimizer: self.opt.state(),
             position: self.pos.clone(),

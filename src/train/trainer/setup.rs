@@ -12,6 +12,7 @@ use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
 use crate::dist::signals;
 use crate::dist::threads;
+use crate::engine::aligned::Aligned;
 use crate::engine::fpu;
 use crate::engine::loss::class_of;
 use crate::engine::model::{LayerKind, Model};
@@ -259,7 +260,7 @@ impl<'c> Trainer<'c> {
 /// Where the run starts: fresh, from a checkpoint's weights, or resumed with its whole state.
 struct Start {
     /// (n_params,), identical on every rank.
-    params: Vec<f32>,
+    params: Aligned<f32>,
     /// (n_moving,), identical on every rank.
     moving: Vec<f32>,
     opt: Optimizer,
@@ -276,7 +277,7 @@ impl Start {
     /// Collective (broadcasts the parameters, agrees on errors).
     fn new(comm: &Comm, cfg: &Config, model: &Model, snapshot: Option<(Snapshot, bool)>) -> Result<Start> {
         let mut start = Start {
-            params: model.init_params(cfg.seed),
+            params: Aligned::from_slice(&model.init_params(cfg.seed)),
             moving: model.init_moving(),
             opt: Optimizer::new(cfg.optimizer, model.n_params),
             pos: Position::default(),
@@ -310,7 +311,7 @@ impl Start {
                 best_val_loss: cfg.monitor.worst(),
                 best_epoch: 0,
                 wait: 0,
-                best_params: start.params.clone(),
+                best_params: start.params.to_vec(),
                 best_moving: start.moving.clone(),
                 stopped: false,
             });
