@@ -60,22 +60,25 @@ pub struct Parallel {
 
 impl Parallel {
     /// A pool that splits jobs into `threads` parts (at least 1): the caller runs part 0 and
-    /// each of the `threads - 1` workers started here one other part.
+    /// each of the `threads - 1` workers started here one other part (fewer if the system
+    /// refuses to start them all).
     pub fn new(threads: usize) -> Parallel {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { job: None, generation: 0, pending: 0, panicked: false, shutdown: false }),
             start: Condvar::new(),
             done: Condvar::new(),
         });
-        let workers = (1..threads.max(1))
-            .map(|part| {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("nn-train-worker-{part}"))
-                    .spawn(move || work(&shared, part))
-                    .expect("starting a worker thread")
-            })
-            .collect();
+        // A worker the system cannot start (a thread limit) leaves fewer parts, not an error:
+        // the parts are numbered by the workers that did start.
+        let mut workers = Vec::new();
+        for _ in 1..threads.max(1) {
+            let (shared, part) = (Arc::clone(&shared), workers.len() + 1);
+            match std::thread::Builder::new().name(format!("nn-train-worker-{part}")).spawn(move || work(&shared, part))
+            {
+                Ok(w) => workers.push(w),
+                Err(_) => break,
+            }
+        }
         Parallel { shared, workers }
     }
 
