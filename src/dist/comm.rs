@@ -455,14 +455,19 @@ pub struct SharedSum {
     base: *mut f32,
     len: usize,
     stride: usize,
+    /// The number of parameters (the first `params` of the `len` floats); the window also
+    /// holds one copy of them for the node, then one flag per rank (see
+    /// [`SharedSum::parameters`]).
+    params: usize,
     rank: usize,
     ranks: usize,
 }
 
 impl SharedSum {
-    /// Sets up the window when every rank of `comm` is on one node (collective). Returns
-    /// None across nodes or when the MPI library cannot allocate a shared window.
-    pub fn new(comm: &Comm, len: usize) -> Option<SharedSum> {
+    /// Sets up the window when every rank of `comm` is on one node (collective), for buffers
+    /// of `len` floats whose first `params` are the gradients of the parameters. Returns None
+    /// across nodes or when the MPI library cannot allocate a shared window.
+    pub fn new(comm: &Comm, len: usize, params: usize) -> Option<SharedSum> {
         if comm.size == 1 {
             return None;
         }
@@ -474,7 +479,7 @@ impl SharedSum {
         // Each buffer starts on a cache line (the products write into them): a stride of a
         // multiple of 16 floats, and 16 floats of slack to align the start.
         let stride = len.next_multiple_of(16);
-        let total = (ranks + 1) * stride + 16;
+        let total = (ranks + 1) * stride + params.next_multiple_of(16) + ranks + 16;
         let floats = if rank == 0 { total } else { 0 };
         let mut base: *mut f32 = std::ptr::null_mut();
         // SAFETY: MPI_Win is a plain handle; MPI_Win_allocate_shared overwrites it.
@@ -507,7 +512,7 @@ impl SharedSum {
         // MPI_Win_sync and barriers (the MPI-3 recipe for shared-memory windows).
         // SAFETY: a valid window.
         unsafe { ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as i32, win) };
-        let mut shared = SharedSum { win, node, base, len, stride, rank, ranks };
+        let mut shared = SharedSum { win, node, base, len, stride, params, rank, ranks };
         shared.input_mut().fill(0.0);
         shared.fence();
         Some(shared)
@@ -527,15 +532,24 @@ impl SharedSum {
 
     /// Adds every rank's input into the result (collective). Inputs must be complete.
     pub fn sum(&self) {
+        self.sum_own_chunk();
         self.fence();
-        let chunk = crate::dist::batch_plan::slice_range(self.len, self.ranks, self.rank);
+    }
+
+    /// The first half of [`SharedSum::sum`] (collective): after a barrier, adds this rank's
+    /// chunk of every input into the result. Returns the parameters in that chunk (its part
+    /// of 0..params), whose sums are then complete; the rest of the result is complete only
+    /// after the next [`SharedSum::fence`].
+    pub fn sum_own_chunk(&self) -> Range<usize> {
+        self.fence();
+        let chunk = self.chunk(self.rank);
         // SAFETY: chunk r of the result is written only by rank r, here; the inputs are only
         // read until the next fence.
         let out = unsafe {
             std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.stride + chunk.start), chunk.len())
         };
         // SAFETY: input q lies inside the window (q < ranks), and no rank writes the inputs
-        // between the two fences.
+        // before the next fence.
         let input =
             |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.stride + chunk.start), chunk.len()) };
         // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
@@ -543,11 +557,90 @@ impl SharedSum {
         for q in 2..self.ranks {
             crate::engine::kernels::add_in_place(out, input(q));
         }
-        self.fence();
+        self.params_of(self.rank)
     }
 
-    /// Makes every rank's writes so far visible to all, and waits for all.
-    fn fence(&self) {
+    /// The sum over the ranks of float `i` of the inputs, in the result's order (so the same
+    /// bits as the result will hold), for any `i`: between [`SharedSum::sum_own_chunk`] and
+    /// the next fence, when the chunk holding `i` may not be summed yet.
+    pub fn input_sum(&self, i: usize) -> f32 {
+        assert!(i < self.len);
+        // SAFETY: inside input q; no rank writes the inputs before the next fence.
+        let at = |q: usize| unsafe { *self.base.add(q * self.stride + i) };
+        (1..self.ranks).fold(at(0), |sum, q| sum + at(q))
+    }
+
+    /// The node's one copy of the parameters: (params,), on a cache line. Every rank of the
+    /// node sees the same memory. Between steps all ranks only read it; in a step's update
+    /// each rank writes only its own chunk ([`SharedSum::sum_own_chunk`]'s range), and the
+    /// fence that ends the update makes the whole visible to all.
+    pub fn parameters(&self) -> *mut f32 {
+        // SAFETY: the area after the P inputs and the result, inside the window.
+        unsafe { self.base.add((self.ranks + 1) * self.stride) }
+    }
+
+    /// This rank's flag (whether its part of the gradients was finite), for the others to
+    /// read after the next fence.
+    pub fn set_flag(&self, ok: bool) {
+        // SAFETY: flag r is written only by rank r, between fences; inside the window.
+        unsafe { *self.flags().add(self.rank) = ok as u8 as f32 };
+    }
+
+    /// Whether every rank's flag is set (after the fence that follows their [`SharedSum::set_flag`]).
+    pub fn all_flags(&self) -> bool {
+        // SAFETY: inside the window; written only before the last fence.
+        (0..self.ranks).all(|q| unsafe { *self.flags().add(q) } == 1.0)
+    }
+
+    /// The parameters in rank q's chunk.
+    pub fn params_of(&self, q: usize) -> Range<usize> {
+        let c = self.chunk(q);
+        c.start.min(self.params)..c.end.min(self.params)
+    }
+
+    /// The number of ranks sharing the window.
+    pub fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    /// This rank's number among them.
+    pub fn rank_on_node(&self) -> usize {
+        self.rank
+    }
+
+    /// Makes `values` (params,) whole on every rank when each rank has kept only its own
+    /// chunk of them current (the optimizer's state under a sharded update), through the
+    /// result buffer (collective; the result is not needed between steps).
+    pub fn share_chunks(&self, values: &mut [f32]) {
+        assert_eq!(values.len(), self.params);
+        let own = self.params_of(self.rank);
+        // No rank may still be reading the result from the last step.
+        self.fence();
+        // SAFETY: rank r writes only its own chunk of the result, between two fences.
+        let stage = unsafe { self.base.add(self.ranks * self.stride) };
+        // SAFETY: as above; the ranges lie inside values and the result.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr().add(own.start), stage.add(own.start), own.len()) };
+        self.fence();
+        for q in (0..self.ranks).filter(|&q| q != self.rank) {
+            let r = self.params_of(q);
+            // SAFETY: the other chunks were written before the fence, and nobody writes them now.
+            unsafe { std::ptr::copy_nonoverlapping(stage.add(r.start), values.as_mut_ptr().add(r.start), r.len()) };
+        }
+    }
+
+    /// Rank q's chunk of the `len` floats.
+    fn chunk(&self, q: usize) -> Range<usize> {
+        crate::dist::batch_plan::slice_range(self.len, self.ranks, q)
+    }
+
+    /// The ranks' flags: (ranks,), after the parameters.
+    fn flags(&self) -> *mut f32 {
+        // SAFETY: inside the window (see `new`'s total).
+        unsafe { self.parameters().add(self.params.next_multiple_of(16)) }
+    }
+
+    /// Makes every rank's writes so far visible to all, and waits for all (collective).
+    pub fn fence(&self) {
         // SAFETY: a valid window and communicator.
         unsafe {
             ffi::MPI_Win_sync(self.win);

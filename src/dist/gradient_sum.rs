@@ -7,7 +7,8 @@
 //! allocated here once; nothing in a step allocates.
 
 use crate::dist::comm::{Comm, GradientReducer, SharedSum};
-use crate::engine::aligned::Aligned;
+use crate::engine::aligned::{Aligned, Flat};
+use crate::engine::bf16;
 use crate::engine::optim::{Optimizer, Weights};
 use std::ops::Range;
 use std::time::Instant;
@@ -28,7 +29,19 @@ pub enum GradientSum {
     },
     /// Every rank on one node: each computes into its part of a shared-memory window, and
     /// the ranks add the parts (see [`SharedSum`]).
-    SharedWindow(SharedSum),
+    ///
+    /// When the window also holds the node's one copy of the parameters
+    /// ([`GradientSum::share_parameters`]), the update is sharded: each rank updates only the
+    /// parameters of the chunk it has just summed, in place, so the node does the optimizer's
+    /// work (memory-bound: about 30 bytes per parameter) once instead of once per rank. The
+    /// optimizer's state is then current only in each rank's own chunk, until
+    /// [`GradientSum::complete_state`] gathers it.
+    SharedWindow {
+        /// The window.
+        shared: SharedSum,
+        /// The parameters live in the window and the update is sharded.
+        sharded: bool,
+    },
     /// Buckets of layers summed on a background thread while the backward pass goes on, and
     /// each bucket updated as soon as its sum arrives (see [`GradientReducer`]).
     Overlapped(Overlapped),
@@ -85,10 +98,11 @@ impl GradientSum {
         GradientSum::Mpi { grads: Aligned::new(len), summed: vec![0.0; len] }
     }
 
-    /// The shared-memory window (collective); None when the ranks span several nodes or the
-    /// MPI library cannot allocate one.
-    pub fn shared_window(comm: &Comm, len: usize) -> Option<GradientSum> {
-        SharedSum::new(comm, len).map(GradientSum::SharedWindow)
+    /// The shared-memory window (collective), for `n_params` gradients and `extra` slots;
+    /// None when the ranks span several nodes or the MPI library cannot allocate one.
+    pub fn shared_window(comm: &Comm, n_params: usize, extra: usize) -> Option<GradientSum> {
+        SharedSum::new(comm, n_params + extra, n_params)
+            .map(|shared| GradientSum::SharedWindow { shared, sharded: false })
     }
 
     /// The background sum overlapping the backward pass; None when MPI lacks thread support.
@@ -111,7 +125,7 @@ impl GradientSum {
     pub fn begin(&mut self) -> (&mut [f32], LayerDone<'_>) {
         match self {
             GradientSum::Local { grads } | GradientSum::Mpi { grads, .. } => (grads, LayerDone(None)),
-            GradientSum::SharedWindow(shared) => (shared.input_mut(), LayerDone(None)),
+            GradientSum::SharedWindow { shared, .. } => (shared.input_mut(), LayerDone(None)),
             GradientSum::Overlapped(o) => {
                 o.reducer.begin_step();
                 (&mut o.grads, LayerDone(Some((&o.reducer, &o.bucket_done_by_layer))))
@@ -156,7 +170,31 @@ impl GradientSum {
                 let finite = dropped || update(opt, params, &summed[..n], mirror, scale, lr);
                 Summed { waited_s, dropped, finite }
             }
-            GradientSum::SharedWindow(shared) => {
+            GradientSum::SharedWindow { shared, sharded: true } => {
+                // Each rank updates the parameters of the chunk it has just summed (still in
+                // its cache), in the node's one copy; a fence then makes them whole.
+                let own = shared.sum_own_chunk();
+                let waited_s = start.elapsed().as_secs_f64();
+                // The stop flag's chunk may not be summed yet: add it up here, in the same order.
+                let dropped = drop_on.is_some_and(|slot| shared.input_sum(slot) > 0.0);
+                if dropped {
+                    shared.fence();
+                    return Summed { waited_s, dropped, finite: true };
+                }
+                let (step, _) = opt.begin(&[], scale, lr);
+                let own_finite = opt.apply(&step, own.clone(), params, shared.result(), mirror.as_deref_mut());
+                shared.set_flag(own_finite);
+                shared.fence();
+                // The bf16 copy is each rank's own: convert the chunks the others updated.
+                if let Some(m) = mirror {
+                    for q in (0..shared.ranks()).filter(|&q| shared.params_of(q) != own) {
+                        let r = shared.params_of(q);
+                        bf16::convert(&params[r.clone()], &mut m[r]);
+                    }
+                }
+                Summed { waited_s, dropped, finite: shared.all_flags() }
+            }
+            GradientSum::SharedWindow { shared, sharded: false } => {
                 shared.sum();
                 let waited_s = start.elapsed().as_secs_f64();
                 let dropped = stopped(shared.result());
@@ -194,6 +232,39 @@ impl GradientSum {
         }
     }
 
+    /// Moves the parameters into the shared-memory window, one copy for the node, and shards
+    /// the update (collective; see [`GradientSum::SharedWindow`]). `params` (n_params,) then
+    /// views the window. Not with gradient clipping (its norm needs every sum first) and not
+    /// for the other ways of summing: then nothing changes.
+    pub fn share_parameters(&mut self, params: &mut Flat, clipping: bool) {
+        let GradientSum::SharedWindow { shared, sharded } = self else { return };
+        if clipping || *sharded {
+            return;
+        }
+        let ptr = shared.parameters();
+        let n = params.len();
+        // Every rank holds the same values (set-up broadcasts them): each copies its own
+        // chunk in, and the fence makes the whole visible.
+        let own = shared.params_of(shared.rank_on_node());
+        // SAFETY: the window's parameter area holds n floats; this rank writes only its chunk.
+        unsafe { std::ptr::copy_nonoverlapping(params.as_ptr().add(own.start), ptr.add(own.start), own.len()) };
+        shared.fence();
+        // SAFETY: the window outlives the trainer's use of the view (the GradientSum that owns
+        // it is dropped with the trainer), and in this process only the view accesses it.
+        *params = unsafe { Flat::shared(ptr, n) };
+        *sharded = true;
+    }
+
+    /// Makes the optimizer's state whole on every rank (collective): a sharded update keeps
+    /// only each rank's own chunk of it current. Call before reading the state (checkpoints).
+    pub fn complete_state(&self, opt: &mut Optimizer) {
+        if let GradientSum::SharedWindow { shared, sharded: true } = self {
+            for slot in opt.state_buffers_mut() {
+                shared.share_chunks(slot);
+            }
+        }
+    }
+
     /// Whether layers are summed while the backward pass goes on (overlapped): then the extra
     /// slots are handed over with the first layer finished and cannot change afterwards.
     pub fn sums_during_backward(&self) -> bool {
@@ -206,7 +277,7 @@ impl GradientSum {
         match self {
             GradientSum::Local { grads } => grads,
             GradientSum::Mpi { summed, .. } => summed,
-            GradientSum::SharedWindow(shared) => shared.result(),
+            GradientSum::SharedWindow { shared, .. } => shared.result(),
             GradientSum::Overlapped(o) => &o.summed,
         }
     }
@@ -226,7 +297,10 @@ impl GradientSum {
             GradientSum::Overlapped(o) => {
                 format!(", allreduce overlapped with backward ({} buckets)", o.bucket_params.len())
             }
-            GradientSum::SharedWindow(_) => ", gradients summed in shared memory".to_string(),
+            GradientSum::SharedWindow { sharded: false, .. } => ", gradients summed in shared memory".to_string(),
+            GradientSum::SharedWindow { sharded: true, .. } => {
+                ", gradients summed in shared memory, parameters updated there (one copy per node)".to_string()
+            }
             GradientSum::Local { .. } | GradientSum::Mpi { .. } => String::new(),
         }
     }

@@ -47,6 +47,53 @@ impl<T> DerefMut for Aligned<T> {
     }
 }
 
+/// f32 values on a cache line: this process's own, or a view of memory that outlives it and
+/// that other processes may read too (the parameters that the ranks of one node keep once, in
+/// their shared-memory window).
+pub enum Flat {
+    /// Owned by this buffer.
+    Owned(Aligned<f32>),
+    /// `len` values at `ptr`, owned elsewhere.
+    Shared {
+        /// The first value.
+        ptr: *mut f32,
+        /// The number of values.
+        len: usize,
+    },
+}
+
+impl Flat {
+    /// A view of `len` values at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` points to `len` initialised f32 values that stay valid, and that no other code in
+    /// this process accesses, while the view is used.
+    pub unsafe fn shared(ptr: *mut f32, len: usize) -> Flat {
+        Flat::Shared { ptr, len }
+    }
+}
+
+impl Deref for Flat {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Flat::Owned(a) => a,
+            // SAFETY: the contract of Flat::shared.
+            Flat::Shared { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl DerefMut for Flat {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        match self {
+            Flat::Owned(a) => a,
+            // SAFETY: the contract of Flat::shared.
+            Flat::Shared { ptr, len } => unsafe { std::slice::from_raw_parts_mut(*ptr, *len) },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

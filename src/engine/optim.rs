@@ -307,6 +307,13 @@ impl Optimizer {
         (update, norm)
     }
 
+    /// The state buffers, (n_params,) each, in the order of `settings.kind.slots()` (for a
+    /// sharded update to make them whole; see
+    /// [`crate::dist::gradient_sum::GradientSum::complete_state`]).
+    pub fn state_buffers_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        self.slots.iter_mut().map(|s| &mut s[..])
+    }
+
     /// The state slots as one array, unused ones empty (for the tests' plain kernels).
     #[cfg(test)]
     fn slots_mut(&mut self) -> [&mut [f32]; 3] {

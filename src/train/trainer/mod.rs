@@ -15,7 +15,7 @@ use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
 use crate::dist::threads::ThreadChoice;
 use crate::dist::{kill_grace, signals};
-use crate::engine::aligned::Aligned;
+use crate::engine::aligned::Flat;
 use crate::engine::eval_metrics::MetricSums;
 use crate::engine::model::{Model, Workspace};
 use crate::engine::optim::Optimizer;
@@ -73,7 +73,7 @@ pub struct Trainer<'c> {
     batch: Batch,
     val_batch: Option<Batch>,
     /// (n_params,)
-    pub params: Aligned<f32>,
+    pub params: Flat,
     /// Batch normalization's moving statistics, (n_moving,): state, not trained.
     pub moving: Vec<f32>,
     /// The optimizer and its state.
@@ -360,8 +360,9 @@ impl<'c> Trainer<'c> {
         Ok(())
     }
 
-    fn write_snapshot(&self, path: &Path) -> Result<(u64, f64)> {
+    fn write_snapshot(&mut self, path: &Path) -> Result<(u64, f64)> {
         let start = Instant::now();
+        self.sum.complete_state(&mut self.opt);
         let result = if self.comm.is_root() {
             let snap = self.snapshot();
             checkpoint::save(path, &self.model, &snap).and_then(|size| {

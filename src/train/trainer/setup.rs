@@ -12,7 +12,7 @@ use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
 use crate::dist::signals;
 use crate::dist::threads;
-use crate::engine::aligned::Aligned;
+use crate::engine::aligned::{Aligned, Flat};
 use crate::engine::fpu;
 use crate::engine::loss::class_of;
 use crate::engine::model::{LayerKind, Model};
@@ -132,7 +132,9 @@ impl<'c> Trainer<'c> {
                 if threads.threads == 1 { "" } else { "s" },
             ));
         }
-        let sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node);
+        let mut sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node);
+        let mut params = Flat::Owned(start.params);
+        sum.share_parameters(&mut params, cfg.optimizer.clip_norm.is_some());
         let fused = cfg.loss.required_activation().is_some();
         Ok(Trainer {
             kill_grace_s: crate::dist::kill_grace::mpirun_kill_grace(),
@@ -147,7 +149,7 @@ impl<'c> Trainer<'c> {
             ws,
             batch,
             val_batch,
-            params: start.params,
+            params,
             moving: start.moving,
             opt: start.opt,
             pos: start.pos,
@@ -382,7 +384,7 @@ fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: 
         }
         GradientSum::overlapped(comm, n, STATS, &layer_starts)
     } else if cfg.allreduce == AllreduceMode::Auto {
-        GradientSum::shared_window(comm, n + STATS)
+        GradientSum::shared_window(comm, n, STATS)
     } else {
         None
     };
