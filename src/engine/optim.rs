@@ -488,6 +488,7 @@ pub enum Update {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::ValueEnum;
 
     /// Expected values from this numpy transcription of Keras 3's update rules (float64),
     /// independent of the fused f32 loop above:
@@ -604,13 +605,7 @@ mod tests {
     /// the restored copy give the same bits as two more steps from the original.
     #[test]
     fn restored_state_continues_bit_identically() {
-        for kind in [
-            OptimizerKind::Adam,
-            OptimizerKind::Sgd,
-            OptimizerKind::Rmsprop,
-            OptimizerKind::Nadam,
-            OptimizerKind::Adagrad,
-        ] {
+        for &kind in OptimizerKind::value_variants() {
             let settings = OptimizerSettings { kind, momentum: 0.5, centered: true, ..Default::default() };
             let mut a = Optimizer::new(settings, 3);
             let mut pa = vec![0.5, -1.0, 2.0];
@@ -686,13 +681,7 @@ mod tests {
             |i: usize, salt: u64| crate::engine::rng::unit_f32(crate::engine::rng::hash(salt, &[i as u64])) - 0.5;
         let grads: Vec<f32> = (0..n).map(|i| value(i, 1)).collect();
         let start: Vec<f32> = (0..n).map(|i| value(i, 2) * 0.1).collect();
-        for kind in [
-            OptimizerKind::Adam,
-            OptimizerKind::Sgd,
-            OptimizerKind::Rmsprop,
-            OptimizerKind::Nadam,
-            OptimizerKind::Adagrad,
-        ] {
+        for &kind in OptimizerKind::value_variants() {
             let settings = OptimizerSettings { kind, momentum: 0.5, centered: true, ..Default::default() };
             let mut plain = Optimizer::new(settings, n);
             let mut fused = Optimizer::new(settings, n);
