@@ -57,6 +57,9 @@ pub fn mpi_env(cmd: &mut Command) -> &mut Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_mpi_yield_when_idle", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        // Ranks on a node share one copy of the parameters only for large models; the tests'
+        // small models take that path too.
+        .env("NN_TRAIN_SHARE_PARAMS_MIN", "0")
         // Tests run in parallel threads of one process: a child forked while this process
         // holds an HDF5 write lock inherits it; nothing in the tests needs the locks.
         .env("HDF5_USE_FILE_LOCKING", "FALSE")
