@@ -113,7 +113,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Failure 1: two runs with one --checkpoint at once. The second refuses on one line naming
+/// Two runs with one --checkpoint at once. The second refuses on one line naming
 /// the file and the holder; a killed run leaves nothing stuck.
 #[test]
 fn one_checkpoint_has_one_writer() {
@@ -155,7 +155,7 @@ fn one_checkpoint_has_one_writer() {
     assert_eq!(std::fs::read(&data).unwrap(), before);
 }
 
-/// Failure 2: an output that names an input (by any spelling) is refused before anything is
+/// An output that names an input (by any spelling) is refused before anything is
 /// written, in nn-train, nn-predict and nn-data.
 #[test]
 fn outputs_never_overwrite_inputs() {
@@ -219,7 +219,7 @@ fn outputs_never_overwrite_inputs() {
     loads_finite(&model);
 }
 
-/// Failure 4: temporary names are unique per run (another writer's temporary file of the same
+/// Temporary names are unique per run (another writer's temporary file of the same
 /// destination is left alone), and a killed writer's temporary file is removed by the next
 /// writer of that destination.
 #[test]
@@ -280,7 +280,7 @@ fn fails_with(code: i32, ranks: usize, binary: &str, args: &[&str], needles: &[&
     fails(ranks, binary, args, needles)
 }
 
-/// Failure 3: divergence stops every rank at the first non-finite loss or gradient sum, with
+/// Divergence stops every rank at the first non-finite loss or gradient sum, with
 /// its own exit code, and the good checkpoint is not overwritten; f32-overflowing flags are
 /// flag errors.
 #[test]
@@ -305,7 +305,7 @@ fn divergence_stops_and_keeps_the_good_checkpoint() {
     let _ = data;
 }
 
-/// Failure 5: a panic on one rank ends the whole job promptly with the panic's message; and a
+/// A panic on one rank ends the whole job promptly with the panic's message; and a
 /// checkpoint path that is not UTF-8 is a one-line flag error, not a panic.
 #[test]
 fn a_panic_ends_the_whole_job_at_once() {
@@ -340,7 +340,7 @@ fn a_panic_ends_the_whole_job_at_once() {
     assert_eq!(std::fs::read(&data).unwrap(), before);
 }
 
-/// Failure 6: ranks that see different data shapes (the file replaced while they start)
+/// Ranks that see different data shapes (the file replaced while they start)
 /// stop with one line instead of hanging. Each rank is given its own file to simulate it.
 #[test]
 fn ranks_agree_on_the_data_shape() {
@@ -366,7 +366,7 @@ fn ranks_agree_on_the_data_shape() {
     assert!(errors[0].contains("ranks read different") && errors[0].contains("200") && errors[0].contains("240"));
 }
 
-/// Failure 7: an empty validation set and an empty nn-predict input are errors, not a
+/// An empty validation set and an empty nn-predict input are errors, not a
 /// val_loss or accuracy of 0.
 #[test]
 fn empty_inputs_are_errors() {
@@ -449,7 +449,7 @@ fn damaged_checkpoints_are_refused() {
     loads_finite(&ck);
 }
 
-/// Failure 10: huge whole-number labels are a one-line error naming the line and the value,
+/// Huge whole-number labels are a one-line error naming the line and the value,
 /// at once (no attempt to allocate billions of class counts).
 #[test]
 fn huge_labels_are_refused() {
@@ -466,7 +466,7 @@ fn huge_labels_are_refused() {
     }
 }
 
-/// Failure 12: an error hit on only some ranks is printed once, naming the rank, its text once.
+/// An error hit on only some ranks is printed once, naming the rank, its text once.
 #[test]
 fn rank_only_errors_print_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -478,7 +478,7 @@ fn rank_only_errors_print_once() {
     assert_eq!(line.matches("row 33 column 1").count(), 1, "{line}");
 }
 
-/// Failure 11: a stop signal to mpirun (Ctrl-C, a scheduler signalling the launcher) during
+/// A stop signal to mpirun (Ctrl-C, a scheduler signalling the launcher) during
 /// steps longer than Open MPI's kill delay. mpirun passes SIGTERM to the ranks 1 s after its
 /// own signal and kills them 1 s later (odls_base_sigkill_timeout, default); the ranks cut the
 /// step under way short between layers, drop it, and rank 0 writes the checkpoint of the last

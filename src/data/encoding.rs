@@ -982,6 +982,14 @@ pub fn write_dataset(file: &hdf5::File, json: &str) -> hdf5::Result<()> {
     file.new_dataset::<hdf5::types::VarLenUnicode>().create(DATASET)?.write_scalar(&v)
 }
 
+/// Writes `names` as the 1-D attribute `attr` of variable-length UTF-8 strings on `ds` (h5py
+/// reads it as a list of str): y's `label_names`, x's `feature_names`.
+pub fn write_names(ds: &hdf5::Dataset, attr: &str, names: &[String]) -> hdf5::Result<()> {
+    let v: Vec<hdf5::types::VarLenUnicode> =
+        names.iter().map(|s| s.replace('\0', "").parse().expect("no NUL")).collect();
+    ds.new_attr::<hdf5::types::VarLenUnicode>().shape(v.len()).create(attr)?.write(&v)
+}
+
 /// The text of `/encoding` in `file`, if it has one.
 pub fn read_dataset(file: &hdf5::File) -> Option<String> {
     if !file.link_exists(DATASET) {

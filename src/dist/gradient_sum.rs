@@ -187,7 +187,7 @@ impl GradientSum {
                 shared.fence();
                 // The bf16 copy is each rank's own: convert the chunks the others updated.
                 if let Some(m) = mirror {
-                    for q in (0..shared.ranks()).filter(|&q| shared.params_of(q) != own) {
+                    for q in (0..shared.ranks()).filter(|&q| q != shared.rank_on_node()) {
                         let r = shared.params_of(q);
                         bf16::convert(&params[r.clone()], &mut m[r]);
                     }

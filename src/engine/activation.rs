@@ -205,10 +205,12 @@ fn softmax_row(z: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const ALL: [Activation; 12] = [
+    /// Every activation, leaky relu with a positive and a zero slope (for the tests of the
+    /// kernels that take an activation as a parameter too).
+    pub(crate) const ALL: [Activation; 12] = [
         Activation::Relu,
         Activation::Tanh,
         Activation::Sigmoid,

@@ -327,19 +327,7 @@ mod tests {
     use super::*;
     use crate::engine::kernels;
 
-    const ALL: [Activation; 11] = [
-        Activation::Relu,
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Softmax,
-        Activation::Linear,
-        Activation::Gelu,
-        Activation::LeakyRelu(0.1),
-        Activation::Elu,
-        Activation::Selu,
-        Activation::Softplus,
-        Activation::Swish,
-    ];
+    use crate::engine::activation::tests::ALL;
 
     /// Values as products and deltas give them, with exact zeros, negative zeros, a NaN and
     /// infinities mixed in: (rows, width).

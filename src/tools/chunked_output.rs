@@ -4,6 +4,7 @@
 //! converted in bounded memory (NumPy arrays, Parquet tables). Written through
 //! [`PendingFile`]: the file appears under its name only when complete.
 
+use crate::data::encoding;
 use crate::io::output_file::PendingFile;
 use crate::tools::split::Split;
 use crate::{Error, Result};
@@ -129,7 +130,7 @@ impl ChunkedOutput {
             ));
         }
         if let Some(names) = feature_names {
-            write_strings(&self.x, "feature_names", names).map_err(&err)?;
+            encoding::write_names(&self.x, "feature_names", names).map_err(&err)?;
         }
         let mut counts = Vec::new();
         match targets {
@@ -142,7 +143,7 @@ impl ChunkedOutput {
                 let ds =
                     self.h5.new_dataset_builder().with_data(y.as_slice()).create(self.y_name.as_str()).map_err(&err)?;
                 if let Some(n) = names {
-                    write_strings(&ds, "label_names", n).map_err(&err)?;
+                    encoding::write_names(&ds, "label_names", n).map_err(&err)?;
                 }
             }
             Targets::Values { y, width } => {
@@ -161,7 +162,7 @@ impl ChunkedOutput {
             self.h5.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&v)).map_err(&err)?;
         }
         if let Some(json) = encoding_json {
-            crate::data::encoding::write_dataset(&self.h5, json).map_err(&err)?;
+            encoding::write_dataset(&self.h5, json).map_err(&err)?;
         }
         drop(err);
         let ChunkedOutput { file, h5, x, .. } = self;
@@ -169,12 +170,6 @@ impl ChunkedOutput {
         h5.close().map_err(|e| Error::output(&file.dest, format!("cannot write: {e}")))?;
         Ok((file, counts))
     }
-}
-
-/// A 1-D attribute of variable-length UTF-8 strings (h5py reads it as a list of str).
-fn write_strings(ds: &hdf5::Dataset, name: &str, values: &[String]) -> hdf5::Result<()> {
-    let v: Vec<VarLenUnicode> = values.iter().map(|s| s.replace('\0', "").parse().expect("no NUL")).collect();
-    ds.new_attr::<VarLenUnicode>().shape(v.len()).create(name)?.write(&v)
 }
 
 /// Class indices from whole-number labels, by the rules of CSV import: labels >= 0 are the

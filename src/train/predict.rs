@@ -8,7 +8,7 @@
 
 use crate::data::batch::Batch;
 use crate::data::csv_file::{self, Delimiter};
-use crate::data::encoding::{Encoding, LabelValues, UnknownPolicy};
+use crate::data::encoding::{self, Encoding, LabelValues, UnknownPolicy};
 use crate::data::scaling;
 use crate::data::slice::{self as data, Slice, Source, TargetStore};
 use crate::dist::batch_plan::slice_range;
@@ -403,13 +403,7 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, scores: Option
             if labels.is_some() {
                 let ds = file.new_dataset::<i64>().shape(total_rows).create("labels").map_err(err)?;
                 if let Some(names) = class_names {
-                    let v: Vec<hdf5::types::VarLenUnicode> =
-                        names.iter().map(|s| s.replace('\0', "").parse().expect("no NUL")).collect();
-                    ds.new_attr::<hdf5::types::VarLenUnicode>()
-                        .shape(v.len())
-                        .create("label_names")
-                        .and_then(|a| a.write(&v))
-                        .map_err(err)?;
+                    encoding::write_names(&ds, "label_names", names).map_err(err)?;
                 }
             }
             if let Some(sc) = scores {
@@ -428,13 +422,7 @@ pub fn write_outputs(comm: &Comm, out: &Path, part: &RankOutputs, scores: Option
                     let view = ndarray::ArrayView2::from_shape((c, c), &counts[..]).expect("classes^2 counts");
                     let ds = file.new_dataset_builder().with_data(&view).create("confusion_matrix").map_err(err)?;
                     if let Some(names) = &sc.class_names {
-                        let v: Vec<hdf5::types::VarLenUnicode> =
-                            names.iter().map(|s| s.replace('\0', "").parse().expect("no NUL")).collect();
-                        ds.new_attr::<hdf5::types::VarLenUnicode>()
-                            .shape(v.len())
-                            .create("label_names")
-                            .and_then(|a| a.write(&v))
-                            .map_err(err)?;
+                        encoding::write_names(&ds, "label_names", names).map_err(err)?;
                     }
                 }
             }
