@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark suite, run by `make bench` (after `make build`).
 #
-# For each workload it measures the sgemm-bound limit (examples/sgemm_limit.rs) for one rank
+# First it measures the CPU's vector peaks on one core (examples/vector_peak.rs: f32 FMA and
+# AVX512-BF16's bf16 dot product), which bound what bf16 can gain over f32 on that path. Then
+# for each workload it measures the sgemm-bound limit (examples/sgemm_limit.rs) for one rank
 # with 2 threads and for two ranks with 1 thread each, then trains BENCH_REPS times in each
 # layout (alternating, so a change in machine load hits both alike), and finally prints one
 # table (examples/bench_report.rs). Raw files go to bench/results/STAMP/, the results as JSON
@@ -60,7 +62,7 @@ unset OMPI_MCA_mpi_yield_when_idle
 # nn-train sets the BLAS threads itself (--threads); no inherited setting should interfere.
 unset OPENBLAS_NUM_THREADS OMP_NUM_THREADS
 
-for exe in nn-train nn-data examples/sgemm_limit examples/bench_report; do
+for exe in nn-train nn-data examples/sgemm_limit examples/vector_peak examples/bench_report; do
     [[ -x $BIN/$exe ]] || { echo "bench: $BIN/$exe is missing; run 'make bench' (it builds them)" >&2; exit 1; }
 done
 mkdir -p "$OUT" "$CACHE"
@@ -149,6 +151,27 @@ layout() {
         PLACE=(mpirun -n 1 --bind-to none) THREADS=2
     else
         PLACE=(mpirun -n "$1" --bind-to core) THREADS=1
+    fi
+}
+
+# field FILE NAME FORMAT: a number of a one-line JSON file, formatted, or "-" where null.
+field() {
+    grep -o "\"$2\":[-0-9.e]*" "$1" | cut -d: -f2 | awk -v f="$3" 'NF {printf f, $1; ok = 1} END {if (!ok) printf "-"}'
+}
+
+# The f32 FMA and bf16 dot-product peaks of one core (one thread, not pinned: see the example).
+vector_peak() {
+    local file=$OUT/vector-peak.json code=0
+    timeout "$TIMEOUT" "$BIN/examples/vector_peak" >"$file" 2>"$file.err" || code=$?
+    json kind vector_peak exit "=$code" file "$file" >>"$MANIFEST"
+    if ((code == 0)); then
+        echo "bench: vector peaks, one core: f32 FMA ($(field "$file" fp32_fma_width %d)-bit)" \
+            "$(field "$file" fp32_fma_gflops %.1f) GFLOP/s; bf16 dot product (VDPBF16PS)" \
+            "$(field "$file" bf16_dot_gflops %.1f) GFLOP/s; bf16 / f32 peak $(field "$file" bf16_to_fp32 %.2f)"
+    else
+        FAILED=$((FAILED + 1))
+        echo "bench: vector_peak failed ($code):" >&2
+        tail -5 "$file.err" >&2
     fi
 }
 
@@ -281,6 +304,7 @@ echo "bench: $WORKLOADS; runs per workload and layout: $REPS; load average $(cut
 [[ $PEERS == 1 ]] && note "peers: $("$PEER_PY" -c 'import torch; print(f"PyTorch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")' 2>&1 | tail -1)"
 [[ " $WORKLOADS " != *" W4 "* ]] && note "W4 skipped: BENCH_W4=1 make bench runs it (generates a 6.3 GB file in bench/cache once, in about 30 s; then about 13 minutes on 2 cores)"
 
+vector_peak
 for w in $WORKLOADS; do
     define "$w"
     [[ $ROWS -gt 0 ]] && generate

@@ -1,7 +1,7 @@
 //! The table of `make bench`: reads the manifest bench/run.sh wrote (one JSON line per
-//! workload, sgemm measurement and training run), the runs' `--metrics` files and logs, and
-//! prints one Markdown table with the README's targets under it. Also writes every figure as
-//! JSON Lines (`--jsonl`) and the printed text (`--table`).
+//! workload, vector-peak and sgemm measurement and training run), the runs' `--metrics` files
+//! and logs, and prints one Markdown table with the README's targets under it. Also writes
+//! every figure as JSON Lines (`--jsonl`) and the printed text (`--table`).
 //!
 //!     target/release/examples/bench_report bench/results/STAMP/manifest.jsonl
 
@@ -92,8 +92,74 @@ enum Entry {
         #[serde(default)]
         others_cpu_s: f64,
     },
+    /// examples/vector_peak.rs's line (one core's f32 FMA and bf16 dot-product peaks).
+    VectorPeak {
+        exit: i32,
+        file: PathBuf,
+    },
     Train(TrainEntry),
     Peer(PeerEntry),
+}
+
+/// The line examples/vector_peak.rs prints: GFLOP/s of one core, None where not measurable.
+#[derive(Deserialize, Serialize, Clone, Debug)]
+struct VectorPeak {
+    fp32_fma_gflops: Option<f64>,
+    /// Register width of the f32 FMA loop in bits (512 or 256).
+    fp32_fma_width: Option<u32>,
+    /// VDPBF16PS zmm (AVX512-BF16).
+    bf16_dot_gflops: Option<f64>,
+    /// bf16_dot_gflops / fp32_fma_gflops.
+    bf16_to_fp32: Option<f64>,
+    /// The other fields (the trials), kept for the results file.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The header line of the vector peaks.
+fn vector_peak_line(p: &VectorPeak) -> String {
+    let gflops = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} GFLOP/s"));
+    format!(
+        "vector peaks of one core (examples/vector_peak): f32 FMA ({}-bit) {}; bf16 dot product (AVX512-BF16 VDPBF16PS) {}{}",
+        p.fp32_fma_width.map_or("-".into(), |w| w.to_string()),
+        gflops(p.fp32_fma_gflops),
+        if p.bf16_dot_gflops.is_some() { gflops(p.bf16_dot_gflops) } else { "- (no AVX512-BF16)".into() },
+        p.bf16_to_fp32.map_or(String::new(), |r| format!(" = {r:.2}x the f32 FMA"))
+    )
+}
+
+/// What the measured peaks say about a target "bf16 through AVX512-BF16 at least `target` x
+/// float32". There a bf16 product runs on VDPBF16PS, so a step can go no faster than its
+/// products at that instruction's peak on every core: `limits` are these bounds on bf16 / f32
+/// per layout, (ranks, bf16 peak x cores / f32's product GFLOP/s in this run). They are at least
+/// the peak ratio (f32 runs at most at its FMA peak); the verdict rests on them where measured,
+/// else on the peak ratio alone. (Reaching a bound is not promised either.)
+fn avx512_bf16_bound(peak_ratio: Option<f64>, target: f64, limits: &[(usize, f64)], cores: usize) -> String {
+    let Some(r) = peak_ratio else {
+        return "; this CPU's bf16 / f32 peak ratio was not measured".into();
+    };
+    let peaks = format!("its bf16 dot product (VDPBF16PS) peaks at {r:.2}x its f32 FMA (measured above)");
+    let at_most = if limits.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = limits
+            .iter()
+            .map(|(ranks, l)| format!("{l:.2}x ({ranks} rank{})", if *ranks == 1 { "" } else { "s" }))
+            .collect();
+        format!(
+            ", so with every product at that peak on all {cores} cores bf16 could be at most {} this run's float32",
+            each.join(", ")
+        )
+    };
+    let reachable = if limits.is_empty() { r >= target } else { limits.iter().all(|(_, l)| *l >= target) };
+    if reachable {
+        format!("; the peaks allow it on this CPU: {peaks}{at_most}")
+    } else {
+        format!(
+            "; target {target}x not reachable on this CPU: {peaks}{at_most}; the target applies to CPUs whose \
+             VDPBF16PS peak is about 2x their f32 FMA (expected on Cooper Lake and Zen 4)"
+        )
+    }
 }
 
 /// A peer's run (bench/peers/torch_bench.py) as bench/run.sh recorded it.
@@ -375,6 +441,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    let vector_peak: Option<VectorPeak> = entries.iter().find_map(|e| match e {
+        Entry::VectorPeak { exit: 0, file, .. } => {
+            serde_json::from_str(std::fs::read_to_string(file).ok()?.lines().next()?).ok()
+        }
+        _ => None,
+    });
     let mut env_end = None;
     for e in &entries {
         match e {
@@ -402,6 +474,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     writeln!(out, ", at end {}", env_end.as_deref().unwrap_or("?"))?;
+    if let Some(p) = &vector_peak {
+        writeln!(out, "{}", vector_peak_line(p))?;
+        jsonl.push(serde_json::json!({"kind": "vector_peak", "peak": p}));
+    }
     for e in &entries {
         if let Entry::Note { text } = e {
             writeln!(out, "note: {text}")?;
@@ -733,12 +809,35 @@ fn main() -> anyhow::Result<()> {
         let (x, y) = (get_variant(w, a, r)?.median?, get_variant(w, b, r)?.median?);
         Some(format!("{:.2}x ({})", x / y, verdict(x >= target * y)))
     };
+    // Bounds from the vector peaks on bf16 / f32 through AVX512-BF16, per layout: every product
+    // of a bf16 step at VDPBF16PS's peak on all cores, against this run's float32 W3 products
+    // (x.W and x^T.dz of every layer, dz.W^T of all but the first, as the trainer runs them).
+    let w3_product_flops = entries.iter().find_map(|e| match e {
+        Entry::Workload { name, features, layers, .. } if name == "W3" => Some(
+            dims(*features, layers)
+                .windows(2)
+                .enumerate()
+                .map(|(i, d)| (if i == 0 { 4.0 } else { 6.0 }) * (d[0] * d[1]) as f64)
+                .sum::<f64>(),
+        ),
+        _ => None,
+    });
+    let bf16_limits: Vec<(usize, f64)> = [1usize, 2]
+        .iter()
+        .filter_map(|&r| {
+            let peak = vector_peak.as_ref()?.bf16_dot_gflops? * 1e9 * cores as f64;
+            Some((r, peak / (w3_product_flops? * get("W3", r)?.median?)))
+        })
+        .collect();
+    let bound =
+        |target: f64| avx512_bf16_bound(vector_peak.as_ref().and_then(|p| p.bf16_to_fp32), target, &bf16_limits, cores);
     if let Some(unit) = bf16_unit {
         let target = if unit == "AMX" { 3.0 } else { 1.6 };
         writeln!(
             out,
-            "- W3 bf16 ({unit}) at least {target}x nn-train's float32: {}",
-            per_layout(&|r| ratio("W3", "bf16", "", r, target))
+            "- W3 bf16 ({unit}) at least {target}x nn-train's float32: {}{}",
+            per_layout(&|r| ratio("W3", "bf16", "", r, target)),
+            if unit == "AMX" { String::new() } else { bound(target) }
         )?;
         if summaries.iter().any(|s| s.variant == "PyTorch bf16") {
             writeln!(
@@ -750,8 +849,9 @@ fn main() -> anyhow::Result<()> {
         if summaries.iter().any(|s| s.variant == "bf16-avx512") {
             writeln!(
                 out,
-                "- W3 bf16 on AVX512-BF16 only (AMX hidden) at least 1.6x float32: {}",
-                per_layout(&|r| ratio("W3", "bf16-avx512", "", r, 1.6))
+                "- W3 bf16 on AVX512-BF16 only (AMX hidden) at least 1.6x float32: {}{}",
+                per_layout(&|r| ratio("W3", "bf16-avx512", "", r, 1.6)),
+                bound(1.6)
             )?;
         }
         writeln!(
@@ -806,6 +906,9 @@ fn main() -> anyhow::Result<()> {
                 .join(", ")
         )?;
     }
+    if vector_peak.is_some() {
+        writeln!(out, "vector peaks: one core, best of 5 trials of a loop of 24 independent register-only instructions (vfmadd231ps: 32 FLOP per zmm, 16 per ymm; vdpbf16ps zmm: 64 FLOP). Through AVX512-BF16 a bf16 step is no faster than its products at the VDPBF16PS peak on every core: the bound under the targets divides that by the GFLOP/s of this run's float32 products (its samples/s x the step's product FLOPs).")?;
+    }
     writeln!(out, "peak RSS: the largest rank's VmHWM; bound = the budget (slice + 4 x parameters + 100 MB); growth: VmRSS at the end of the last epoch minus the first, largest rank.")?;
     writeln!(out, "ms/step: global batch / samples/s. Profile: rank 0's time in data gathering, forward, loss + backward, waiting for the allreduce, optimizer.")?;
     writeln!(out, "others' CPU: the most CPU that other processes (and the hypervisor's steal) took during one run or the sgemm measurement of that row, as a share of all cores; above a few percent the row's numbers are disturbed.")?;
@@ -824,4 +927,40 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_avx512_bf16_target_is_judged_by_the_peaks() {
+        // The peak ratio alone (no bf16 or f32 runs to bound).
+        let below = avx512_bf16_bound(Some(0.5), 1.6, &[], 2);
+        assert!(below.contains("not reachable on this CPU") && below.contains("0.50x"), "{below}");
+        let above = avx512_bf16_bound(Some(2.0), 1.6, &[], 2);
+        assert!(above.contains("allow it") && above.contains("2.00x") && !above.contains("not"), "{above}");
+        assert!(avx512_bf16_bound(None, 1.6, &[(1, 3.0)], 2).contains("not measured"));
+        // With this run's bounds: they decide (an f32 far below its peak can be beaten by more
+        // than the peak ratio), every layout must allow the target.
+        let bounded = avx512_bf16_bound(Some(0.5), 1.6, &[(1, 0.83), (2, 0.91)], 2);
+        assert!(bounded.contains("not reachable") && bounded.contains("0.83x (1 rank), 0.91x (2 ranks)"), "{bounded}");
+        let slow_f32 = avx512_bf16_bound(Some(1.2), 1.6, &[(1, 1.7), (2, 1.9)], 2);
+        assert!(slow_f32.contains("allow it") && slow_f32.contains("1.20x"), "{slow_f32}");
+        assert!(avx512_bf16_bound(Some(2.0), 1.6, &[(1, 2.5), (2, 1.5)], 2).contains("not reachable"));
+    }
+
+    #[test]
+    fn the_manifest_line_and_the_example_line_parse() {
+        // As bench/run.sh writes it.
+        let e: Entry = serde_json::from_str(r#"{"kind":"vector_peak","exit":0,"file":"x/vector-peak.json"}"#).unwrap();
+        assert!(matches!(e, Entry::VectorPeak { exit: 0, .. }));
+        // As examples/vector_peak.rs prints it, on a CPU without AVX512-BF16.
+        let p: VectorPeak = serde_json::from_str(
+            r#"{"fp32_fma_gflops":120.5,"fp32_fma_width":256,"bf16_dot_gflops":null,"bf16_to_fp32":null,"fp32_fma_trials":[120.5],"bf16_dot_trials":[]}"#,
+        )
+        .unwrap();
+        let line = vector_peak_line(&p);
+        assert!(line.contains("f32 FMA (256-bit) 120.5 GFLOP/s") && line.contains("no AVX512-BF16"), "{line}");
+    }
 }
