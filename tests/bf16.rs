@@ -192,3 +192,53 @@ fn resume_across_precisions() {
     assert_eq!(kernel.dtype().unwrap().size(), 4);
     assert!(kernel.dtype().unwrap().is::<f32>());
 }
+
+/// Two ranks that keep one bf16 copy of the weights for the node (each writing its chunk in
+/// the update) train bit for bit the model they train with a copy each (each converting the
+/// chunks the other updated), and with MPI_Allreduce instead of the shared-memory window.
+#[test]
+fn node_shared_bf16_copy_trains_the_same_model() {
+    if skip("node_shared_bf16_copy_trains_the_same_model") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.h5");
+    common::write_classification(&data, 300, 24, 3, 8);
+    let d = data.display().to_string();
+    let run = |name: &str, share_min: &str, allreduce: &str| {
+        let c = dir.path().join(format!("{name}.h5"));
+        let cs = c.display().to_string();
+        let args = [
+            "--data",
+            d.as_str(),
+            "--layers",
+            "48:relu,40:gelu,3:softmax",
+            "--batch-size",
+            "30",
+            "--epochs",
+            "3",
+            "--precision",
+            "bf16",
+            "--threads",
+            "1",
+            "--allreduce",
+            allreduce,
+            "--checkpoint",
+            cs.as_str(),
+        ];
+        let mut cmd = Command::new("mpirun");
+        mpi_env(&mut cmd).env("NN_TRAIN_SHARE_PARAMS_MIN", share_min);
+        cmd.args(["--bind-to", "none", "-n", "2"]).arg(bin("nn-train")).args(args);
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(120)).expect_ok();
+        (out.stdout, checkpoint_params(&c))
+    };
+    let (shared_log, shared) = run("shared", "0", "auto");
+    assert!(shared_log.contains("parameters and their bf16 copy updated there"), "{shared_log}");
+    let (own_log, own) = run("own", "1000000000", "auto");
+    assert!(own_log.contains("gradients summed in shared memory") && !own_log.contains("updated there"), "{own_log}");
+    let differing = shared.iter().zip(&own).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differing, 0, "one bf16 copy per node vs one per rank: {differing} of {} parameters differ", own.len());
+    let (_, mpi) = run("mpi", "0", "mpi");
+    let diff = max_rel_diff(&shared, &mpi);
+    assert!(diff < 1e-4, "shared window vs MPI_Allreduce in bf16: {diff:e}");
+}

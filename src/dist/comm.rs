@@ -456,18 +456,21 @@ pub struct SharedSum {
     len: usize,
     stride: usize,
     /// The number of parameters (the first `params` of the `len` floats); the window also
-    /// holds one copy of them for the node, then one flag per rank (see
-    /// [`SharedSum::parameters`]).
+    /// holds one copy of them for the node, then one flag per rank, then (when asked for) one
+    /// bf16 copy of the parameters (see [`SharedSum::parameters`]).
     params: usize,
+    /// Whether the window holds the bf16 copy.
+    bf16: bool,
     rank: usize,
     ranks: usize,
 }
 
 impl SharedSum {
     /// Sets up the window when every rank of `comm` is on one node (collective), for buffers
-    /// of `len` floats whose first `params` are the gradients of the parameters. Returns None
-    /// across nodes or when the MPI library cannot allocate a shared window.
-    pub fn new(comm: &Comm, len: usize, params: usize) -> Option<SharedSum> {
+    /// of `len` floats whose first `params` are the gradients of the parameters, with room
+    /// for a bf16 copy of the parameters when `bf16`. Returns None across nodes or when the
+    /// MPI library cannot allocate a shared window.
+    pub fn new(comm: &Comm, len: usize, params: usize, bf16: bool) -> Option<SharedSum> {
         if comm.size == 1 {
             return None;
         }
@@ -479,7 +482,8 @@ impl SharedSum {
         // Each buffer starts on a cache line (the products write into them): a stride of a
         // multiple of 16 floats, and 16 floats of slack to align the start.
         let stride = len.next_multiple_of(16);
-        let total = (ranks + 1) * stride + params.next_multiple_of(16) + ranks + 16;
+        let bf16_floats = if bf16 { params.next_multiple_of(32) / 2 } else { 0 };
+        let total = (ranks + 1) * stride + params.next_multiple_of(16) + ranks.next_multiple_of(16) + bf16_floats + 16;
         let floats = if rank == 0 { total } else { 0 };
         let mut base: *mut f32 = std::ptr::null_mut();
         // SAFETY: MPI_Win is a plain handle; MPI_Win_allocate_shared overwrites it.
@@ -512,7 +516,7 @@ impl SharedSum {
         // MPI_Win_sync and barriers (the MPI-3 recipe for shared-memory windows).
         // SAFETY: a valid window.
         unsafe { ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as i32, win) };
-        let mut shared = SharedSum { win, node, base, len, stride, params, rank, ranks };
+        let mut shared = SharedSum { win, node, base, len, stride, params, bf16, rank, ranks };
         shared.input_mut().fill(0.0);
         shared.fence();
         Some(shared)
@@ -542,22 +546,23 @@ impl SharedSum {
     /// after the next [`SharedSum::fence`].
     pub fn sum_own_chunk(&self) -> Range<usize> {
         self.fence();
-        let chunk = self.chunk(self.rank);
-        // SAFETY: chunk r of the result is written only by rank r, here; the inputs are only
-        // read until the next fence.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.stride + chunk.start), chunk.len())
-        };
-        // SAFETY: input q lies inside the window (q < ranks), and no rank writes the inputs
-        // before the next fence.
-        let input =
-            |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.stride + chunk.start), chunk.len()) };
-        // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
-        crate::engine::kernels::add_into(out, input(0), input(1));
-        for q in 2..self.ranks {
-            crate::engine::kernels::add_in_place(out, input(q));
-        }
+        let own = self.own_sum();
+        own.add_up(self.chunk(self.rank));
         self.params_of(self.rank)
+    }
+
+    /// What adds up this rank's chunk, piece by piece (see [`OwnChunkSum`]). Use only between
+    /// the fence that follows the inputs' writing and the next fence.
+    pub fn own_sum(&self) -> OwnChunkSum {
+        let chunk = self.chunk(self.rank);
+        OwnChunkSum { base: self.base, stride: self.stride, ranks: self.ranks, start: chunk.start, end: chunk.end }
+    }
+
+    /// The part of this rank's chunk past the parameters (the extra slots it sums), as a
+    /// range of the `len` floats; empty on ranks whose chunk holds only parameters.
+    pub fn own_extra(&self) -> Range<usize> {
+        let c = self.chunk(self.rank);
+        c.start.max(self.params)..c.end.max(self.params)
     }
 
     /// The sum over the ranks of float `i` of the inputs, in the result's order (so the same
@@ -577,6 +582,14 @@ impl SharedSum {
     pub fn parameters(&self) -> *mut f32 {
         // SAFETY: the area after the P inputs and the result, inside the window.
         unsafe { self.base.add((self.ranks + 1) * self.stride) }
+    }
+
+    /// The node's one bf16 copy of the parameters: (params,), on a cache line, shared like
+    /// [`SharedSum::parameters`] (each rank writes its own chunk in the update). None when the
+    /// window was made without it.
+    pub fn bf16_parameters(&self) -> Option<*mut u16> {
+        // SAFETY: the area after the flags, inside the window (see `new`'s total).
+        self.bf16.then(|| unsafe { self.flags().add(self.ranks.next_multiple_of(16)).cast::<u16>() })
     }
 
     /// This rank's flag (whether its part of the gradients was finite), for the others to
@@ -650,6 +663,51 @@ impl SharedSum {
         unsafe {
             ffi::MPI_Win_sync(self.win);
         }
+    }
+}
+
+/// Adds up a rank's chunk of the window's inputs into the result, a piece at a time, so that
+/// an update can read each piece's sums while they are in its cache instead of summing the
+/// whole chunk first and reading it back from memory. Plain pointers into the window, so the
+/// update's threads can each sum their own pieces.
+#[derive(Clone, Copy)]
+pub struct OwnChunkSum {
+    base: *mut f32,
+    stride: usize,
+    ranks: usize,
+    start: usize,
+    end: usize,
+}
+
+// SAFETY: the window outlives every use (the update that holds this runs inside a step), and
+// concurrent callers sum disjoint pieces, as `sum` requires.
+unsafe impl Sync for OwnChunkSum {}
+
+impl OwnChunkSum {
+    /// Adds up `r` (a part of the chunk; indices into the whole buffer) of every input into
+    /// the result, in rank order, and returns that part of the result: (r.len(),). Pieces
+    /// summed at the same time must not overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub fn add_up(&self, r: Range<usize>) -> &mut [f32] {
+        assert!(self.start <= r.start && r.end <= self.end, "{r:?} outside the chunk {}..{}", self.start, self.end);
+        // SAFETY: the chunk of the result is written only by its rank, each piece by one call
+        // (the callers' pieces are disjoint); the inputs are only read until the next fence.
+        let out = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.stride + r.start), r.len()) };
+        // SAFETY: input q lies inside the window (q < ranks), and no rank writes the inputs
+        // before the next fence.
+        let input = |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.stride + r.start), r.len()) };
+        // (input 0 + input 1) + input 2 + ...: the same order as a loop from zero.
+        crate::engine::kernels::add_into(out, input(0), input(1));
+        for q in 2..self.ranks {
+            crate::engine::kernels::add_in_place(out, input(q));
+        }
+        out
+    }
+}
+
+impl crate::engine::optim::PieceSum for OwnChunkSum {
+    fn sum(&self, r: Range<usize>) -> &[f32] {
+        self.add_up(r)
     }
 }
 

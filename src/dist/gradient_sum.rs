@@ -9,7 +9,7 @@
 use crate::dist::comm::{Comm, GradientReducer, SharedSum};
 use crate::engine::aligned::{Aligned, Flat};
 use crate::engine::bf16;
-use crate::engine::optim::{Optimizer, Weights};
+use crate::engine::optim::{Gradients, Optimizer, Weights};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -41,6 +41,9 @@ pub enum GradientSum {
         shared: SharedSum,
         /// The parameters live in the window and the update is sharded.
         sharded: bool,
+        /// Their bf16 copy lives in the window too (one per node, each rank writing its
+        /// chunk in the update), rather than one per rank.
+        bf16_shared: bool,
     },
     /// Buckets of layers summed on a background thread while the backward pass goes on, and
     /// each bucket updated as soon as its sum arrives (see [`GradientReducer`]).
@@ -100,9 +103,13 @@ impl GradientSum {
 
     /// The shared-memory window (collective), for `n_params` gradients and `extra` slots;
     /// None when the ranks span several nodes or the MPI library cannot allocate one.
-    pub fn shared_window(comm: &Comm, n_params: usize, extra: usize) -> Option<GradientSum> {
-        SharedSum::new(comm, n_params + extra, n_params)
-            .map(|shared| GradientSum::SharedWindow { shared, sharded: false })
+    /// With `bf16`, the window has room for the node's one bf16 copy of the parameters too.
+    pub fn shared_window(comm: &Comm, n_params: usize, extra: usize, bf16: bool) -> Option<GradientSum> {
+        SharedSum::new(comm, n_params + extra, n_params, bf16).map(|shared| GradientSum::SharedWindow {
+            shared,
+            sharded: false,
+            bf16_shared: false,
+        })
     }
 
     /// The background sum overlapping the backward pass; None when MPI lacks thread support.
@@ -170,31 +177,41 @@ impl GradientSum {
                 let finite = dropped || update(opt, params, &summed[..n], mirror, scale, lr);
                 Summed { waited_s, dropped, finite }
             }
-            GradientSum::SharedWindow { shared, sharded: true } => {
-                // Each rank updates the parameters of the chunk it has just summed (still in
-                // its cache), in the node's one copy; a fence then makes them whole.
-                let own = shared.sum_own_chunk();
+            GradientSum::SharedWindow { shared, sharded: true, bf16_shared } => {
+                // Each rank adds up its chunk of the gradients piece by piece inside the
+                // update, which reads each piece's sums while they are in its cache, and
+                // updates those parameters in place in the node's one copy; a fence then
+                // makes them whole.
+                shared.fence();
                 let waited_s = start.elapsed().as_secs_f64();
+                let own = shared.own_sum();
+                let own_params = shared.params_of(shared.rank_on_node());
+                let extra = shared.own_extra();
+                if !extra.is_empty() {
+                    own.add_up(extra);
+                }
                 // The stop flag's chunk may not be summed yet: add it up here, in the same order.
-                let dropped = drop_on.is_some_and(|slot| shared.input_sum(slot) > 0.0);
-                if dropped {
+                if drop_on.is_some_and(|slot| shared.input_sum(slot) > 0.0) {
+                    own.add_up(own_params);
                     shared.fence();
-                    return Summed { waited_s, dropped, finite: true };
+                    return Summed { waited_s, dropped: true, finite: true };
                 }
                 let (step, _) = opt.begin(&[], scale, lr);
-                let own_finite = opt.apply(&step, own.clone(), params, shared.result(), mirror.as_deref_mut());
+                let own_finite = opt.apply(&step, own_params, params, Gradients::ByPiece(&own), mirror.as_deref_mut());
                 shared.set_flag(own_finite);
                 shared.fence();
-                // The bf16 copy is each rank's own: convert the chunks the others updated.
-                if let Some(m) = mirror {
-                    for q in (0..shared.ranks()).filter(|&q| q != shared.rank_on_node()) {
-                        let r = shared.params_of(q);
-                        bf16::convert(&params[r.clone()], &mut m[r]);
+                if !*bf16_shared {
+                    // The bf16 copy is each rank's own: convert the chunks the others updated.
+                    if let Some(m) = mirror {
+                        for q in (0..shared.ranks()).filter(|&q| q != shared.rank_on_node()) {
+                            let r = shared.params_of(q);
+                            bf16::convert(&params[r.clone()], &mut m[r]);
+                        }
                     }
                 }
-                Summed { waited_s, dropped, finite: shared.all_flags() }
+                Summed { waited_s, dropped: false, finite: shared.all_flags() }
             }
-            GradientSum::SharedWindow { shared, sharded: false } => {
+            GradientSum::SharedWindow { shared, sharded: false, .. } => {
                 shared.sum();
                 let waited_s = start.elapsed().as_secs_f64();
                 let dropped = stopped(shared.result());
@@ -214,7 +231,7 @@ impl GradientSum {
                     o.reducer.wait(last);
                     let waited_s = start.elapsed().as_secs_f64();
                     let (update, _) = opt.begin(&o.summed[..n], scale, lr);
-                    let finite = opt.apply(&update, 0..n, params, &o.summed, mirror);
+                    let finite = opt.apply(&update, 0..n, params, Gradients::Summed(&o.summed), mirror);
                     Summed { waited_s, dropped: false, finite }
                 } else {
                     let (update, _) = opt.begin(&[], scale, lr);
@@ -224,7 +241,13 @@ impl GradientSum {
                         let w = Instant::now();
                         o.reducer.wait(b);
                         waited_s += w.elapsed().as_secs_f64();
-                        finite &= opt.apply(&update, range.clone(), params, &o.summed, mirror.as_deref_mut());
+                        finite &= opt.apply(
+                            &update,
+                            range.clone(),
+                            params,
+                            Gradients::Summed(&o.summed),
+                            mirror.as_deref_mut(),
+                        );
                     }
                     Summed { waited_s, dropped: false, finite }
                 }
@@ -234,11 +257,12 @@ impl GradientSum {
 
     /// Moves the parameters into the shared-memory window, one copy for the node, and shards
     /// the update (collective; see [`GradientSum::SharedWindow`]). `params` (n_params,) then
-    /// views the window. Not with gradient clipping (its norm needs every sum first), not for
-    /// the other ways of summing, and not for models under [`SHARE_MIN_PARAMS`]: then nothing
-    /// changes.
-    pub fn share_parameters(&mut self, params: &mut Flat, clipping: bool) {
-        let GradientSum::SharedWindow { shared, sharded } = self else { return };
+    /// views the window, and so does `bf16` (their bf16 copy, when products run in bf16) if
+    /// the window was made with room for it. Not with gradient clipping (its norm needs every
+    /// sum first), not for the other ways of summing, and not for models under
+    /// [`SHARE_MIN_PARAMS`]: then nothing changes.
+    pub fn share_parameters(&mut self, params: &mut Flat, bf16: Option<&mut Flat<u16>>, clipping: bool) {
+        let GradientSum::SharedWindow { shared, sharded, bf16_shared } = self else { return };
         if clipping || *sharded || params.len() < share_min_params() {
             return;
         }
@@ -249,17 +273,27 @@ impl GradientSum {
         let own = shared.params_of(shared.rank_on_node());
         // SAFETY: the window's parameter area holds n floats; this rank writes only its chunk.
         unsafe { std::ptr::copy_nonoverlapping(params.as_ptr().add(own.start), ptr.add(own.start), own.len()) };
+        let bf16 = bf16.zip(shared.bf16_parameters());
+        if let Some((copy, at)) = &bf16 {
+            // SAFETY: the window's bf16 area holds n values; this rank writes only its chunk.
+            unsafe { std::ptr::copy_nonoverlapping(copy.as_ptr().add(own.start), at.add(own.start), own.len()) };
+        }
         shared.fence();
         // SAFETY: the window outlives the trainer's use of the view (the GradientSum that owns
         // it is dropped with the trainer), and in this process only the view accesses it.
         *params = unsafe { Flat::shared(ptr, n) };
+        if let Some((copy, at)) = bf16 {
+            // SAFETY: as for the parameters' view, for the window's bf16 area.
+            *copy = unsafe { Flat::shared(at, n) };
+            *bf16_shared = true;
+        }
         *sharded = true;
     }
 
     /// Makes the optimizer's state whole on every rank (collective): a sharded update keeps
     /// only each rank's own chunk of it current. Call before reading the state (checkpoints).
     pub fn complete_state(&self, opt: &mut Optimizer) {
-        if let GradientSum::SharedWindow { shared, sharded: true } = self {
+        if let GradientSum::SharedWindow { shared, sharded: true, .. } = self {
             for slot in opt.state_buffers_mut() {
                 shared.share_chunks(slot);
             }
@@ -299,9 +333,10 @@ impl GradientSum {
                 format!(", allreduce overlapped with backward ({} buckets)", o.bucket_params.len())
             }
             GradientSum::SharedWindow { sharded: false, .. } => ", gradients summed in shared memory".to_string(),
-            GradientSum::SharedWindow { sharded: true, .. } => {
-                ", gradients summed in shared memory, parameters updated there (one copy per node)".to_string()
-            }
+            GradientSum::SharedWindow { sharded: true, bf16_shared, .. } => format!(
+                ", gradients summed in shared memory, parameters{} updated there (one copy per node)",
+                if *bf16_shared { " and their bf16 copy" } else { "" }
+            ),
             GradientSum::Local { .. } | GradientSum::Mpi { .. } => String::new(),
         }
     }
@@ -329,7 +364,7 @@ fn update(
     lr: f32,
 ) -> bool {
     let (step, _) = opt.begin(grads, scale, lr);
-    opt.apply(&step, 0..params.len(), params, grads, mirror)
+    opt.apply(&step, 0..params.len(), params, Gradients::Summed(grads), mirror)
 }
 
 /// Gradient buckets for the overlapped sum: dense layers from the output down, grouped until

@@ -47,35 +47,40 @@ impl<T> DerefMut for Aligned<T> {
     }
 }
 
-/// f32 values on a cache line: this process's own, or a view of memory that outlives it and
-/// that other processes may read too (the parameters that the ranks of one node keep once, in
-/// their shared-memory window).
-pub enum Flat {
+/// Values on a cache line: this process's own, or a view of memory that outlives it and that
+/// other processes may read too (the parameters, and their bf16 copy, that the ranks of one
+/// node keep once, in their shared-memory window).
+pub enum Flat<T = f32> {
     /// Owned by this buffer.
-    Owned(Aligned<f32>),
+    Owned(Aligned<T>),
     /// `len` values at `ptr`, owned elsewhere.
     Shared {
         /// The first value.
-        ptr: *mut f32,
+        ptr: *mut T,
         /// The number of values.
         len: usize,
     },
 }
 
-impl Flat {
+impl<T> Flat<T> {
     /// A view of `len` values at `ptr`.
     ///
     /// # Safety
-    /// `ptr` points to `len` initialised f32 values that stay valid, and that no other code in
+    /// `ptr` points to `len` initialised values that stay valid, and that no other code in
     /// this process accesses, while the view is used.
-    pub unsafe fn shared(ptr: *mut f32, len: usize) -> Flat {
+    pub unsafe fn shared(ptr: *mut T, len: usize) -> Flat<T> {
         Flat::Shared { ptr, len }
+    }
+
+    /// Whether this is a view of memory owned elsewhere.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Flat::Shared { .. })
     }
 }
 
-impl Deref for Flat {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T> Deref for Flat<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         match self {
             Flat::Owned(a) => a,
             // SAFETY: the contract of Flat::shared.
@@ -84,8 +89,8 @@ impl Deref for Flat {
     }
 }
 
-impl DerefMut for Flat {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T> DerefMut for Flat<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         match self {
             Flat::Owned(a) => a,
             // SAFETY: the contract of Flat::shared.

@@ -12,7 +12,7 @@
 //! first step ([`Bf16Gemms::prepare`]), so a step never creates one.
 
 use crate::engine::activation::Activation;
-use crate::engine::aligned::Aligned;
+use crate::engine::aligned::{Aligned, Flat};
 use crate::engine::bf16;
 use crate::engine::onednn::{self, Bf16Unit, Matmul, Shape};
 use crate::{Error, Result};
@@ -146,7 +146,8 @@ pub struct Bf16Gemms {
     /// The CPU's bf16 unit the products run on.
     pub unit: Bf16Unit,
     /// bf16 copy of the flat parameter buffer (only the kernels' spans are used): (n_params,).
-    pub weights: Aligned<u16>,
+    /// Ranks that share their parameters on a node share this copy too.
+    pub weights: Flat<u16>,
     /// bf16 copy of the input of each layer that feeds a dense layer, by the index of the
     /// layer that PRODUCED it (`inputs[0]` is the model input x): (padded rows, width).
     pub inputs: Vec<Aligned<u16>>,
@@ -174,7 +175,7 @@ impl Bf16Gemms {
         let blocks = cap / ROW_BLOCK;
         Ok(Bf16Gemms {
             unit,
-            weights: Aligned::new(n_params),
+            weights: Flat::Owned(Aligned::new(n_params)),
             inputs: input_widths.iter().map(|w| Aligned::new(w.map_or(0, |w| cap * w))).collect(),
             delta: Aligned::new(cap * widest),
             scratch: Vec::new(),

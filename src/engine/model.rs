@@ -10,7 +10,7 @@
 //! batch-normalization layer), updated by training forward passes and read in evaluation.
 
 use crate::engine::activation::Activation;
-use crate::engine::aligned::Aligned;
+use crate::engine::aligned::{Aligned, Flat};
 use crate::engine::gemm::{gemm, Mat};
 use crate::engine::kernels;
 use crate::engine::mixed::{self, padded, Bf16Gemms, Precision};
@@ -374,6 +374,12 @@ impl Workspace {
     /// writes it as it goes (see [`crate::engine::optim::Optimizer::apply`]); None in f32.
     pub fn bf16_weights_mut(&mut self) -> Option<&mut [u16]> {
         self.mixed.as_mut().map(|mx| &mut mx.weights[..])
+    }
+
+    /// With bf16, the buffer of that copy itself, for ranks that move it into memory they
+    /// share ([`crate::dist::gradient_sum::GradientSum::share_parameters`]); None in f32.
+    pub fn bf16_weights_buffer(&mut self) -> Option<&mut Flat<u16>> {
+        self.mixed.as_mut().map(|mx| &mut mx.weights)
     }
 
     /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).

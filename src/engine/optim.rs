@@ -235,7 +235,7 @@ impl Optimizer {
     /// clipping is off).
     pub fn step(&mut self, params: &mut [f32], grad_sum: &[f32], scale: f32, lr: f32) -> f32 {
         let (update, norm) = self.begin(grad_sum, scale, lr);
-        self.apply(&update, 0..params.len(), params, grad_sum, None);
+        self.apply(&update, 0..params.len(), params, Gradients::Summed(grad_sum), None);
         norm
     }
 
@@ -335,7 +335,7 @@ impl Optimizer {
         update: &Update,
         range: Range<usize>,
         params: &mut [f32],
-        grad_sum: &[f32],
+        grads: Gradients<'_>,
         mirror: Option<&mut [u16]>,
     ) -> bool {
         let n = range.len();
@@ -345,11 +345,10 @@ impl Optimizer {
             range.clone(),
             mirror.map(|m| &mut m[range.clone()]),
         );
-        let g = &grad_sum[range];
         if n < PARALLEL_MIN || self.pool.parts() == 1 {
             // SAFETY: the whole range, on this thread only.
             let (p, slots, mirror) = unsafe { views.range(0..n) };
-            return update_chunks(update, p, g, slots, mirror);
+            return update_chunks(update, p, grads, range.start, slots, mirror);
         }
         let parts = self.pool.parts();
         let finite = AtomicBool::new(true);
@@ -358,11 +357,40 @@ impl Optimizer {
             // SAFETY: part_range gives each part a disjoint range, and run() returns only
             // after every part has ended, while the borrows behind `views` are still held.
             let (p, slots, mirror) = unsafe { views.range(r.clone()) };
-            if !update_chunks(update, p, &g[r], slots, mirror) {
+            if !update_chunks(update, p, grads, range.start + r.start, slots, mirror) {
                 finite.store(false, Ordering::Relaxed);
             }
         });
         finite.into_inner()
+    }
+}
+
+/// Where an update reads the gradients summed over the ranks.
+#[derive(Clone, Copy)]
+pub enum Gradients<'a> {
+    /// Summed already: the flat buffer, (n_params,) or longer.
+    Summed(&'a [f32]),
+    /// Summed piece by piece as the update reaches each piece, so that each piece's sums are
+    /// read from the cache they were just written to (the ranks of a node adding up their
+    /// shared-memory buffers).
+    ByPiece(&'a dyn PieceSum),
+}
+
+/// Gradients that are added up a piece at a time (see [`Gradients::ByPiece`]).
+pub trait PieceSum: Sync {
+    /// Sums the gradients of `r` (indices into the flat buffer) and returns them: (r.len(),).
+    /// Each piece is asked for once per step; pieces asked for at the same time (by the
+    /// update's threads) do not overlap.
+    fn sum(&self, r: Range<usize>) -> &[f32];
+}
+
+impl Gradients<'_> {
+    /// The summed gradients of `r` (indices into the flat buffer).
+    fn piece(&self, r: Range<usize>) -> &[f32] {
+        match self {
+            Gradients::Summed(g) => &g[r],
+            Gradients::ByPiece(s) => s.sum(r),
+        }
     }
 }
 
@@ -439,12 +467,14 @@ fn sub(s: &mut [f32], r: Range<usize>) -> &mut [f32] {
     }
 }
 
-/// The fused loop of [`Optimizer::apply`] on one thread's part: per chunk, the finite check
-/// of the gradients, the update, and the bf16 copy. p, g, the used slots and mirror: (n,).
+/// The fused loop of [`Optimizer::apply`] on one thread's part, the parameters from `offset`
+/// on in the flat buffer: per chunk, the finite check of the gradients, the update, and the
+/// bf16 copy. p, the used slots and mirror: (n,).
 fn update_chunks(
     update: &Update,
     p: &mut [f32],
-    g: &[f32],
+    grads: Gradients<'_>,
+    offset: usize,
     mut slots: [&mut [f32]; 3],
     mut mirror: Option<&mut [u16]>,
 ) -> bool {
@@ -452,7 +482,7 @@ fn update_chunks(
     let n = p.len();
     for start in (0..n).step_by(CHUNK) {
         let r = start..(start + CHUNK).min(n);
-        let (p, g) = (&mut p[r.clone()], &g[r.clone()]);
+        let (p, g) = (&mut p[r.clone()], grads.piece(offset + r.start..offset + r.end));
         finite &= kernels::all_finite(g);
         let [a, b, c] = &mut slots;
         match update {
@@ -489,6 +519,7 @@ pub enum Update {
 mod tests {
     use super::*;
     use clap::ValueEnum;
+    use std::sync::Mutex;
 
     /// Expected values from this numpy transcription of Keras 3's update rules (float64),
     /// independent of the fused f32 loop above:
@@ -699,7 +730,7 @@ mod tests {
                     Update::Adagrad(k) => kernels::adagrad(&mut p_plain, &grads, a, k),
                 }
                 let (update, _) = fused.begin(&grads, 0.5, 0.01);
-                assert!(fused.apply(&update, 0..n, &mut p_fused, &grads, Some(&mut mirror)));
+                assert!(fused.apply(&update, 0..n, &mut p_fused, Gradients::Summed(&grads), Some(&mut mirror)));
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&p_plain), bits(&p_fused), "{kind}: parameters");
@@ -710,7 +741,74 @@ mod tests {
             let mut bad = grads.clone();
             bad[n - 5] = f32::INFINITY;
             let (update, _) = fused.begin(&bad, 0.5, 0.01);
-            assert!(!fused.apply(&update, 0..n, &mut p_fused, &bad, None), "{kind}: infinity not reported");
+            assert!(
+                !fused.apply(&update, 0..n, &mut p_fused, Gradients::Summed(&bad), None),
+                "{kind}: infinity not reported"
+            );
         }
+    }
+
+    /// Two ranks' gradients added up piece by piece, as a node's shared-memory sum does:
+    /// records each piece asked for, so the test can check they tile the update's range.
+    struct TwoInputs {
+        x: Vec<f32>,
+        y: Vec<f32>,
+        out: *mut f32,
+        asked: Mutex<Vec<Range<usize>>>,
+    }
+
+    // SAFETY: `sum` writes only the asked piece of `out`, and concurrent pieces are disjoint.
+    unsafe impl Sync for TwoInputs {}
+
+    impl PieceSum for TwoInputs {
+        fn sum(&self, r: Range<usize>) -> &[f32] {
+            self.asked.lock().unwrap().push(r.clone());
+            // SAFETY: see the Sync note; out holds x.len() floats and r lies within them.
+            let out = unsafe { std::slice::from_raw_parts_mut(self.out.add(r.start), r.len()) };
+            kernels::add_into(out, &self.x[r.clone()], &self.y[r]);
+            out
+        }
+    }
+
+    /// An update that sums its gradients piece by piece (3 threads, over two ranges as the
+    /// buckets of a sharded update are) equals one on the sums made first: bit-identical
+    /// parameters and state, and the sums left in the output buffer, every piece asked once.
+    #[test]
+    fn update_summing_piece_by_piece_equals_summing_first() {
+        let n = PARALLEL_MIN * 2 + 777;
+        let value =
+            |i: usize, salt: u64| crate::engine::rng::unit_f32(crate::engine::rng::hash(salt, &[i as u64])) - 0.5;
+        let x: Vec<f32> = (0..n).map(|i| value(i, 3)).collect();
+        let y: Vec<f32> = (0..n).map(|i| value(i, 4)).collect();
+        let summed: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+        let start: Vec<f32> = (0..n).map(|i| value(i, 5) * 0.1).collect();
+        let mut out = vec![0.0f32; n];
+        let pieces = TwoInputs { x, y, out: out.as_mut_ptr(), asked: Mutex::new(Vec::new()) };
+        let (mut first, mut by_piece) =
+            (Optimizer::new(OptimizerSettings::default(), n), Optimizer::new(OptimizerSettings::default(), n));
+        by_piece.set_threads(3);
+        let (mut p_first, mut p_piece) = (start.clone(), start);
+        let (mut m_first, mut m_piece) = (vec![0u16; n], vec![0u16; n]);
+        let split = n / 3;
+        for _ in 0..2 {
+            let (update, _) = first.begin(&summed, 0.5, 0.01);
+            assert!(first.apply(&update, 0..n, &mut p_first, Gradients::Summed(&summed), Some(&mut m_first)));
+            let (update, _) = by_piece.begin(&[], 0.5, 0.01);
+            for r in [0..split, split..n] {
+                assert!(by_piece.apply(&update, r, &mut p_piece, Gradients::ByPiece(&pieces), Some(&mut m_piece)));
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&p_first), bits(&p_piece), "parameters");
+        assert_eq!(first.state(), by_piece.state(), "state");
+        assert_eq!(m_first, m_piece, "bf16 copy");
+        let asked = std::mem::take(&mut *pieces.asked.lock().unwrap());
+        drop(pieces);
+        assert_eq!(bits(&out), bits(&summed), "sums left in the output");
+        let mut covered = vec![0u8; n];
+        for r in asked {
+            covered[r].iter_mut().for_each(|c| *c += 1);
+        }
+        assert!(covered.iter().all(|&c| c == 2), "every piece asked once per step");
     }
 }

@@ -132,9 +132,9 @@ impl<'c> Trainer<'c> {
                 if threads.threads == 1 { "" } else { "s" },
             ));
         }
-        let mut sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node);
+        let mut sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node, ws.mixed.is_some());
         let mut params = Flat::Owned(start.params);
-        sum.share_parameters(&mut params, cfg.optimizer.clip_norm.is_some());
+        sum.share_parameters(&mut params, ws.bf16_weights_buffer(), cfg.optimizer.clip_norm.is_some());
         let fused = cfg.loss.required_activation().is_some();
         Ok(Trainer {
             kill_grace_s: crate::dist::kill_grace::mpirun_kill_grace(),
@@ -357,9 +357,9 @@ fn feature_scaling(
     Ok(scaling)
 }
 
-/// The way this run sums gradients (collective). The buffers carry the STATS slots after the
+/// The way this run sums gradients (collective); `bf16`: the products run in bf16. The buffers carry the STATS slots after the
 /// parameters.
-fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: usize) -> GradientSum {
+fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: usize, bf16: bool) -> GradientSum {
     let n = model.n_params;
     if comm.size() == 1 {
         return GradientSum::local(n + STATS);
@@ -384,7 +384,7 @@ fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: 
         }
         GradientSum::overlapped(comm, n, STATS, &layer_starts)
     } else if cfg.allreduce == AllreduceMode::Auto {
-        GradientSum::shared_window(comm, n, STATS)
+        GradientSum::shared_window(comm, n, STATS, bf16)
     } else {
         None
     };
