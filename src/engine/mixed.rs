@@ -1,7 +1,9 @@
 //! Mixed precision (`--precision bf16`, Keras's `mixed_bfloat16`): the three products of each
 //! dense layer (forward x W + b, backward x^T dz and dz W^T) take bf16 inputs and accumulate
-//! and write f32, through oneDNN. Everything else stays f32: the master weights, the optimizer
-//! state, activations and their derivatives, the loss and softmax, gradients and their sums.
+//! and write f32, through oneDNN (the backward products of layers with at most
+//! [`narrow::NARROW_MAX_OUT`] outputs through nn-train's own kernels, which oneDNN's tiles do
+//! not suit). Everything else stays f32: the master weights, the optimizer state, activations
+//! and their derivatives, the loss and softmax, gradients and their sums.
 //!
 //! [`Bf16Gemms`] holds what the bf16 products need beside the f32 workspace: the bf16 copy of
 //! the weights (refreshed once per step, after the update), bf16 copies of the layer inputs
@@ -14,6 +16,7 @@
 use crate::engine::activation::Activation;
 use crate::engine::aligned::{Aligned, Flat};
 use crate::engine::bf16;
+use crate::engine::narrow;
 use crate::engine::onednn::{self, Bf16Unit, Matmul, Shape};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -126,9 +129,11 @@ pub fn delta_rows(
 struct LayerProducts {
     /// y = x W + b: x (rows, in), W (in, out).
     forward: Matmul,
-    /// dW = x^T dz: x stored (rows, in), dz (rows, out).
-    weights_grad: Matmul,
-    /// dx = dz W^T: dz (rows, out), W stored (in, out). None for the first dense layer.
+    /// dW = x^T dz: x stored (rows, in), dz (rows, out). None for a narrow layer (see
+    /// [`narrow`]).
+    weights_grad: Option<Matmul>,
+    /// dx = dz W^T: dz (rows, out), W stored (in, out). None for the first dense layer and for
+    /// a narrow one.
     input_grad: Option<Matmul>,
 }
 
@@ -154,6 +159,8 @@ pub struct Bf16Gemms {
     /// bf16 dz of the current layer: (padded rows, widest layer).
     pub delta: Aligned<u16>,
     scratch: Vec<u8>,
+    /// The narrow layers' products' scratch (see [`narrow::scratch_len`]).
+    narrow_scratch: Aligned<f32>,
     dense: Vec<DenseProducts>,
     max_rows: usize,
 }
@@ -179,6 +186,14 @@ impl Bf16Gemms {
             inputs: input_widths.iter().map(|w| Aligned::new(w.map_or(0, |w| cap * w))).collect(),
             delta: Aligned::new(cap * widest),
             scratch: Vec::new(),
+            narrow_scratch: Aligned::new(
+                dense
+                    .iter()
+                    .filter(|&&(_, o)| o <= narrow::NARROW_MAX_OUT)
+                    .map(|&(i, o)| narrow::scratch_len(cap, i, o))
+                    .max()
+                    .unwrap_or(0),
+            ),
             dense: dense
                 .iter()
                 .enumerate()
@@ -213,16 +228,21 @@ impl Bf16Gemms {
                 Matmul::new(s)
                     .map_err(|e| Error::flag("precision", format!("a {}x{}x{} bf16 product: {e}", s.m, s.k, s.n)))
             };
+            let narrow = o <= narrow::NARROW_MAX_OUT;
             let products = LayerProducts {
                 forward: make(Shape { m, k: i, n: o, trans_a: false, trans_b: false, bias: true })?,
-                weights_grad: make(Shape { m: i, k: m, n: o, trans_a: true, trans_b: false, bias: false })?,
-                input_grad: if d.first {
+                weights_grad: if narrow {
+                    None
+                } else {
+                    Some(make(Shape { m: i, k: m, n: o, trans_a: true, trans_b: false, bias: false })?)
+                },
+                input_grad: if d.first || narrow {
                     None
                 } else {
                     Some(make(Shape { m, k: o, n: i, trans_a: false, trans_b: true, bias: false })?)
                 },
             };
-            let need = [Some(&products.forward), Some(&products.weights_grad), products.input_grad.as_ref()]
+            let need = [Some(&products.forward), products.weights_grad.as_ref(), products.input_grad.as_ref()]
                 .into_iter()
                 .flatten()
                 .map(|p| p.scratch_bytes)
@@ -245,10 +265,13 @@ impl Bf16Gemms {
         let mut names: Vec<String> = Vec::new();
         for d in &self.dense {
             let p = d.by_block[block].as_ref().expect("prepared above");
-            for m in [Some(&p.forward), Some(&p.weights_grad), p.input_grad.as_ref()].into_iter().flatten() {
+            for m in [Some(&p.forward), p.weights_grad.as_ref(), p.input_grad.as_ref()].into_iter().flatten() {
                 if !names.contains(&m.implementation) {
                     names.push(m.implementation.clone());
                 }
+            }
+            if p.weights_grad.is_none() && !names.iter().any(|n| n == narrow::implementation()) {
+                names.push(narrow::implementation().to_string());
             }
         }
         Ok(names)
@@ -307,8 +330,20 @@ impl Bf16Gemms {
             return;
         }
         self.ensure(dense, rows);
-        let p = self.dense[dense].by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
-        p.weights_grad.run(&self.inputs[input], &self.delta, None, grad, &mut self.scratch);
+        let d = &self.dense[dense];
+        let p = d.by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
+        match &p.weights_grad {
+            Some(m) => m.run(&self.inputs[input], &self.delta, None, grad, &mut self.scratch),
+            None => narrow::weights_grad(
+                &self.inputs[input],
+                &self.delta,
+                rows,
+                d.in_dim,
+                d.out_dim,
+                &mut self.narrow_scratch,
+                grad,
+            ),
+        }
     }
 
     /// dx (padded rows, in_dim) = dz W^T. `dx` must hold padded(rows) * in_dim.
@@ -317,9 +352,22 @@ impl Bf16Gemms {
             return;
         }
         self.ensure(dense, rows);
-        let p = self.dense[dense].by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
-        let m = p.input_grad.as_ref().expect("only the first dense layer has no input gradient");
-        m.run(&self.delta, &self.weights[kernel], None, dx, &mut self.scratch);
+        let d = &self.dense[dense];
+        assert!(!d.first, "the first dense layer has no input gradient");
+        let p = d.by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
+        match &p.input_grad {
+            Some(m) => m.run(&self.delta, &self.weights[kernel], None, dx, &mut self.scratch),
+            // All padded rows, as oneDNN writes them (zero dz rows give zero dx rows).
+            None => narrow::input_grad(
+                &self.delta,
+                &self.weights[kernel],
+                padded(rows),
+                d.in_dim,
+                d.out_dim,
+                &mut self.narrow_scratch,
+                dx,
+            ),
+        }
     }
 }
 

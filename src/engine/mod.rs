@@ -21,6 +21,8 @@ pub mod lr_schedule;
 /// Mixed precision (`--precision bf16`): the dense layers' products in bf16 through oneDNN.
 pub mod mixed;
 pub mod model;
+/// The backward products of dense layers with few outputs in bf16, on the vector units.
+pub mod narrow;
 /// Keras BatchNormalization (statistics of the global batch) and LayerNormalization.
 pub mod normalization;
 /// oneDNN bindings: bf16 matmul primitives, the CPU's bf16 unit, OpenMP threads.
