@@ -666,10 +666,11 @@ impl SharedSum {
     }
 }
 
-/// Adds up a rank's chunk of the window's inputs into the result, a piece at a time, so that
-/// an update can read each piece's sums while they are in its cache instead of summing the
-/// whole chunk first and reading it back from memory. Plain pointers into the window, so the
-/// update's threads can each sum their own pieces.
+/// Adds up a rank's chunk of the window's inputs, a piece at a time: into the result
+/// ([`OwnChunkSum::add_up`]), or into a buffer of the update's, which then reads each piece's
+/// sums from its cache instead of the rank summing the whole chunk first and reading it back
+/// from memory. Plain pointers into the window, so the update's threads can each sum their
+/// own pieces.
 #[derive(Clone, Copy)]
 pub struct OwnChunkSum {
     base: *mut f32,
@@ -680,19 +681,23 @@ pub struct OwnChunkSum {
 }
 
 // SAFETY: the window outlives every use (the update that holds this runs inside a step), and
-// concurrent callers sum disjoint pieces, as `sum` requires.
+// concurrent callers sum disjoint pieces, as `add_up` requires.
 unsafe impl Sync for OwnChunkSum {}
 
 impl OwnChunkSum {
     /// Adds up `r` (a part of the chunk; indices into the whole buffer) of every input into
-    /// the result, in rank order, and returns that part of the result: (r.len(),). Pieces
-    /// summed at the same time must not overlap.
-    #[allow(clippy::mut_from_ref)]
-    pub fn add_up(&self, r: Range<usize>) -> &mut [f32] {
-        assert!(self.start <= r.start && r.end <= self.end, "{r:?} outside the chunk {}..{}", self.start, self.end);
+    /// the result, in rank order. Pieces summed at the same time must not overlap.
+    pub fn add_up(&self, r: Range<usize>) {
         // SAFETY: the chunk of the result is written only by its rank, each piece by one call
-        // (the callers' pieces are disjoint); the inputs are only read until the next fence.
+        // (the callers' pieces are disjoint).
         let out = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.ranks * self.stride + r.start), r.len()) };
+        self.add_into(r, out);
+    }
+
+    /// Writes the sum of `r` (a part of the chunk) of every input, in rank order, into `out`
+    /// (r.len(),).
+    fn add_into(&self, r: Range<usize>, out: &mut [f32]) {
+        assert!(self.start <= r.start && r.end <= self.end, "{r:?} outside the chunk {}..{}", self.start, self.end);
         // SAFETY: input q lies inside the window (q < ranks), and no rank writes the inputs
         // before the next fence.
         let input = |q: usize| unsafe { std::slice::from_raw_parts(self.base.add(q * self.stride + r.start), r.len()) };
@@ -701,13 +706,12 @@ impl OwnChunkSum {
         for q in 2..self.ranks {
             crate::engine::kernels::add_in_place(out, input(q));
         }
-        out
     }
 }
 
 impl crate::engine::optim::PieceSum for OwnChunkSum {
-    fn sum(&self, r: Range<usize>) -> &[f32] {
-        self.add_up(r)
+    fn sum_into(&self, r: Range<usize>, out: &mut [f32]) {
+        self.add_into(r, out);
     }
 }
 

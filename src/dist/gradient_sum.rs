@@ -179,9 +179,10 @@ impl GradientSum {
             }
             GradientSum::SharedWindow { shared, sharded: true, bf16_shared } => {
                 // Each rank adds up its chunk of the gradients piece by piece inside the
-                // update, which reads each piece's sums while they are in its cache, and
-                // updates those parameters in place in the node's one copy; a fence then
-                // makes them whole.
+                // update, which reads each piece's sums from its L1 cache (they never reach
+                // the window's result, which holds only the extra slots' sums), and updates
+                // those parameters in place in the node's one copy; a fence then makes them
+                // whole.
                 shared.fence();
                 let waited_s = start.elapsed().as_secs_f64();
                 let own = shared.own_sum();
@@ -192,7 +193,6 @@ impl GradientSum {
                 }
                 // The stop flag's chunk may not be summed yet: add it up here, in the same order.
                 if drop_on.is_some_and(|slot| shared.input_sum(slot) > 0.0) {
-                    own.add_up(own_params);
                     shared.fence();
                     return Summed { waited_s, dropped: true, finite: true };
                 }
@@ -307,7 +307,8 @@ impl GradientSum {
     }
 
     /// The summed gradients and extra slots after [`GradientSum::sum_and_update`]:
-    /// (n_params + extra,).
+    /// (n_params + extra,). Only the extra slots are kept when the update is sharded (its
+    /// gradient sums stay in the cache of the rank that made them).
     pub fn summed(&self) -> &[f32] {
         match self {
             GradientSum::Local { grads } => grads,

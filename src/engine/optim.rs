@@ -370,26 +370,31 @@ impl Optimizer {
 pub enum Gradients<'a> {
     /// Summed already: the flat buffer, (n_params,) or longer.
     Summed(&'a [f32]),
-    /// Summed piece by piece as the update reaches each piece, so that each piece's sums are
-    /// read from the cache they were just written to (the ranks of a node adding up their
-    /// shared-memory buffers).
+    /// Summed piece by piece as the update reaches each piece, into a buffer in the core's
+    /// L1 cache, from which the update reads them (the ranks of a node adding up their
+    /// shared-memory buffers): the sums never travel to memory and back.
     ByPiece(&'a dyn PieceSum),
 }
 
 /// Gradients that are added up a piece at a time (see [`Gradients::ByPiece`]).
 pub trait PieceSum: Sync {
-    /// Sums the gradients of `r` (indices into the flat buffer) and returns them: (r.len(),).
-    /// Each piece is asked for once per step; pieces asked for at the same time (by the
-    /// update's threads) do not overlap.
-    fn sum(&self, r: Range<usize>) -> &[f32];
+    /// Writes the summed gradients of `r` (indices into the flat buffer) into `out`:
+    /// (r.len(),), at most [`CHUNK`] long. Called from the update's threads at once, for
+    /// disjoint pieces.
+    fn sum_into(&self, r: Range<usize>, out: &mut [f32]);
 }
 
 impl Gradients<'_> {
-    /// The summed gradients of `r` (indices into the flat buffer).
-    fn piece(&self, r: Range<usize>) -> &[f32] {
+    /// The summed gradients of `r` (indices into the flat buffer; at most [`CHUNK`] long),
+    /// in `buffer` when they are summed now.
+    fn piece<'b>(&'b self, r: Range<usize>, buffer: &'b mut [f32; CHUNK]) -> &'b [f32] {
         match self {
             Gradients::Summed(g) => &g[r],
-            Gradients::ByPiece(s) => s.sum(r),
+            Gradients::ByPiece(s) => {
+                let out = &mut buffer[..r.len()];
+                s.sum_into(r, out);
+                out
+            }
         }
     }
 }
@@ -408,7 +413,7 @@ const PARALLEL_MIN: usize = 1 << 16;
 
 /// Floats per pass of the fused loop: a chunk's parameters, gradients, state and bf16 copy
 /// (at most 5 arrays, 80 KB) stay in the core's L2 cache from the check to the copy.
-const CHUNK: usize = 4096;
+pub const CHUNK: usize = 4096;
 
 /// Raw views of the buffers an update writes (all of one range's length), so that the pool's
 /// threads can each take a disjoint part. Unused state slots are empty.
@@ -480,9 +485,11 @@ fn update_chunks(
 ) -> bool {
     let mut finite = true;
     let n = p.len();
+    // 16 KB of this thread's stack, which stays in its core's L1 cache.
+    let mut buffer = [0.0f32; CHUNK];
     for start in (0..n).step_by(CHUNK) {
         let r = start..(start + CHUNK).min(n);
-        let (p, g) = (&mut p[r.clone()], grads.piece(offset + r.start..offset + r.end));
+        let (p, g) = (&mut p[r.clone()], grads.piece(offset + r.start..offset + r.end, &mut buffer));
         finite &= kernels::all_finite(g);
         let [a, b, c] = &mut slots;
         match update {
@@ -753,26 +760,19 @@ mod tests {
     struct TwoInputs {
         x: Vec<f32>,
         y: Vec<f32>,
-        out: *mut f32,
         asked: Mutex<Vec<Range<usize>>>,
     }
 
-    // SAFETY: `sum` writes only the asked piece of `out`, and concurrent pieces are disjoint.
-    unsafe impl Sync for TwoInputs {}
-
     impl PieceSum for TwoInputs {
-        fn sum(&self, r: Range<usize>) -> &[f32] {
+        fn sum_into(&self, r: Range<usize>, out: &mut [f32]) {
             self.asked.lock().unwrap().push(r.clone());
-            // SAFETY: see the Sync note; out holds x.len() floats and r lies within them.
-            let out = unsafe { std::slice::from_raw_parts_mut(self.out.add(r.start), r.len()) };
             kernels::add_into(out, &self.x[r.clone()], &self.y[r]);
-            out
         }
     }
 
     /// An update that sums its gradients piece by piece (3 threads, over two ranges as the
     /// buckets of a sharded update are) equals one on the sums made first: bit-identical
-    /// parameters and state, and the sums left in the output buffer, every piece asked once.
+    /// parameters, state and bf16 copy, every piece asked for once per step.
     #[test]
     fn update_summing_piece_by_piece_equals_summing_first() {
         let n = PARALLEL_MIN * 2 + 777;
@@ -782,8 +782,7 @@ mod tests {
         let y: Vec<f32> = (0..n).map(|i| value(i, 4)).collect();
         let summed: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
         let start: Vec<f32> = (0..n).map(|i| value(i, 5) * 0.1).collect();
-        let mut out = vec![0.0f32; n];
-        let pieces = TwoInputs { x, y, out: out.as_mut_ptr(), asked: Mutex::new(Vec::new()) };
+        let pieces = TwoInputs { x, y, asked: Mutex::new(Vec::new()) };
         let (mut first, mut by_piece) =
             (Optimizer::new(OptimizerSettings::default(), n), Optimizer::new(OptimizerSettings::default(), n));
         by_piece.set_threads(3);
@@ -803,8 +802,6 @@ mod tests {
         assert_eq!(first.state(), by_piece.state(), "state");
         assert_eq!(m_first, m_piece, "bf16 copy");
         let asked = std::mem::take(&mut *pieces.asked.lock().unwrap());
-        drop(pieces);
-        assert_eq!(bits(&out), bits(&summed), "sums left in the output");
         let mut covered = vec![0u8; n];
         for r in asked {
             covered[r].iter_mut().for_each(|c| *c += 1);
