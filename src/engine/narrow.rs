@@ -4,7 +4,7 @@
 //! oneDNN's AMX kernels work on tiles of 16 rows by 32 bf16 values and pack their operands
 //! first. With 10 outputs, dW = x^T dz (1024 x 256 x 10) and dx = dz W^T (256 x 10 x 1024)
 //! took 0.15 and 0.14 ms of a 3.7 ms W3 step (Intel Sapphire Rapids VM, 2 threads): 8% of the
-//! step for 0.4% of its multiply-adds. Here each takes a few hundredths of a millisecond.
+//! step for 0.4% of its multiply-adds. Here they take 0.04 and 0.07 ms on one thread.
 //!
 //! The arithmetic is the mixed-precision products': the inputs are bf16, whose products are
 //! exact in f32 (8 significant bits each), and the sums are f32 fused multiply-adds, in a
@@ -163,14 +163,16 @@ pub fn input_grad(dz: &[u16], w: &[u16], rows: usize, in_dim: usize, out: usize,
 
 /// The same kernels with AVX-512 registers as accumulators: oneDNN-free, the accumulators of
 /// all outputs of a block of 16 columns stay in registers across all rows. The portable
-/// loops above keep theirs in memory and ran at 0.1 ms for W3's last layer; these perform
-/// the same operations in the same order, so the results are the same bits.
+/// loops above keep theirs in memory and ran at 0.1 ms each for W3's last layer (256 rows,
+/// 1024 inputs, 10 outputs, one thread, Intel Sapphire Rapids VM); these took 0.04 (dW) and
+/// 0.07 ms (dx), and perform the same operations in the same order, so the results are the
+/// same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Calls `$f::<OUT>` for the runtime `out` (1..=16), so that the loops over the outputs
-    /// unroll and their accumulators live in registers.
+    /// Calls `$f::<OUT>` for the runtime `out` (1..=16), so that the loop over the outputs
+    /// unrolls and their accumulators live in registers (dW: one per output).
     macro_rules! by_out {
         ($out:expr, $f:ident($($arg:expr),*)) => {
             match $out {
@@ -277,46 +279,43 @@ mod avx512 {
         scratch: &mut [f32],
         dx: &mut [f32],
     ) {
-        // W transposed to (out, in_dim rounded up to 64) f32, zeros past in_dim; then dz as
-        // f32 (rows, out), whose values the multiply-adds broadcast straight from memory.
+        // W transposed to f32 by blocks of 64 columns: block b holds (out, 64) for columns
+        // 64 b .. 64 b + 64, zeros past in_dim, so that one block (2.5 KB for 10 outputs) stays
+        // in L1 while all rows use it; then dz as f32 (rows, out), whose values the
+        // multiply-adds broadcast straight from memory.
         let width = in_dim.next_multiple_of(super::COLS);
         let (wt, dzf) = scratch.split_at_mut(width * out);
+        wt.fill(0.0);
         for (j, wr) in w[..in_dim * out].chunks_exact(out).enumerate() {
+            let block = &mut wt[j / 64 * out * 64 + j % 64..];
             for (c, &b) in wr.iter().enumerate() {
-                wt[c * width + j] = super::to_f32(b);
+                block[c * 64] = super::to_f32(b);
             }
-        }
-        for c in 0..out {
-            wt[c * width + in_dim..(c + 1) * width].fill(0.0);
         }
         let dzf = &mut dzf[..rows * out];
         for (f, &b) in dzf.iter_mut().zip(&dz[..rows * out]) {
             *f = super::to_f32(b);
         }
         // SAFETY: forwarded.
-        unsafe { by_out!(out, input_grad_n(dzf, wt, width, rows, in_dim, dx)) }
+        unsafe { input_grad_blocks(dzf, wt, rows, in_dim, out, dx) }
     }
 
-    /// Two rows at a time, each a block of 64 columns (4 registers): 8 independent sums, so
-    /// the multiply-adds' latency is hidden, and each W value loaded serves both rows.
+    /// Block of 64 columns by block, two rows at a time (4 registers each): 8 independent
+    /// sums, so the multiply-adds' latency is hidden, and each W value loaded serves both
+    /// rows. The number of outputs stays a run-time loop count: unrolled, the compiler
+    /// finished one sum before starting the next, one dependent chain at a time.
     #[target_feature(enable = "avx512f")]
-    unsafe fn input_grad_n<const OUT: usize>(
-        dz: &[f32],
-        wt: &[f32],
-        width: usize,
-        rows: usize,
-        in_dim: usize,
-        dx: &mut [f32],
-    ) {
-        for i0 in (0..rows).step_by(2) {
-            // An odd last row is paired with itself; its result is stored once.
-            let i1 = (i0 + 1).min(rows - 1);
-            let (d0, d1) = (&dz[i0 * OUT..][..OUT], &dz[i1 * OUT..][..OUT]);
-            for j0 in (0..in_dim).step_by(64) {
+    unsafe fn input_grad_blocks(dz: &[f32], wt: &[f32], rows: usize, in_dim: usize, out: usize, dx: &mut [f32]) {
+        for j0 in (0..in_dim).step_by(64) {
+            let block = &wt[j0 / 64 * out * 64..][..out * 64];
+            for i0 in (0..rows).step_by(2) {
+                // An odd last row is paired with itself; its result is stored once.
+                let i1 = (i0 + 1).min(rows - 1);
+                let (d0, d1) = (&dz[i0 * out..][..out], &dz[i1 * out..][..out]);
                 let mut s0 = [_mm512_setzero_ps(); 4];
                 let mut s1 = [_mm512_setzero_ps(); 4];
-                for c in 0..OUT {
-                    let wc = &wt[c * width + j0..][..64];
+                for c in 0..out {
+                    let wc = &block[c * 64..][..64];
                     let (b0, b1) = (_mm512_set1_ps(d0[c]), _mm512_set1_ps(d1[c]));
                     for k in 0..4 {
                         // SAFETY: 16 floats at k * 16 of a 64-float slice.
