@@ -265,11 +265,14 @@ pub struct AdamStep {
 }
 
 multiversion! {
-    /// One fused Adam update over four parallel buffers of equal length.
-    pub fn adam(params: &mut [f32], grad_sum: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
+    /// One fused Adam update over four parallel buffers of equal length. Returns whether every
+    /// gradient was finite (checked as each is read, so no pass of its own is needed).
+    pub fn adam(params: &mut [f32], grad_sum: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) -> bool {
         let n = params.len();
         let (grad_sum, m, v) = (&grad_sum[..n], &mut m[..n], &mut v[..n]);
+        let mut nonfinite = 0u32;
         for i in 0..n {
+            nonfinite |= is_nonfinite(grad_sum[i]);
             let g = grad_sum[i] * k.scale;
             let mi = m[i] + (g - m[i]) * k.one_minus_b1;
             let vi = v[i] + (g * g - v[i]) * k.one_minus_b2;
@@ -277,6 +280,7 @@ multiversion! {
             v[i] = vi;
             params[i] = params[i] * k.decay - k.alpha * mi / (vi.sqrt() + k.eps);
         }
+        nonfinite == 0
     }
 }
 
@@ -297,16 +301,20 @@ pub struct SgdStep {
 
 multiversion! {
     /// One fused SGD update: m = momentum m - lr g; p += m (Nesterov: p += momentum m - lr g).
-    pub fn sgd(params: &mut [f32], grad_sum: &[f32], m: &mut [f32], k: SgdStep) {
+    /// Returns whether every gradient was finite.
+    pub fn sgd(params: &mut [f32], grad_sum: &[f32], m: &mut [f32], k: SgdStep) -> bool {
         let n = params.len();
         let (grad_sum, m) = (&grad_sum[..n], &mut m[..n]);
+        let mut nonfinite = 0u32;
         for i in 0..n {
+            nonfinite |= is_nonfinite(grad_sum[i]);
             let g = grad_sum[i] * k.scale;
             let mi = k.momentum * m[i] - k.lr * g;
             m[i] = mi;
             let update = if k.nesterov { k.momentum * mi - k.lr * g } else { mi };
             params[i] = params[i] * k.decay + update;
         }
+        nonfinite == 0
     }
 }
 
@@ -335,10 +343,13 @@ multiversion! {
     /// One fused RMSprop update (Keras 3): v = rho v + (1 - rho) g^2; centered: mg = rho mg +
     /// (1 - rho) g and the denominator is v - mg^2 + eps, else v + eps; inc = lr g / sqrt(den);
     /// with momentum m = momentum m + inc and p -= m, else p -= inc. All buffers equal length.
-    pub fn rmsprop(params: &mut [f32], grad_sum: &[f32], v: &mut [f32], m: &mut [f32], mg: &mut [f32], k: RmspropStep) {
+    /// Returns whether every gradient was finite.
+    pub fn rmsprop(params: &mut [f32], grad_sum: &[f32], v: &mut [f32], m: &mut [f32], mg: &mut [f32], k: RmspropStep) -> bool {
         let n = params.len();
         let (grad_sum, v, m, mg) = (&grad_sum[..n], &mut v[..n], &mut m[..n], &mut mg[..n]);
+        let mut nonfinite = 0u32;
         for i in 0..n {
+            nonfinite |= is_nonfinite(grad_sum[i]);
             let g = grad_sum[i] * k.scale;
             let vi = k.rho * v[i] + k.one_minus_rho * (g * g);
             v[i] = vi;
@@ -359,6 +370,7 @@ multiversion! {
             };
             params[i] = params[i] * k.decay - step;
         }
+        nonfinite == 0
     }
 }
 
@@ -387,11 +399,14 @@ pub struct NadamStep {
 
 multiversion! {
     /// One fused Nadam update: m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
-    /// p -= lr (m_coef m + g_coef g) / (sqrt(v inv_v_correction) + eps).
-    pub fn nadam(params: &mut [f32], grad_sum: &[f32], m: &mut [f32], v: &mut [f32], k: NadamStep) {
+    /// p -= lr (m_coef m + g_coef g) / (sqrt(v inv_v_correction) + eps). Returns whether every
+    /// gradient was finite.
+    pub fn nadam(params: &mut [f32], grad_sum: &[f32], m: &mut [f32], v: &mut [f32], k: NadamStep) -> bool {
         let n = params.len();
         let (grad_sum, m, v) = (&grad_sum[..n], &mut m[..n], &mut v[..n]);
+        let mut nonfinite = 0u32;
         for i in 0..n {
+            nonfinite |= is_nonfinite(grad_sum[i]);
             let g = grad_sum[i] * k.scale;
             let mi = m[i] + (g - m[i]) * k.one_minus_b1;
             let vi = v[i] + (g * g - v[i]) * k.one_minus_b2;
@@ -400,6 +415,7 @@ multiversion! {
             let m_hat = k.m_coef * mi + k.g_coef * g;
             params[i] = params[i] * k.decay - k.lr * m_hat / ((vi * k.inv_v_correction).sqrt() + k.eps);
         }
+        nonfinite == 0
     }
 }
 
@@ -417,36 +433,28 @@ pub struct AdagradStep {
 }
 
 multiversion! {
-    /// One fused Adagrad update: acc += g^2; p -= lr g / sqrt(acc + eps).
-    pub fn adagrad(params: &mut [f32], grad_sum: &[f32], acc: &mut [f32], k: AdagradStep) {
+    /// One fused Adagrad update: acc += g^2; p -= lr g / sqrt(acc + eps). Returns whether every
+    /// gradient was finite.
+    pub fn adagrad(params: &mut [f32], grad_sum: &[f32], acc: &mut [f32], k: AdagradStep) -> bool {
         let n = params.len();
         let (grad_sum, acc) = (&grad_sum[..n], &mut acc[..n]);
+        let mut nonfinite = 0u32;
         for i in 0..n {
+            nonfinite |= is_nonfinite(grad_sum[i]);
             let g = grad_sum[i] * k.scale;
             let a = acc[i] + g * g;
             acc[i] = a;
             params[i] = params[i] * k.decay - k.lr * g / (a + k.eps).sqrt();
         }
+        nonfinite == 0
     }
 }
 
-multiversion! {
-    /// Whether every value is finite (no NaN, no infinity). Branch-free over 16 lanes: x * 0
-    /// is 0 for a finite x and NaN otherwise, and a NaN stays NaN through the sums.
-    pub fn all_finite(x: &[f32]) -> bool {
-        let mut acc = [0.0f32; 16];
-        let chunks = x.chunks_exact(16);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for (a, &v) in acc.iter_mut().zip(c) {
-                *a += v * 0.0;
-            }
-        }
-        for (a, &v) in acc.iter_mut().zip(tail) {
-            *a += v * 0.0;
-        }
-        acc.iter().all(|a| *a == 0.0)
-    }
+/// 1 when `x` is NaN or infinite (all exponent bits set), else 0: an integer test, so that
+/// OR-ing it over a loop vectorizes (a float reduction would have to keep its order).
+#[inline(always)]
+fn is_nonfinite(x: f32) -> u32 {
+    ((x.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
 }
 
 #[cfg(test)]

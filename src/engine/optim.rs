@@ -490,15 +490,14 @@ fn update_chunks(
     for start in (0..n).step_by(CHUNK) {
         let r = start..(start + CHUNK).min(n);
         let (p, g) = (&mut p[r.clone()], grads.piece(offset + r.start..offset + r.end, &mut buffer));
-        finite &= kernels::all_finite(g);
         let [a, b, c] = &mut slots;
-        match update {
+        finite &= match update {
             Update::Adam(k) => kernels::adam(p, g, sub(a, r.clone()), sub(b, r.clone()), *k),
             Update::Sgd(k) => kernels::sgd(p, g, sub(a, r.clone()), *k),
             Update::Rmsprop(k) => kernels::rmsprop(p, g, sub(a, r.clone()), sub(b, r.clone()), sub(c, r.clone()), *k),
             Update::Nadam(k) => kernels::nadam(p, g, sub(a, r.clone()), sub(b, r.clone()), *k),
             Update::Adagrad(k) => kernels::adagrad(p, g, sub(a, r.clone()), *k),
-        }
+        };
         if let Some(m) = mirror.as_deref_mut() {
             bf16::convert(p, &mut m[r]);
         }
@@ -729,13 +728,14 @@ mod tests {
             for _ in 0..2 {
                 let (update, _) = plain.begin(&grads, 0.5, 0.01);
                 let [a, b, c] = plain.slots_mut();
-                match update {
+                let finite = match update {
                     Update::Adam(k) => kernels::adam(&mut p_plain, &grads, a, b, k),
                     Update::Sgd(k) => kernels::sgd(&mut p_plain, &grads, a, k),
                     Update::Rmsprop(k) => kernels::rmsprop(&mut p_plain, &grads, a, b, c, k),
                     Update::Nadam(k) => kernels::nadam(&mut p_plain, &grads, a, b, k),
                     Update::Adagrad(k) => kernels::adagrad(&mut p_plain, &grads, a, k),
-                }
+                };
+                assert!(finite, "{kind}: finite gradients reported as not finite");
                 let (update, _) = fused.begin(&grads, 0.5, 0.01);
                 assert!(fused.apply(&update, 0..n, &mut p_fused, Gradients::Summed(&grads), Some(&mut mirror)));
             }
@@ -745,13 +745,13 @@ mod tests {
             let mut expected = vec![0u16; n];
             bf16::convert(&p_fused, &mut expected);
             assert_eq!(mirror, expected, "{kind}: bf16 copy");
-            let mut bad = grads.clone();
-            bad[n - 5] = f32::INFINITY;
-            let (update, _) = fused.begin(&bad, 0.5, 0.01);
-            assert!(
-                !fused.apply(&update, 0..n, &mut p_fused, Gradients::Summed(&bad), None),
-                "{kind}: infinity not reported"
-            );
+            for (at, value) in [(n - 5, f32::INFINITY), (7, f32::NAN), (PARALLEL_MIN + 3, f32::NEG_INFINITY)] {
+                let mut bad = grads.clone();
+                bad[at] = value;
+                let (update, _) = fused.begin(&bad, 0.5, 0.01);
+                let finite = fused.apply(&update, 0..n, &mut p_fused, Gradients::Summed(&bad), None);
+                assert!(!finite, "{kind}: {value} at {at} not reported");
+            }
         }
     }
 
