@@ -242,3 +242,45 @@ fn node_shared_bf16_copy_trains_the_same_model() {
     let diff = max_rel_diff(&shared, &mpi);
     assert!(diff < 1e-4, "shared window vs MPI_Allreduce in bf16: {diff:e}");
 }
+
+/// Ranks that share their parameters map the whole shared copy at set-up: in bf16 a rank
+/// never reads the other ranks' f32 parameters in a step, and its resident memory used to
+/// grow by their size (here about 4 MB) after the first epoch, at the end-of-epoch check.
+#[test]
+fn shared_parameters_add_no_resident_memory_after_the_first_epoch() {
+    if skip("shared_parameters_add_no_resident_memory_after_the_first_epoch") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.h5");
+    common::write_classification(&data, 256, 512, 10, 9);
+    let (d, m) = (data.display().to_string(), dir.path().join("m.jsonl"));
+    let ms = m.display().to_string();
+    let args = [
+        "--data",
+        d.as_str(),
+        "--layers",
+        "4096:relu,10:softmax",
+        "--batch-size",
+        "128",
+        "--epochs",
+        "3",
+        "--precision",
+        "bf16",
+        "--threads",
+        "1",
+        "--metrics",
+        ms.as_str(),
+    ];
+    let run = mpirun(2, "nn-train", &args, 120).expect_ok();
+    assert!(run.stdout.contains("and their bf16 copy updated there"), "{}", run.stdout);
+    let lines = metrics(&m);
+    let rss = |l: &serde_json::Value| -> Vec<f64> {
+        l["rss_mb"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let (first, last) = (rss(&lines[0]), rss(&lines[lines.len() - 1]));
+    for r in 0..2 {
+        let growth = last[r] - first[r];
+        assert!(growth < 1.0, "rank {r}: resident memory grew by {growth:.2} MB after the first epoch");
+    }
+}

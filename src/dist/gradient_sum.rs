@@ -282,9 +282,11 @@ impl GradientSum {
         // SAFETY: the window outlives the trainer's use of the view (the GradientSum that owns
         // it is dropped with the trainer), and in this process only the view accesses it.
         *params = unsafe { Flat::shared(ptr, n) };
+        touch_pages(params);
         if let Some((copy, at)) = bf16 {
             // SAFETY: as for the parameters' view, for the window's bf16 area.
             *copy = unsafe { Flat::shared(at, n) };
+            touch_pages(copy);
             *bf16_shared = true;
         }
         *sharded = true;
@@ -340,6 +342,16 @@ impl GradientSum {
             ),
             GradientSum::Local { .. } | GradientSum::Mpi { .. } => String::new(),
         }
+    }
+}
+
+/// Reads one value per 4 KB page of `values`, so that this process maps the shared pages the
+/// other ranks wrote now rather than at their first use: with bf16 products a rank reads the
+/// other ranks' f32 parameters only in the end-of-epoch consistency check, and its resident
+/// memory grew by their size after the first epoch.
+fn touch_pages<T: Copy>(values: &[T]) {
+    for &v in values.iter().step_by((4096 / std::mem::size_of::<T>()).max(1)) {
+        std::hint::black_box(v);
     }
 }
 
