@@ -365,6 +365,27 @@ mod tests {
         }
     }
 
+    /// For every (row i, input j, output c), `term(i, j, c)` = (index, product) adds the
+    /// product to that index of the f64 sums and its magnitude to the magnitudes: (sums,
+    /// magnitudes), (len,) each.
+    fn f64_sums(
+        (rows, in_dim, out): (usize, usize, usize),
+        len: usize,
+        term: impl Fn(usize, usize, usize) -> (usize, f64),
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (mut sums, mut magnitudes) = (vec![0.0; len], vec![0.0; len]);
+        for i in 0..rows {
+            for j in 0..in_dim {
+                for c in 0..out {
+                    let (at, p) = term(i, j, c);
+                    sums[at] += p;
+                    magnitudes[at] += p.abs();
+                }
+            }
+        }
+        (sums, magnitudes)
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -385,16 +406,9 @@ mod tests {
 
             let mut grad = vec![f32::NAN; in_dim * out];
             weights_grad(&x, &dz, rows, in_dim, out, &mut scratch, &mut grad);
-            let (mut want, mut mag) = (vec![0.0; in_dim * out], vec![0.0; in_dim * out]);
-            for i in 0..rows {
-                for j in 0..in_dim {
-                    for c in 0..out {
-                        let p = f(x[i * in_dim + j]) * f(dz[i * out + c]);
-                        want[j * out + c] += p;
-                        mag[j * out + c] += p.abs();
-                    }
-                }
-            }
+            let (want, mag) = f64_sums((rows, in_dim, out), in_dim * out, |i, j, c| {
+                (j * out + c, f(x[i * in_dim + j]) * f(dz[i * out + c]))
+            });
             check(&grad, &want, &mag, rows, &format!("dW {rows}x{in_dim}x{out}"));
             let mut portable = vec![f32::NAN; in_dim * out];
             weights_grad_portable(&x, &dz, rows, in_dim, out, &mut scratch, &mut portable);
@@ -403,16 +417,9 @@ mod tests {
             let mut scratch = vec![f32::NAN; scratch_len(rows, in_dim, out)];
             let mut dx = vec![f32::NAN; rows * in_dim];
             input_grad(&dz, &w, rows, in_dim, out, &mut scratch, &mut dx);
-            let (mut want, mut mag) = (vec![0.0; rows * in_dim], vec![0.0; rows * in_dim]);
-            for i in 0..rows {
-                for j in 0..in_dim {
-                    for c in 0..out {
-                        let p = f(dz[i * out + c]) * f(w[j * out + c]);
-                        want[i * in_dim + j] += p;
-                        mag[i * in_dim + j] += p.abs();
-                    }
-                }
-            }
+            let (want, mag) = f64_sums((rows, in_dim, out), rows * in_dim, |i, j, c| {
+                (i * in_dim + j, f(dz[i * out + c]) * f(w[j * out + c]))
+            });
             check(&dx, &want, &mag, out, &format!("dx {rows}x{in_dim}x{out}"));
             let mut portable = vec![f32::NAN; rows * in_dim];
             input_grad_portable(&dz, &w, rows, in_dim, out, &mut scratch, &mut portable);
