@@ -120,13 +120,11 @@ mod x86 {
     /// A probe: runs its loop for the given number of iterations.
     pub type Run = Box<dyn Fn(u64)>;
 
-    /// `iterations` x 24 independent `vfmadd231ps zmm` (zmm0..23 += zmm30 * zmm31, all zero:
-    /// no denormals, nothing slow). 24 x 32 FLOP per iteration.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fma_zmm(iterations: u64) {
-        // SAFETY: registers only (every one written is declared clobbered), no memory, no
-        // stack; the caller checked avx512f.
-        unsafe {
+    /// `$iterations` x 24 independent `$op zmmK, zmm30, zmm31` (K = 0..23, zmm30 and zmm31
+    /// zeroed first: no denormals, nothing slow). Registers only: every one written is
+    /// declared clobbered, no memory, no stack.
+    macro_rules! zmm_loop {
+        ($op:literal, $iterations:expr) => {
             asm!(
                 "vpxord zmm30, zmm30, zmm30",
                 "vpxord zmm31, zmm31, zmm31",
@@ -139,29 +137,37 @@ mod x86 {
                 "vpxord zmm18, zmm18, zmm18", "vpxord zmm19, zmm19, zmm19", "vpxord zmm20, zmm20, zmm20",
                 "vpxord zmm21, zmm21, zmm21", "vpxord zmm22, zmm22, zmm22", "vpxord zmm23, zmm23, zmm23",
                 "2:",
-                "vfmadd231ps zmm0, zmm30, zmm31", "vfmadd231ps zmm1, zmm30, zmm31",
-                "vfmadd231ps zmm2, zmm30, zmm31", "vfmadd231ps zmm3, zmm30, zmm31",
-                "vfmadd231ps zmm4, zmm30, zmm31", "vfmadd231ps zmm5, zmm30, zmm31",
-                "vfmadd231ps zmm6, zmm30, zmm31", "vfmadd231ps zmm7, zmm30, zmm31",
-                "vfmadd231ps zmm8, zmm30, zmm31", "vfmadd231ps zmm9, zmm30, zmm31",
-                "vfmadd231ps zmm10, zmm30, zmm31", "vfmadd231ps zmm11, zmm30, zmm31",
-                "vfmadd231ps zmm12, zmm30, zmm31", "vfmadd231ps zmm13, zmm30, zmm31",
-                "vfmadd231ps zmm14, zmm30, zmm31", "vfmadd231ps zmm15, zmm30, zmm31",
-                "vfmadd231ps zmm16, zmm30, zmm31", "vfmadd231ps zmm17, zmm30, zmm31",
-                "vfmadd231ps zmm18, zmm30, zmm31", "vfmadd231ps zmm19, zmm30, zmm31",
-                "vfmadd231ps zmm20, zmm30, zmm31", "vfmadd231ps zmm21, zmm30, zmm31",
-                "vfmadd231ps zmm22, zmm30, zmm31", "vfmadd231ps zmm23, zmm30, zmm31",
+                concat!($op, " zmm0, zmm30, zmm31"), concat!($op, " zmm1, zmm30, zmm31"),
+                concat!($op, " zmm2, zmm30, zmm31"), concat!($op, " zmm3, zmm30, zmm31"),
+                concat!($op, " zmm4, zmm30, zmm31"), concat!($op, " zmm5, zmm30, zmm31"),
+                concat!($op, " zmm6, zmm30, zmm31"), concat!($op, " zmm7, zmm30, zmm31"),
+                concat!($op, " zmm8, zmm30, zmm31"), concat!($op, " zmm9, zmm30, zmm31"),
+                concat!($op, " zmm10, zmm30, zmm31"), concat!($op, " zmm11, zmm30, zmm31"),
+                concat!($op, " zmm12, zmm30, zmm31"), concat!($op, " zmm13, zmm30, zmm31"),
+                concat!($op, " zmm14, zmm30, zmm31"), concat!($op, " zmm15, zmm30, zmm31"),
+                concat!($op, " zmm16, zmm30, zmm31"), concat!($op, " zmm17, zmm30, zmm31"),
+                concat!($op, " zmm18, zmm30, zmm31"), concat!($op, " zmm19, zmm30, zmm31"),
+                concat!($op, " zmm20, zmm30, zmm31"), concat!($op, " zmm21, zmm30, zmm31"),
+                concat!($op, " zmm22, zmm30, zmm31"), concat!($op, " zmm23, zmm30, zmm31"),
                 "dec {n}",
                 "jnz 2b",
-                n = inout(reg) iterations => _,
+                n = inout(reg) $iterations => _,
                 out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
                 out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
                 out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
                 out("zmm18") _, out("zmm19") _, out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
                 out("zmm30") _, out("zmm31") _,
                 options(nomem, nostack),
-            );
-        }
+            )
+        };
+    }
+
+    /// `iterations` x 24 independent `vfmadd231ps zmm` (zmm0..23 += zmm30 * zmm31, all zero).
+    /// 24 x 32 FLOP per iteration.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma_zmm(iterations: u64) {
+        // SAFETY: registers only (see zmm_loop); the caller checked avx512f.
+        unsafe { zmm_loop!("vfmadd231ps", iterations) };
     }
 
     /// `iterations` x 12 independent `vfmadd231ps ymm` (ymm0..11 += ymm14 * ymm15), for CPUs
@@ -200,44 +206,8 @@ mod x86 {
     /// zmm30 and zmm31, all zero). 24 x 64 FLOP per iteration.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn dpbf16_zmm(iterations: u64) {
-        // SAFETY: registers only (every one written is declared clobbered), no memory, no
-        // stack; the caller checked avx512f and avx512bf16.
-        unsafe {
-            asm!(
-                "vpxord zmm30, zmm30, zmm30",
-                "vpxord zmm31, zmm31, zmm31",
-                "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2",
-                "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5",
-                "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8",
-                "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11",
-                "vpxord zmm12, zmm12, zmm12", "vpxord zmm13, zmm13, zmm13", "vpxord zmm14, zmm14, zmm14",
-                "vpxord zmm15, zmm15, zmm15", "vpxord zmm16, zmm16, zmm16", "vpxord zmm17, zmm17, zmm17",
-                "vpxord zmm18, zmm18, zmm18", "vpxord zmm19, zmm19, zmm19", "vpxord zmm20, zmm20, zmm20",
-                "vpxord zmm21, zmm21, zmm21", "vpxord zmm22, zmm22, zmm22", "vpxord zmm23, zmm23, zmm23",
-                "2:",
-                "vdpbf16ps zmm0, zmm30, zmm31", "vdpbf16ps zmm1, zmm30, zmm31",
-                "vdpbf16ps zmm2, zmm30, zmm31", "vdpbf16ps zmm3, zmm30, zmm31",
-                "vdpbf16ps zmm4, zmm30, zmm31", "vdpbf16ps zmm5, zmm30, zmm31",
-                "vdpbf16ps zmm6, zmm30, zmm31", "vdpbf16ps zmm7, zmm30, zmm31",
-                "vdpbf16ps zmm8, zmm30, zmm31", "vdpbf16ps zmm9, zmm30, zmm31",
-                "vdpbf16ps zmm10, zmm30, zmm31", "vdpbf16ps zmm11, zmm30, zmm31",
-                "vdpbf16ps zmm12, zmm30, zmm31", "vdpbf16ps zmm13, zmm30, zmm31",
-                "vdpbf16ps zmm14, zmm30, zmm31", "vdpbf16ps zmm15, zmm30, zmm31",
-                "vdpbf16ps zmm16, zmm30, zmm31", "vdpbf16ps zmm17, zmm30, zmm31",
-                "vdpbf16ps zmm18, zmm30, zmm31", "vdpbf16ps zmm19, zmm30, zmm31",
-                "vdpbf16ps zmm20, zmm30, zmm31", "vdpbf16ps zmm21, zmm30, zmm31",
-                "vdpbf16ps zmm22, zmm30, zmm31", "vdpbf16ps zmm23, zmm30, zmm31",
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) iterations => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
-                out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-                out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
-                out("zmm18") _, out("zmm19") _, out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-                out("zmm30") _, out("zmm31") _,
-                options(nomem, nostack),
-            );
-        }
+        // SAFETY: registers only (see zmm_loop); the caller checked avx512f and avx512bf16.
+        unsafe { zmm_loop!("vdpbf16ps", iterations) };
     }
 
     /// The widest f32 FMA loop this CPU runs: (width in bits, loop, FLOP per iteration).

@@ -536,19 +536,9 @@ impl SharedSum {
 
     /// Adds every rank's input into the result (collective). Inputs must be complete.
     pub fn sum(&self) {
-        self.sum_own_chunk();
         self.fence();
-    }
-
-    /// The first half of [`SharedSum::sum`] (collective): after a barrier, adds this rank's
-    /// chunk of every input into the result. Returns the parameters in that chunk (its part
-    /// of 0..params), whose sums are then complete; the rest of the result is complete only
-    /// after the next [`SharedSum::fence`].
-    pub fn sum_own_chunk(&self) -> Range<usize> {
+        self.own_sum().add_up(self.chunk(self.rank));
         self.fence();
-        let own = self.own_sum();
-        own.add_up(self.chunk(self.rank));
-        self.params_of(self.rank)
     }
 
     /// What adds up this rank's chunk, piece by piece (see [`OwnChunkSum`]). Use only between
@@ -566,8 +556,8 @@ impl SharedSum {
     }
 
     /// The sum over the ranks of float `i` of the inputs, in the result's order (so the same
-    /// bits as the result will hold), for any `i`: between [`SharedSum::sum_own_chunk`] and
-    /// the next fence, when the chunk holding `i` may not be summed yet.
+    /// bits as the result will hold), for any `i`: between the fence that follows the inputs'
+    /// writing and the next, when the chunk holding `i` may not be summed yet.
     pub fn input_sum(&self, i: usize) -> f32 {
         assert!(i < self.len);
         // SAFETY: inside input q; no rank writes the inputs before the next fence.
@@ -577,8 +567,8 @@ impl SharedSum {
 
     /// The node's one copy of the parameters: (params,), on a cache line. Every rank of the
     /// node sees the same memory. Between steps all ranks only read it; in a step's update
-    /// each rank writes only its own chunk ([`SharedSum::sum_own_chunk`]'s range), and the
-    /// fence that ends the update makes the whole visible to all.
+    /// each rank writes only its own chunk ([`SharedSum::params_of`] its rank), and the fence
+    /// that ends the update makes the whole visible to all.
     pub fn parameters(&self) -> *mut f32 {
         // SAFETY: the area after the P inputs and the result, inside the window.
         unsafe { self.base.add((self.ranks + 1) * self.stride) }

@@ -8,7 +8,6 @@
 
 use crate::dist::comm::{Comm, GradientReducer, SharedSum};
 use crate::engine::aligned::{Aligned, Flat};
-use crate::engine::bf16;
 use crate::engine::optim::{Gradients, Optimizer, Weights};
 use std::ops::Range;
 use std::time::Instant;
@@ -39,11 +38,9 @@ pub enum GradientSum {
     SharedWindow {
         /// The window.
         shared: SharedSum,
-        /// The parameters live in the window and the update is sharded.
+        /// The parameters live in the window and the update is sharded (and with bf16
+        /// products their bf16 copy too, each rank writing its chunk in the update).
         sharded: bool,
-        /// Their bf16 copy lives in the window too (one per node, each rank writing its
-        /// chunk in the update), rather than one per rank.
-        bf16_shared: bool,
     },
     /// Buckets of layers summed on a background thread while the backward pass goes on, and
     /// each bucket updated as soon as its sum arrives (see [`GradientReducer`]).
@@ -105,11 +102,8 @@ impl GradientSum {
     /// None when the ranks span several nodes or the MPI library cannot allocate one.
     /// With `bf16`, the window has room for the node's one bf16 copy of the parameters too.
     pub fn shared_window(comm: &Comm, n_params: usize, extra: usize, bf16: bool) -> Option<GradientSum> {
-        SharedSum::new(comm, n_params + extra, n_params, bf16).map(|shared| GradientSum::SharedWindow {
-            shared,
-            sharded: false,
-            bf16_shared: false,
-        })
+        SharedSum::new(comm, n_params + extra, n_params, bf16)
+            .map(|shared| GradientSum::SharedWindow { shared, sharded: false })
     }
 
     /// The background sum overlapping the backward pass; None when MPI lacks thread support.
@@ -177,7 +171,7 @@ impl GradientSum {
                 let finite = dropped || update(opt, params, &summed[..n], mirror, scale, lr);
                 Summed { waited_s, dropped, finite }
             }
-            GradientSum::SharedWindow { shared, sharded: true, bf16_shared } => {
+            GradientSum::SharedWindow { shared, sharded: true } => {
                 // Each rank adds up its chunk of the gradients piece by piece inside the
                 // update, which reads each piece's sums from its L1 cache (they never reach
                 // the window's result, which holds only the extra slots' sums), and updates
@@ -197,18 +191,10 @@ impl GradientSum {
                     return Summed { waited_s, dropped: true, finite: true };
                 }
                 let (step, _) = opt.begin(&[], scale, lr);
-                let own_finite = opt.apply(&step, own_params, params, Gradients::ByPiece(&own), mirror.as_deref_mut());
+                // The bf16 copy, if any, is the node's one too: this rank writes its chunk.
+                let own_finite = opt.apply(&step, own_params, params, Gradients::ByPiece(&own), mirror);
                 shared.set_flag(own_finite);
                 shared.fence();
-                if !*bf16_shared {
-                    // The bf16 copy is each rank's own: convert the chunks the others updated.
-                    if let Some(m) = mirror {
-                        for q in (0..shared.ranks()).filter(|&q| q != shared.rank_on_node()) {
-                            let r = shared.params_of(q);
-                            bf16::convert(&params[r.clone()], &mut m[r]);
-                        }
-                    }
-                }
                 Summed { waited_s, dropped: false, finite: shared.all_flags() }
             }
             GradientSum::SharedWindow { shared, sharded: false, .. } => {
@@ -257,12 +243,12 @@ impl GradientSum {
 
     /// Moves the parameters into the shared-memory window, one copy for the node, and shards
     /// the update (collective; see [`GradientSum::SharedWindow`]). `params` (n_params,) then
-    /// views the window, and so does `bf16` (their bf16 copy, when products run in bf16) if
-    /// the window was made with room for it. Not with gradient clipping (its norm needs every
-    /// sum first), not for the other ways of summing, and not for models under
+    /// views the window, and so does `bf16` (their bf16 copy, when products run in bf16: the
+    /// window must have been made with room for it). Not with gradient clipping (its norm
+    /// needs every sum first), not for the other ways of summing, and not for models under
     /// [`SHARE_MIN_PARAMS`]: then nothing changes.
     pub fn share_parameters(&mut self, params: &mut Flat, bf16: Option<&mut Flat<u16>>, clipping: bool) {
-        let GradientSum::SharedWindow { shared, sharded, bf16_shared } = self else { return };
+        let GradientSum::SharedWindow { shared, sharded } = self else { return };
         if clipping || *sharded || params.len() < share_min_params() {
             return;
         }
@@ -273,7 +259,10 @@ impl GradientSum {
         let own = shared.params_of(shared.rank_on_node());
         // SAFETY: the window's parameter area holds n floats; this rank writes only its chunk.
         unsafe { std::ptr::copy_nonoverlapping(params.as_ptr().add(own.start), ptr.add(own.start), own.len()) };
-        let bf16 = bf16.zip(shared.bf16_parameters());
+        let bf16 = bf16.map(|copy| {
+            let at = shared.bf16_parameters().expect("the window of a bf16 run has room for the bf16 copy");
+            (copy, at)
+        });
         if let Some((copy, at)) = &bf16 {
             // SAFETY: the window's bf16 area holds n values; this rank writes only its chunk.
             unsafe { std::ptr::copy_nonoverlapping(copy.as_ptr().add(own.start), at.add(own.start), own.len()) };
@@ -287,7 +276,6 @@ impl GradientSum {
             // SAFETY: as for the parameters' view, for the window's bf16 area.
             *copy = unsafe { Flat::shared(at, n) };
             touch_pages(copy);
-            *bf16_shared = true;
         }
         *sharded = true;
     }
@@ -336,9 +324,9 @@ impl GradientSum {
                 format!(", allreduce overlapped with backward ({} buckets)", o.bucket_params.len())
             }
             GradientSum::SharedWindow { sharded: false, .. } => ", gradients summed in shared memory".to_string(),
-            GradientSum::SharedWindow { sharded: true, bf16_shared, .. } => format!(
+            GradientSum::SharedWindow { shared, sharded: true } => format!(
                 ", gradients summed in shared memory, parameters{} updated there (one copy per node)",
-                if *bf16_shared { " and their bf16 copy" } else { "" }
+                if shared.bf16_parameters().is_some() { " and their bf16 copy" } else { "" }
             ),
             GradientSum::Local { .. } | GradientSum::Mpi { .. } => String::new(),
         }

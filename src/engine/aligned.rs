@@ -71,11 +71,6 @@ impl<T> Flat<T> {
     pub unsafe fn shared(ptr: *mut T, len: usize) -> Flat<T> {
         Flat::Shared { ptr, len }
     }
-
-    /// Whether this is a view of memory owned elsewhere.
-    pub fn is_shared(&self) -> bool {
-        matches!(self, Flat::Shared { .. })
-    }
 }
 
 impl<T> Deref for Flat<T> {
