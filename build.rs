@@ -16,7 +16,7 @@ fn main() {
     let bindings = bindgen::Builder::default()
         .header(header)
         .allowlist_function(
-            "dnnl_(engine_create|engine_destroy|stream_create|stream_destroy|stream_wait|memory_desc_init_by_strides|memory_desc_get_size|matmul_desc_init|primitive_attr_create|primitive_attr_destroy|primitive_attr_set_scratchpad_mode|primitive_desc_create|primitive_desc_destroy|primitive_desc_query|primitive_desc_query_md|primitive_create|primitive_destroy|primitive_execute|memory_create|memory_destroy|memory_set_data_handle|get_effective_cpu_isa|set_max_cpu_isa)",
+            "dnnl_(engine_create|engine_destroy|stream_create|stream_destroy|stream_wait|memory_desc_init_by_strides|memory_desc_init_by_tag|memory_desc_get_size|matmul_desc_init|primitive_attr_create|primitive_attr_destroy|primitive_attr_set_scratchpad_mode|primitive_desc_create|primitive_desc_destroy|primitive_desc_query|primitive_desc_query_md|primitive_create|primitive_destroy|primitive_execute|memory_create|memory_destroy|memory_set_data_handle|get_effective_cpu_isa|set_max_cpu_isa)",
         )
         .allowlist_var("DNNL_ARG_(SRC|WEIGHTS|BIAS|DST|SCRATCHPAD)")
         .allowlist_type("dnnl_stream_flags_t")

@@ -456,11 +456,11 @@ pub struct SharedSum {
     len: usize,
     stride: usize,
     /// The number of parameters (the first `params` of the `len` floats); the window also
-    /// holds one copy of them for the node, then one flag per rank, then (when asked for) one
-    /// bf16 copy of the parameters (see [`SharedSum::parameters`]).
+    /// holds one copy of them for the node, then one flag per rank, then (when asked for) the
+    /// node's bf16 copy of the parameters (see [`SharedSum::parameters`]).
     params: usize,
-    /// Whether the window holds the bf16 copy.
-    bf16: bool,
+    /// Values of the bf16 copy (0: none).
+    bf16_len: usize,
     rank: usize,
     ranks: usize,
 }
@@ -468,9 +468,10 @@ pub struct SharedSum {
 impl SharedSum {
     /// Sets up the window when every rank of `comm` is on one node (collective), for buffers
     /// of `len` floats whose first `params` are the gradients of the parameters, with room
-    /// for a bf16 copy of the parameters when `bf16`. Returns None across nodes or when the
+    /// for a bf16 copy of the parameters of `bf16_len` values (0: none; see
+    /// [`crate::engine::bf16_weights`]). Returns None across nodes or when the
     /// MPI library cannot allocate a shared window.
-    pub fn new(comm: &Comm, len: usize, params: usize, bf16: bool) -> Option<SharedSum> {
+    pub fn new(comm: &Comm, len: usize, params: usize, bf16_len: usize) -> Option<SharedSum> {
         if comm.size == 1 {
             return None;
         }
@@ -482,7 +483,7 @@ impl SharedSum {
         // Each buffer starts on a cache line (the products write into them): a stride of a
         // multiple of 16 floats, and 16 floats of slack to align the start.
         let stride = len.next_multiple_of(16);
-        let bf16_floats = if bf16 { params.next_multiple_of(32) / 2 } else { 0 };
+        let bf16_floats = bf16_len.next_multiple_of(32) / 2;
         let total = (ranks + 1) * stride + params.next_multiple_of(16) + ranks.next_multiple_of(16) + bf16_floats + 16;
         let floats = if rank == 0 { total } else { 0 };
         let mut base: *mut f32 = std::ptr::null_mut();
@@ -516,7 +517,7 @@ impl SharedSum {
         // MPI_Win_sync and barriers (the MPI-3 recipe for shared-memory windows).
         // SAFETY: a valid window.
         unsafe { ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as i32, win) };
-        let mut shared = SharedSum { win, node, base, len, stride, params, bf16, rank, ranks };
+        let mut shared = SharedSum { win, node, base, len, stride, params, bf16_len, rank, ranks };
         shared.input_mut().fill(0.0);
         shared.fence();
         Some(shared)
@@ -574,12 +575,13 @@ impl SharedSum {
         unsafe { self.base.add((self.ranks + 1) * self.stride) }
     }
 
-    /// The node's one bf16 copy of the parameters: (params,), on a cache line, shared like
-    /// [`SharedSum::parameters`] (each rank writes its own chunk in the update). None when the
-    /// window was made without it.
-    pub fn bf16_parameters(&self) -> Option<*mut u16> {
+    /// The node's one bf16 copy of the parameters and its length in values, on a cache line,
+    /// shared like [`SharedSum::parameters`] (each rank writes the places of its own chunk in
+    /// the update). None when the window was made without it.
+    pub fn bf16_parameters(&self) -> Option<(*mut u16, usize)> {
         // SAFETY: the area after the flags, inside the window (see `new`'s total).
-        self.bf16.then(|| unsafe { self.flags().add(self.ranks.next_multiple_of(16)).cast::<u16>() })
+        (self.bf16_len > 0)
+            .then(|| (unsafe { self.flags().add(self.ranks.next_multiple_of(16)).cast::<u16>() }, self.bf16_len))
     }
 
     /// This rank's flag (whether its part of the gradients was finite), for the others to

@@ -8,6 +8,7 @@
 
 use crate::dist::comm::{Comm, GradientReducer, SharedSum};
 use crate::engine::aligned::{Aligned, Flat};
+use crate::engine::bf16_weights::Bf16Copy;
 use crate::engine::optim::{Gradients, Optimizer, Weights};
 use std::ops::Range;
 use std::time::Instant;
@@ -100,9 +101,10 @@ impl GradientSum {
 
     /// The shared-memory window (collective), for `n_params` gradients and `extra` slots;
     /// None when the ranks span several nodes or the MPI library cannot allocate one.
-    /// With `bf16`, the window has room for the node's one bf16 copy of the parameters too.
-    pub fn shared_window(comm: &Comm, n_params: usize, extra: usize, bf16: bool) -> Option<GradientSum> {
-        SharedSum::new(comm, n_params + extra, n_params, bf16)
+    /// With `bf16_len` > 0, the window has room for the node's one bf16 copy of the
+    /// parameters too, of that many values.
+    pub fn shared_window(comm: &Comm, n_params: usize, extra: usize, bf16_len: usize) -> Option<GradientSum> {
+        SharedSum::new(comm, n_params + extra, n_params, bf16_len)
             .map(|shared| GradientSum::SharedWindow { shared, sharded: false })
     }
 
@@ -232,7 +234,7 @@ impl GradientSum {
                             range.clone(),
                             params,
                             Gradients::Summed(&o.summed),
-                            mirror.as_deref_mut(),
+                            mirror.as_mut().map(Bf16Copy::reborrow),
                         );
                     }
                     Summed { waited_s, dropped: false, finite }
@@ -260,12 +262,16 @@ impl GradientSum {
         // SAFETY: the window's parameter area holds n floats; this rank writes only its chunk.
         unsafe { std::ptr::copy_nonoverlapping(params.as_ptr().add(own.start), ptr.add(own.start), own.len()) };
         let bf16 = bf16.map(|copy| {
-            let at = shared.bf16_parameters().expect("the window of a bf16 run has room for the bf16 copy");
+            let (at, len) = shared.bf16_parameters().expect("the window of a bf16 run has room for the bf16 copy");
+            assert_eq!(len, copy.len(), "the window's bf16 area fits the copy");
             (copy, at)
         });
         if let Some((copy, at)) = &bf16 {
-            // SAFETY: the window's bf16 area holds n values; this rank writes only its chunk.
-            unsafe { std::ptr::copy_nonoverlapping(copy.as_ptr().add(own.start), at.add(own.start), own.len()) };
+            // Every rank's copy is the same too (padding included): each copies its share.
+            let share = crate::dist::batch_plan::slice_range(copy.len(), shared.ranks(), shared.rank_on_node());
+            // SAFETY: the window's bf16 area holds copy.len() values; this rank writes only
+            // its share of them.
+            unsafe { std::ptr::copy_nonoverlapping(copy.as_ptr().add(share.start), at.add(share.start), share.len()) };
         }
         shared.fence();
         // SAFETY: the window outlives the trainer's use of the view (the GradientSum that owns
@@ -274,7 +280,7 @@ impl GradientSum {
         touch_pages(params);
         if let Some((copy, at)) = bf16 {
             // SAFETY: as for the parameters' view, for the window's bf16 area.
-            *copy = unsafe { Flat::shared(at, n) };
+            *copy = unsafe { Flat::shared(at, copy.len()) };
             touch_pages(copy);
         }
         *sharded = true;
@@ -360,7 +366,7 @@ fn update(
     opt: &mut Optimizer,
     params: &mut [f32],
     grads: &[f32],
-    mirror: Option<&mut [u16]>,
+    mirror: Option<Bf16Copy<'_>>,
     scale: f32,
     lr: f32,
 ) -> bool {

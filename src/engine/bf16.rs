@@ -89,6 +89,166 @@ multiversion! {
     }
 }
 
+/// dst[2 j] = bf16(src[j]) (every other 16-bit place, leaving the places between alone) and,
+/// when `plain` is given, plain[j] = the same: a run of one row of a packed weight matrix,
+/// whose partner row fills the places between (see [`crate::engine::onednn::Packing`]).
+///
+/// # Safety
+/// `dst` is valid for writes of 2 src.len() - 1 values, `plain` (when given) of src.len(),
+/// and no other thread accesses those places meanwhile (the places between may be written at
+/// once: they are never touched).
+pub unsafe fn convert_interleaved(src: &[f32], dst: *mut u16, plain: Option<*mut u16>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512bw() {
+        // SAFETY: the CPU has the features; the caller's contract.
+        return unsafe { convert_interleaved_avx512(src, dst, plain) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { convert_interleaved_portable(src, dst, plain) }
+}
+
+/// Whether the CPU has AVX-512 with 16-bit lanes and 256-bit forms (AVX512BW and VL), which
+/// [`convert_interleaved_avx512`] needs.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512bw() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
+/// [`convert_interleaved`] one value at a time, on any CPU.
+///
+/// # Safety
+/// As [`convert_interleaved`].
+#[inline(always)]
+pub unsafe fn convert_interleaved_portable(src: &[f32], dst: *mut u16, plain: Option<*mut u16>) {
+    for (j, &v) in src.iter().enumerate() {
+        let b = from_f32(v);
+        // SAFETY: the caller's contract.
+        unsafe {
+            dst.add(2 * j).write(b);
+            if let Some(p) = plain {
+                p.add(j).write(b);
+            }
+        }
+    }
+}
+
+/// [`convert_interleaved`] 16 values at a time: the rounding of [`from_f32`] in 32-bit lanes,
+/// whose lower halves are the bf16 values in every other 16-bit place, stored under a mask of
+/// those places (a masked store writes nothing elsewhere). Inlined into callers compiled for
+/// the same features.
+///
+/// # Safety
+/// As [`convert_interleaved`], on a CPU with [`has_avx512bw`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+pub unsafe fn convert_interleaved_avx512(src: &[f32], dst: *mut u16, plain: Option<*mut u16>) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    let (round, quiet, one) = (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(0x40_0000), _mm512_set1_epi32(1));
+    let mut j = 0;
+    while j < n {
+        let lanes = (n - j).min(16);
+        let values_mask: __mmask16 = if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 };
+        // SAFETY: the masked load reads src[j..j + lanes] only; the stores write the caller's
+        // places dst[2 j..2 (j + lanes) - 1] (even ones) and plain[j..j + lanes].
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(values_mask, src.as_ptr().add(j));
+            let bits = _mm512_castps_si512(v);
+            let lowest_kept = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
+            let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(round, lowest_kept));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let kept = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(bits, quiet));
+            let halves = _mm512_srli_epi32::<16>(kept);
+            let places: __mmask32 = 0x5555_5555 & if lanes == 16 { u32::MAX } else { (1u32 << (2 * lanes)) - 1 };
+            _mm512_mask_storeu_epi16(dst.add(2 * j).cast::<i16>(), places, halves);
+            if let Some(p) = plain {
+                _mm256_mask_storeu_epi16(p.add(j).cast::<i16>(), values_mask, _mm512_cvtepi32_epi16(halves));
+            }
+        }
+        j += 16;
+    }
+}
+
+/// Two rows' runs into their interleaved places: dst[2 j] = bf16(a[j]) and dst[2 j + 1] =
+/// bf16(b[j]) (whole cache lines, no masks), and the plain copies plain_a[j], plain_b[j] when
+/// given. a, b: same length.
+///
+/// # Safety
+/// `dst` is valid for writes of 2 a.len() values and the plain starts (when given) of a.len()
+/// each, which no other thread accesses meanwhile.
+#[inline(always)]
+pub unsafe fn convert_pair_portable(a: &[f32], b: &[f32], dst: *mut u16, plain: Option<(*mut u16, *mut u16)>) {
+    for (j, (&x, &y)) in a.iter().zip(b).enumerate() {
+        let (x, y) = (from_f32(x), from_f32(y));
+        // SAFETY: the caller's contract.
+        unsafe {
+            dst.add(2 * j).write(x);
+            dst.add(2 * j + 1).write(y);
+            if let Some((pa, pb)) = plain {
+                pa.add(j).write(x);
+                pb.add(j).write(y);
+            }
+        }
+    }
+}
+
+/// [`convert_pair_portable`] on the widest unit the CPU has.
+///
+/// # Safety
+/// As [`convert_pair_portable`].
+pub unsafe fn convert_pair(a: &[f32], b: &[f32], dst: *mut u16, plain: Option<(*mut u16, *mut u16)>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512bw() {
+        // SAFETY: the CPU has the features; the caller's contract.
+        return unsafe { convert_pair_avx512(a, b, dst, plain) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { convert_pair_portable(a, b, dst, plain) }
+}
+
+/// [`convert_pair_portable`] 16 pairs at a time: each 32-bit lane holds a's bf16 in its lower
+/// half and b's in its upper half, which is the interleaved order.
+///
+/// # Safety
+/// As [`convert_pair_portable`], on a CPU with [`has_avx512bw`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+pub unsafe fn convert_pair_avx512(a: &[f32], b: &[f32], dst: *mut u16, plain: Option<(*mut u16, *mut u16)>) {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let halves = |v: __m512| {
+        let bits = _mm512_castps_si512(v);
+        let lowest_kept = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lowest_kept));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_srli_epi32::<16>(_mm512_mask_blend_epi32(
+            nan,
+            rounded,
+            _mm512_or_si512(bits, _mm512_set1_epi32(0x40_0000)),
+        ))
+    };
+    let mut j = 0;
+    while j < n {
+        let lanes = (n - j).min(16);
+        let values_mask: __mmask16 = if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 };
+        // SAFETY: masked loads of a[j..j + lanes] and b[j..j + lanes]; the stores write the
+        // caller's places dst[2 j..2 (j + lanes)] and the plain ones of those values.
+        unsafe {
+            let x = halves(_mm512_maskz_loadu_ps(values_mask, a.as_ptr().add(j)));
+            let y = halves(_mm512_maskz_loadu_ps(values_mask, b.as_ptr().add(j)));
+            let both = _mm512_or_si512(x, _mm512_slli_epi32::<16>(y));
+            _mm512_mask_storeu_epi32(dst.add(2 * j).cast::<i32>(), values_mask, both);
+            if let Some((pa, pb)) = plain {
+                _mm256_mask_storeu_epi16(pa.add(j).cast::<i16>(), values_mask, _mm512_cvtepi32_epi16(x));
+                _mm256_mask_storeu_epi16(pb.add(j).cast::<i16>(), values_mask, _mm512_cvtepi32_epi16(y));
+            }
+        }
+        j += 16;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +338,42 @@ mod tests {
         let (mut dst, mut acc) = (vec![0u16; 4], vec![0.5f32]);
         convert_and_sum_columns(&[1.0, 2.0, 3.0, -4.0], &mut dst, &mut acc);
         assert_eq!((acc[0], dst.iter().map(|&d| to_f32(d)).collect::<Vec<_>>()), (2.5, vec![1.0, 2.0, 3.0, -4.0]));
+    }
+
+    #[test]
+    fn interleaved_conversion_writes_every_other_place_and_the_plain_copy() {
+        let src = awkward_values(1000);
+        for n in [0, 1, 15, 16, 17, 64, 1000] {
+            let src = &src[..n];
+            let (mut dst, mut plain) = (vec![0xabcdu16; 2 * n + 2], vec![0u16; n]);
+            // SAFETY: dst holds 2 n + 2 values, plain n.
+            unsafe { convert_interleaved(src, dst.as_mut_ptr().add(1), Some(plain.as_mut_ptr())) };
+            for j in 0..n {
+                assert_eq!(dst[1 + 2 * j], from_f32_reference(src[j]), "{n} values, value {j}");
+                assert_eq!(plain[j], dst[1 + 2 * j]);
+            }
+            assert!((0..dst.len()).filter(|i| i % 2 == 0 || *i > 2 * n.max(1) - 1).all(|i| dst[i] == 0xabcd), "{n}");
+        }
+    }
+
+    #[test]
+    fn pair_conversion_interleaves_two_rows_and_writes_their_plain_copies() {
+        let src = awkward_values(2000);
+        for n in [1, 15, 16, 17, 64, 1000] {
+            let (a, b) = (&src[..n], &src[1000..1000 + n]);
+            let (mut dst, mut pa, mut pb) = (vec![0xabcdu16; 2 * n + 1], vec![0u16; n], vec![0u16; n]);
+            // SAFETY: dst holds 2 n + 1 values, pa and pb n each.
+            unsafe { convert_pair(a, b, dst.as_mut_ptr(), Some((pa.as_mut_ptr(), pb.as_mut_ptr()))) };
+            for j in 0..n {
+                assert_eq!(
+                    (dst[2 * j], dst[2 * j + 1]),
+                    (from_f32_reference(a[j]), from_f32_reference(b[j])),
+                    "{n}: {j}"
+                );
+                assert_eq!((pa[j], pb[j]), (dst[2 * j], dst[2 * j + 1]));
+            }
+            assert_eq!(dst[2 * n], 0xabcd, "{n}: wrote past the pairs");
+        }
     }
 
     #[test]

@@ -16,8 +16,9 @@
 use crate::engine::activation::Activation;
 use crate::engine::aligned::{Aligned, Flat};
 use crate::engine::bf16;
+use crate::engine::bf16_weights::Bf16Layout;
 use crate::engine::narrow;
-use crate::engine::onednn::{self, Bf16Unit, Matmul, Shape};
+use crate::engine::onednn::{self, Bf16Unit, Matmul, PackedWeights, Shape};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -142,17 +143,28 @@ struct DenseProducts {
     in_dim: usize,
     out_dim: usize,
     first: bool,
+    /// The kernel's values in the flat parameter buffer.
+    kernel: std::ops::Range<usize>,
+    /// The layout its forward products read the kernel in, when packed.
+    packed: Option<PackedWeights>,
     by_block: Vec<Option<LayerProducts>>,
 }
+
+/// Environment variable that keeps every kernel's bf16 copy plain (a knob to measure and test
+/// the packed copy against).
+pub const PLAIN_WEIGHTS_VAR: &str = "NN_TRAIN_PLAIN_BF16_WEIGHTS";
 
 /// The bf16 side of a workspace (see the module comment). Buffers are sized for the padded
 /// maximum batch.
 pub struct Bf16Gemms {
     /// The CPU's bf16 unit the products run on.
     pub unit: Bf16Unit,
-    /// bf16 copy of the flat parameter buffer (only the kernels' spans are used): (n_params,).
+    /// bf16 copy of the parameters (only the kernels' values are used), laid out by `layout`.
     /// Ranks that share their parameters on a node share this copy too.
     pub weights: Flat<u16>,
+    /// Where each parameter's bf16 copy is: plain, index for index, and for the kernels of
+    /// forward products that oneDNN reads packed, in its packed layout.
+    pub layout: Bf16Layout,
     /// bf16 copy of the input of each layer that feeds a dense layer, by the index of the
     /// layer that PRODUCED it (`inputs[0]` is the model input x): (padded rows, width).
     pub inputs: Vec<Aligned<u16>>,
@@ -166,41 +178,74 @@ pub struct Bf16Gemms {
 }
 
 impl Bf16Gemms {
-    /// `dense`: (in_dim, out_dim) of each dense layer in order; `input_widths[i]`: the width
+    /// `dense`: (in_dim, out_dim, kernel span in the flat buffer) of each dense layer in
+    /// order; `input_widths[i]`: the width
     /// of the bf16 copy kept of layer input i (0 = the model input, i = output of layer i-1),
     /// or None when no dense layer reads it. Fails with the `--precision` error when the CPU
     /// has no bf16 unit.
     pub fn new(
         n_params: usize,
-        dense: &[(usize, usize)],
+        dense: &[(usize, usize, std::ops::Range<usize>)],
         input_widths: &[Option<usize>],
         widest: usize,
         max_rows: usize,
     ) -> Result<Bf16Gemms> {
+        let plain_only = std::env::var(PLAIN_WEIGHTS_VAR).is_ok_and(|v| !v.is_empty() && v != "0");
+        Bf16Gemms::with_packing(n_params, dense, input_widths, widest, max_rows, !plain_only)
+    }
+
+    /// [`Bf16Gemms::new`], with the forward products' kernels packed when oneDNN prefers
+    /// that and `pack` allows it.
+    fn with_packing(
+        n_params: usize,
+        dense: &[(usize, usize, std::ops::Range<usize>)],
+        input_widths: &[Option<usize>],
+        widest: usize,
+        max_rows: usize,
+        pack: bool,
+    ) -> Result<Bf16Gemms> {
         let unit = onednn::bf16_unit()?;
         let cap = padded(max_rows.max(1));
         let blocks = cap / ROW_BLOCK;
+        // The layout oneDNN prefers for a full batch serves every batch size (it depends on
+        // the weights' shape only). Narrow layers stay plain: their products read W^T.
+        let mut packed = Vec::with_capacity(dense.len());
+        for &(i, o, _) in dense {
+            let wide = o > narrow::NARROW_MAX_OUT;
+            packed.push(if wide && pack { onednn::packed_weights(cap, i, o)? } else { None });
+        }
+        let layout = Bf16Layout::new(
+            n_params,
+            dense.iter().zip(&packed).enumerate().filter_map(|(l, ((_, _, span), p))| {
+                // dx = dz W^T reads the plain copy; the first layer has no dx.
+                p.as_ref().map(|p| (span.clone(), p.packing, l > 0))
+            }),
+        );
         Ok(Bf16Gemms {
             unit,
-            weights: Flat::Owned(Aligned::new(n_params)),
+            weights: Flat::Owned(Aligned::new(layout.len())),
+            layout,
             inputs: input_widths.iter().map(|w| Aligned::new(w.map_or(0, |w| cap * w))).collect(),
             delta: Aligned::new(cap * widest),
             scratch: Vec::new(),
             narrow_scratch: Aligned::new(
                 dense
                     .iter()
-                    .filter(|&&(_, o)| o <= narrow::NARROW_MAX_OUT)
-                    .map(|&(i, o)| narrow::scratch_len(cap, i, o))
+                    .filter(|&&(_, o, _)| o <= narrow::NARROW_MAX_OUT)
+                    .map(|&(i, o, _)| narrow::scratch_len(cap, i, o))
                     .max()
                     .unwrap_or(0),
             ),
             dense: dense
                 .iter()
+                .zip(packed)
                 .enumerate()
-                .map(|(i, &(in_dim, out_dim))| DenseProducts {
+                .map(|(i, (&(in_dim, out_dim, ref kernel), packed))| DenseProducts {
                     in_dim,
                     out_dim,
                     first: i == 0,
+                    kernel: kernel.clone(),
+                    packed,
                     by_block: (0..blocks).map(|_| None).collect(),
                 })
                 .collect(),
@@ -229,8 +274,14 @@ impl Bf16Gemms {
                     .map_err(|e| Error::flag("precision", format!("a {}x{}x{} bf16 product: {e}", s.m, s.k, s.n)))
             };
             let narrow = o <= narrow::NARROW_MAX_OUT;
+            let forward = Shape { m, k: i, n: o, trans_a: false, trans_b: false, bias: true };
             let products = LayerProducts {
-                forward: make(Shape { m, k: i, n: o, trans_a: false, trans_b: false, bias: true })?,
+                forward: match &d.packed {
+                    Some(p) => Matmul::new_packed(forward, p).map_err(|e| {
+                        Error::flag("precision", format!("a {m}x{i}x{o} bf16 product on packed weights: {e}"))
+                    })?,
+                    None => make(forward)?,
+                },
                 weights_grad: if narrow {
                     None
                 } else {
@@ -288,12 +339,10 @@ impl Bf16Gemms {
         }
     }
 
-    /// Copies the kernels in `spans` of the f32 parameters into the bf16 weights. Call after
-    /// every change of the parameters (once per step, after the update).
-    pub fn refresh_weights(&mut self, params: &[f32], spans: impl Iterator<Item = std::ops::Range<usize>>) {
-        for r in spans {
-            bf16::convert(&params[r.clone()], &mut self.weights[r]);
-        }
+    /// Writes the bf16 copy of the f32 parameters (n_params,). Call after every change of the
+    /// parameters that the update did not write it for (loading, restoring).
+    pub fn refresh_weights(&mut self, params: &[f32]) {
+        self.layout.write_all(&mut self.weights, params);
     }
 
     /// Stores bf16(src) for `rows` rows of `width` into `dst`, and zeros up to the padded
@@ -318,8 +367,14 @@ impl Bf16Gemms {
             return;
         }
         self.ensure(dense, rows);
-        let p = self.dense[dense].by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
-        p.forward.run(&self.inputs[input], &self.weights[kernel], Some(bias), out, &mut self.scratch);
+        let d = &self.dense[dense];
+        debug_assert_eq!(d.kernel, kernel);
+        let p = d.by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
+        let weights = match d.packed.as_ref().and_then(|_| self.layout.packed(&kernel)) {
+            Some(k) => &self.weights[k.at..k.at + k.packing.len],
+            None => &self.weights[kernel],
+        };
+        p.forward.run(&self.inputs[input], weights, Some(bias), out, &mut self.scratch);
     }
 
     /// grad (in_dim, out_dim) = input^T dz, with dz in `self.delta` (converted by the caller
@@ -395,6 +450,81 @@ mod tests {
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Forward products on packed weights against the same products on plain ones: equal
+    /// within the f32 rounding of the sums (the kernels may add in another order), for
+    /// several shapes and for every batch size up to the workspace's, with the packed copy
+    /// written whole and by the update's pieces.
+    #[test]
+    fn packed_weights_give_the_plain_products() {
+        if let Err(e) = onednn::bf16_unit() {
+            eprintln!("SKIP packed_weights_give_the_plain_products: {e}");
+            return;
+        }
+        let finite = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 0.5).collect()
+        };
+        let mut packed_any = false;
+        for (in_dim, out_dim) in [(40, 48), (784, 1024), (33, 70), (130, 100)] {
+            // A bias before the kernel, so that it does not start the buffer.
+            let (kernel, n_params) = (5..5 + in_dim * out_dim, 5 + in_dim * out_dim + out_dim);
+            let params = finite(n_params, 1);
+            let bias = &params[kernel.end..];
+            let max_rows = 256;
+            let make = |pack: bool| {
+                let dense = [(in_dim, out_dim, kernel.clone())];
+                let mut g =
+                    Bf16Gemms::with_packing(n_params, &dense, &[Some(in_dim)], in_dim.max(out_dim), max_rows, pack)
+                        .unwrap();
+                g.refresh_weights(&params);
+                g
+            };
+            let (mut plain, mut packed) = (make(false), make(true));
+            assert!(plain.layout.packed(&kernel).is_none());
+            packed_any |= packed.layout.packed(&kernel).is_some();
+            // The copy the update writes piece by piece is the one written whole.
+            let mut by_pieces = vec![0u16; packed.layout.len()];
+            for start in (0..n_params).step_by(1000) {
+                let r = start..(start + 1000).min(n_params);
+                // SAFETY: by_pieces holds the layout's length; one piece at a time.
+                unsafe { packed.layout.write(by_pieces.as_mut_ptr(), r.clone(), &params[r]) };
+            }
+            assert!(by_pieces[..] == packed.weights[..], "({in_dim}, {out_dim}): pieces");
+            let w = &params[kernel.clone()];
+            for rows in [1, 16, 37, 48, 130, 256] {
+                let x = finite(rows * in_dim, rows);
+                let mut outs = Vec::new();
+                for g in [&mut plain, &mut packed] {
+                    Bf16Gemms::convert_rows(&x, &mut g.inputs[0], rows, in_dim);
+                    let mut out = vec![0.0f32; padded(rows) * out_dim];
+                    g.forward(0, 0, kernel.clone(), bias, rows, &mut out);
+                    outs.push(out);
+                }
+                for r in 0..rows {
+                    for j in 0..out_dim {
+                        let scale: f64 = (0..in_dim)
+                            .map(|i| {
+                                (bf16::to_f32(bf16::from_f32(x[r * in_dim + i]))
+                                    * bf16::to_f32(bf16::from_f32(w[i * out_dim + j])))
+                                .abs() as f64
+                            })
+                            .sum::<f64>()
+                            + bias[j].abs() as f64;
+                        let err = (outs[0][r * out_dim + j] - outs[1][r * out_dim + j]).abs() as f64;
+                        assert!(
+                            err <= scale * in_dim as f64 * 2f64.powi(-23),
+                            "({in_dim}, {out_dim}) at {rows} rows, [{r}][{j}]: plain {} packed {}",
+                            outs[0][r * out_dim + j],
+                            outs[1][r * out_dim + j]
+                        );
+                    }
+                }
+            }
+        }
+        if onednn::bf16_unit().is_ok_and(|u| u == Bf16Unit::Amx) {
+            assert!(packed_any, "oneDNN packs no weights on AMX: the packed path went untested");
+        }
     }
 
     /// Widths below, at and above a block (4096 values), and row counts that leave a partial

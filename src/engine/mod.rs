@@ -8,6 +8,8 @@ pub mod activation;
 pub mod aligned;
 /// bfloat16 values and the f32 -> bf16 conversion (round to nearest even).
 pub mod bf16;
+/// The bf16 copy of the parameters: its plain and packed parts, and how it is written.
+pub mod bf16_weights;
 /// Which OpenBLAS kernels run: the CPU's features against the library's own pick.
 pub mod blas_core;
 /// Evaluation metrics (Keras 3 definitions): top-k accuracy, confusion matrix, precision,

@@ -11,6 +11,7 @@
 
 use crate::engine::activation::Activation;
 use crate::engine::aligned::{Aligned, Flat};
+use crate::engine::bf16_weights::Bf16Copy;
 use crate::engine::gemm::{gemm, Mat};
 use crate::engine::kernels;
 use crate::engine::mixed::{self, padded, Bf16Gemms, Precision};
@@ -364,16 +365,21 @@ impl Workspace {
     /// With bf16, copies the kernels of `params` into the bf16 weights the products read
     /// (nothing to do in f32). Call after every change of the parameters: once per step, after
     /// the update, and after loading or restoring them.
-    pub fn refresh_weights(&mut self, model: &Model, params: &[f32]) {
+    pub fn refresh_weights(&mut self, params: &[f32]) {
         if let Some(mx) = self.mixed.as_mut() {
-            mx.refresh_weights(params, model.dense_layers().map(|(_, _, k, _)| k.range()));
+            mx.refresh_weights(params);
         }
     }
 
-    /// With bf16, the bf16 copy of the flat parameter buffer (n_params,), for an update that
-    /// writes it as it goes (see [`crate::engine::optim::Optimizer::apply`]); None in f32.
-    pub fn bf16_weights_mut(&mut self) -> Option<&mut [u16]> {
-        self.mixed.as_mut().map(|mx| &mut mx.weights[..])
+    /// With bf16, the bf16 copy of the parameters, for an update that writes it as it goes
+    /// (see [`crate::engine::optim::Optimizer::apply`]); None in f32.
+    pub fn bf16_weights_mut(&mut self) -> Option<Bf16Copy<'_>> {
+        self.mixed.as_mut().map(|mx| Bf16Copy { buffer: &mut mx.weights, layout: &mx.layout })
+    }
+
+    /// With bf16, the length of that copy in values (0 in f32).
+    pub fn bf16_weights_len(&self) -> usize {
+        self.mixed.as_ref().map_or(0, |mx| mx.layout.len())
     }
 
     /// With bf16, the buffer of that copy itself, for ranks that move it into memory they
@@ -543,7 +549,8 @@ impl Model {
         let mixed = match precision {
             Precision::Fp32 => None,
             Precision::Bf16 => {
-                let dense: Vec<(usize, usize)> = self.dense_layers().map(|(_, l, ..)| (l.in_dim, l.out_dim)).collect();
+                let dense: Vec<_> =
+                    self.dense_layers().map(|(_, l, kernel, _)| (l.in_dim, l.out_dim, kernel.range())).collect();
                 // Input i of the model's layers (0 = x, i = output of layer i - 1) is kept in
                 // bf16 when layer i is dense.
                 let widths: Vec<Option<usize>> =
@@ -1149,7 +1156,7 @@ mod tests {
         let keys = DropoutKeys { seed: 9, epoch: 0, rows: &row_ids };
         let run = |precision: Precision| {
             let mut ws = model.workspace_with(rows, precision).unwrap();
-            ws.refresh_weights(&model, &params);
+            ws.refresh_weights(&params);
             let mut moving = model.init_moving();
             model.forward(
                 &params,

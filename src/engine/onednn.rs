@@ -194,6 +194,8 @@ pub struct Matmul {
     pub scratch_bytes: usize,
     /// oneDNN's implementation name, e.g. "brg:avx512_core_amx_bf16".
     pub implementation: String,
+    /// B's packed layout, when it has one.
+    packing: Option<Packing>,
 }
 
 fn desc(
@@ -202,10 +204,8 @@ fn desc(
     stored_transposed: bool,
     dt: sys::dnnl_data_type_t,
 ) -> Result<sys::dnnl_memory_desc_t> {
-    let mut dims: sys::dnnl_dims_t = [0; 12];
+    let dims = dims2(rows, cols);
     let mut strides: sys::dnnl_dims_t = [0; 12];
-    dims[0] = rows as i64;
-    dims[1] = cols as i64;
     (strides[0], strides[1]) = if stored_transposed { (1, rows as i64) } else { (cols as i64, 1) };
     // SAFETY: all-zero is a valid (empty) descriptor for the call to fill in.
     let mut md: sys::dnnl_memory_desc_t = unsafe { std::mem::zeroed() };
@@ -215,45 +215,130 @@ fn desc(
     Ok(md)
 }
 
+/// oneDNN's packed layout of a (k, n) bf16 weight matrix, the B of a forward product, in which
+/// its AMX and AVX512-BF16 kernels read B without repacking it at every call ("BA16a64b2a":
+/// columns in blocks of `n_block`, each block a column of row blocks of 2 `k_pairs` rows, in
+/// which the two rows of each pair are interleaved value by value, so that a 32-bit lane holds
+/// the pair a dot-product instruction multiplies). Rows are padded to a multiple of
+/// 2 `k_pairs` and columns to a multiple of `n_block`, with zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packing {
+    /// Rows (the product's k).
+    pub k: usize,
+    /// Columns (the product's n).
+    pub n: usize,
+    /// Row pairs per row block.
+    pub k_pairs: usize,
+    /// Columns per column block.
+    pub n_block: usize,
+    /// Values from one row block to the next.
+    pub k_stride: usize,
+    /// Values from one column block to the next.
+    pub n_stride: usize,
+    /// Values of the whole packed matrix, padding included.
+    pub len: usize,
+}
+
+impl Packing {
+    /// Where value (row, col) of the matrix is stored, in values from the packed start. (The
+    /// blocks are powers of two, so this takes shifts and masks, no division.)
+    #[inline(always)]
+    pub fn offset(&self, row: usize, col: usize) -> usize {
+        let (pairs_shift, block_shift) = (self.k_pairs.trailing_zeros(), self.n_block.trailing_zeros());
+        (row >> (pairs_shift + 1)) * self.k_stride
+            + (col >> block_shift) * self.n_stride
+            + (((row >> 1) & (self.k_pairs - 1)) << (block_shift + 1))
+            + ((col & (self.n_block - 1)) << 1)
+            + (row & 1)
+    }
+}
+
+/// A weight matrix's packed layout as oneDNN describes it (to create products that read it)
+/// and as nn-train writes it ([`Packing`]).
+pub struct PackedWeights {
+    md: sys::dnnl_memory_desc_t,
+    /// The layout.
+    pub packing: Packing,
+}
+
+/// The layout oneDNN's forward product (m, k) x (k, n) + bias prefers for its weights, when it
+/// is a packed layout of the kind [`Packing`] describes; None when it prefers them plain or
+/// in a layout nn-train does not write (the product then reads them plain).
+pub fn packed_weights(m: usize, k: usize, n: usize) -> Result<Option<PackedWeights>> {
+    let a = desc(m, k, false, sys::dnnl_bf16)?;
+    let c = desc(m, n, false, sys::dnnl_f32)?;
+    let bias = desc(1, n, false, sys::dnnl_f32)?;
+    // SAFETY: all-zero is a valid (empty) descriptor for the call to fill in.
+    let mut any: sys::dnnl_memory_desc_t = unsafe { std::mem::zeroed() };
+    let dims = dims2(k, n);
+    // SAFETY: out-pointer to a local; dims holds 12 entries of which 2 are read.
+    let status = unsafe {
+        sys::dnnl_memory_desc_init_by_tag(&mut any, 2, dims.as_ptr(), sys::dnnl_bf16, sys::dnnl_format_tag_any)
+    };
+    check(status, "describe a matrix")?;
+    let pd = primitive_desc(&a, &any, Some(&bias), &c)?;
+    // SAFETY: pd is valid; the returned descriptor is owned by pd, copied out before its end.
+    let md = unsafe { *sys::dnnl_primitive_desc_query_md(pd, sys::dnnl_query_weights_md, 0) };
+    // SAFETY: made above, destroyed once.
+    unsafe { sys::dnnl_primitive_desc_destroy(pd) };
+    Ok(packing_of(&md, k, n).map(|packing| PackedWeights { md, packing }))
+}
+
+/// `md`'s layout as a [`Packing`] of a (k, n) matrix, when it is one.
+fn packing_of(md: &sys::dnnl_memory_desc_t, k: usize, n: usize) -> Option<Packing> {
+    if md.format_kind != sys::dnnl_blocked || md.offset0 != 0 || md.data_type != sys::dnnl_bf16 {
+        return None;
+    }
+    // SAFETY: format_kind says the union holds the blocking description.
+    let b = unsafe { md.format_desc.blocking };
+    let blocks: Vec<(i64, i64)> = (0..b.inner_nblks as usize).map(|i| (b.inner_blks[i], b.inner_idxs[i])).collect();
+    let [(k_pairs, 0), (n_block, 1), (2, 0)] = blocks[..] else { return None };
+    if !(k_pairs as u64).is_power_of_two() || !(n_block as u64).is_power_of_two() {
+        return None;
+    }
+    // SAFETY: a valid descriptor.
+    let bytes = unsafe { sys::dnnl_memory_desc_get_size(md) };
+    let packing = Packing {
+        k,
+        n,
+        k_pairs: k_pairs as usize,
+        n_block: n_block as usize,
+        k_stride: b.strides[0] as usize,
+        n_stride: b.strides[1] as usize,
+        len: bytes / 2,
+    };
+    // Every value inside the allocation, as the formula places it.
+    let last = packing.offset(k.next_multiple_of(2 * packing.k_pairs) - 1, n.next_multiple_of(packing.n_block) - 1);
+    (last < packing.len).then_some(packing)
+}
+
+fn dims2(rows: usize, cols: usize) -> sys::dnnl_dims_t {
+    let mut dims: sys::dnnl_dims_t = [0; 12];
+    dims[0] = rows as i64;
+    dims[1] = cols as i64;
+    dims
+}
+
 impl Matmul {
     /// Creates the primitive (oneDNN JIT-compiles its kernel here, not at execution).
     pub fn new(shape: Shape) -> Result<Matmul> {
+        let b = desc(shape.k, shape.n, shape.trans_b, sys::dnnl_bf16)?;
+        Matmul::with_weights(shape, b, None)
+    }
+
+    /// A forward product (no transposes) whose weights B are stored in `packed`'s layout.
+    pub fn new_packed(shape: Shape, packed: &PackedWeights) -> Result<Matmul> {
+        assert!(!shape.trans_a && !shape.trans_b && (packed.packing.k, packed.packing.n) == (shape.k, shape.n));
+        Matmul::with_weights(shape, packed.md, Some(packed.packing))
+    }
+
+    fn with_weights(shape: Shape, b: sys::dnnl_memory_desc_t, packing: Option<Packing>) -> Result<Matmul> {
         let ctx = context()?;
-        let Shape { m, k, n, trans_a, trans_b, bias } = shape;
+        let Shape { m, k, n, trans_a, bias, .. } = shape;
         let a = desc(m, k, trans_a, sys::dnnl_bf16)?;
-        let b = desc(k, n, trans_b, sys::dnnl_bf16)?;
         let c = desc(m, n, false, sys::dnnl_f32)?;
         let bias_md = desc(1, n, false, sys::dnnl_f32)?;
-        // SAFETY: zeroed is the state the init call expects to overwrite.
-        let mut op: sys::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
-        let bias_ptr = if bias { &bias_md as *const _ } else { std::ptr::null() };
-        // SAFETY: all descriptors live across the call; a null bias means none.
-        check(unsafe { sys::dnnl_matmul_desc_init(&mut op, &a, &b, bias_ptr, &c) }, "describe a matmul")?;
-        let mut attr = std::ptr::null_mut();
-        // SAFETY: out-pointer to a local.
-        check(unsafe { sys::dnnl_primitive_attr_create(&mut attr) }, "create attributes")?;
-        // Scratch memory comes from the caller, so executions never allocate.
-        // SAFETY: attr was just created.
-        let set = unsafe { sys::dnnl_primitive_attr_set_scratchpad_mode(attr, sys::dnnl_scratchpad_mode_user) };
-        let mut pd = std::ptr::null_mut();
-        let made = check(set, "set the scratchpad mode").and_then(|_| {
-            // SAFETY: op and attr are initialised; the engine lives for the process.
-            check(
-                unsafe {
-                    sys::dnnl_primitive_desc_create(
-                        &mut pd,
-                        &op as *const _ as *const c_void,
-                        attr,
-                        ctx.engine,
-                        std::ptr::null(),
-                    )
-                },
-                "find a matmul implementation",
-            )
-        });
-        // SAFETY: the descriptor keeps its own copy of the attributes.
-        unsafe { sys::dnnl_primitive_attr_destroy(attr) };
-        made?;
+        let pd = primitive_desc(&a, &b, bias.then_some(&bias_md), &c)?;
         let mut info: *const std::os::raw::c_char = std::ptr::null();
         // SAFETY: impl_info_str writes a pointer to a string owned by pd.
         let implementation = if unsafe {
@@ -295,6 +380,7 @@ impl Matmul {
                 scratch: if scratch_md.is_null() { std::ptr::null_mut() } else { memory(scratch_md)? },
                 scratch_bytes,
                 implementation,
+                packing,
             })
         });
         // SAFETY: the primitive and memory objects no longer need the descriptor.
@@ -306,7 +392,8 @@ impl Matmul {
     /// at least `scratch_bytes` (64-byte alignment is best). Allocates nothing.
     pub fn run(&self, a: &[u16], b: &[u16], bias: Option<&[f32]>, c: &mut [f32], scratch: &mut [u8]) {
         let Shape { m, k, n, .. } = self.shape;
-        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n && scratch.len() >= self.scratch_bytes);
+        let b_len = self.packing.map_or(k * n, |p| p.len);
+        assert!(a.len() >= m * k && b.len() >= b_len && c.len() >= m * n && scratch.len() >= self.scratch_bytes);
         assert_eq!(bias.is_some(), self.shape.bias, "bias given to a matmul created without one, or missing");
         let ctx = context().expect("a Matmul exists, so the context was created");
         let mut args: [sys::dnnl_exec_arg_t; 5] = [sys::dnnl_exec_arg_t { arg: 0, memory: std::ptr::null_mut() }; 5];
@@ -338,6 +425,48 @@ impl Matmul {
             sys::dnnl_stream_wait(ctx.stream);
         }
     }
+}
+
+/// A matmul's primitive descriptor, with its scratch memory left to the caller (so executions
+/// never allocate). The caller destroys it.
+fn primitive_desc(
+    a: &sys::dnnl_memory_desc_t,
+    b: &sys::dnnl_memory_desc_t,
+    bias: Option<&sys::dnnl_memory_desc_t>,
+    c: &sys::dnnl_memory_desc_t,
+) -> Result<sys::dnnl_primitive_desc_t> {
+    let ctx = context()?;
+    // SAFETY: zeroed is the state the init call expects to overwrite.
+    let mut op: sys::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
+    let bias_ptr = bias.map_or(std::ptr::null(), |b| b as *const _);
+    // SAFETY: all descriptors live across the call; a null bias means none.
+    check(unsafe { sys::dnnl_matmul_desc_init(&mut op, a, b, bias_ptr, c) }, "describe a matmul")?;
+    let mut attr = std::ptr::null_mut();
+    // SAFETY: out-pointer to a local.
+    check(unsafe { sys::dnnl_primitive_attr_create(&mut attr) }, "create attributes")?;
+    // Scratch memory comes from the caller, so executions never allocate.
+    // SAFETY: attr was just created.
+    let set = unsafe { sys::dnnl_primitive_attr_set_scratchpad_mode(attr, sys::dnnl_scratchpad_mode_user) };
+    let mut pd = std::ptr::null_mut();
+    let made = check(set, "set the scratchpad mode").and_then(|_| {
+        // SAFETY: op and attr are initialised; the engine lives for the process.
+        check(
+            unsafe {
+                sys::dnnl_primitive_desc_create(
+                    &mut pd,
+                    &op as *const _ as *const c_void,
+                    attr,
+                    ctx.engine,
+                    std::ptr::null(),
+                )
+            },
+            "find a matmul implementation",
+        )
+    });
+    // SAFETY: the descriptor keeps its own copy of the attributes.
+    unsafe { sys::dnnl_primitive_attr_destroy(attr) };
+    made?;
+    Ok(pd)
 }
 
 impl Drop for Matmul {

@@ -5,7 +5,7 @@
 //! separate pass divides the gradient.
 
 use crate::engine::aligned::Aligned;
-use crate::engine::bf16;
+use crate::engine::bf16_weights::{Bf16Copy, Bf16Layout};
 use crate::engine::kernels::{self, AdagradStep, AdamStep, NadamStep, RmspropStep, SgdStep};
 use crate::engine::parallel::{part_range, Parallel};
 use crate::{Error, Result};
@@ -323,7 +323,7 @@ impl Optimizer {
 
     /// Applies a started step to the parameters in `range` (a part of the flat buffers, so
     /// buckets can be updated as soon as their gradients are summed), and writes the updated
-    /// parameters' bf16 copy into `mirror` (n_params,) when given. Returns whether the
+    /// parameters' bf16 copy into `mirror` when given. Returns whether the
     /// gradients in `range` were all finite (checked on the way, so the caller needs no
     /// pass of its own over them).
     ///
@@ -336,15 +336,10 @@ impl Optimizer {
         range: Range<usize>,
         params: &mut [f32],
         grads: Gradients<'_>,
-        mirror: Option<&mut [u16]>,
+        mirror: Option<Bf16Copy<'_>>,
     ) -> bool {
         let n = range.len();
-        let views = Views::new(
-            &mut params[range.clone()],
-            &mut self.slots,
-            range.clone(),
-            mirror.map(|m| &mut m[range.clone()]),
-        );
+        let views = Views::new(&mut params[range.clone()], &mut self.slots, range.clone(), mirror);
         if n < PARALLEL_MIN || self.pool.parts() == 1 {
             // SAFETY: the whole range, on this thread only.
             let (p, slots, mirror) = unsafe { views.range(0..n) };
@@ -352,8 +347,12 @@ impl Optimizer {
         }
         let parts = self.pool.parts();
         let finite = AtomicBool::new(true);
+        // Parts end between pairs of rows of packed kernels, so that their places are written
+        // in whole cache lines (see Views::cut).
+        let cut = |b: usize| views.cut(b, 0).min(n);
         self.pool.run(&|part| {
             let r = part_range(n, parts, part, 16);
+            let r = cut(r.start)..cut(r.end);
             // SAFETY: part_range gives each part a disjoint range, and run() returns only
             // after every part has ended, while the borrows behind `views` are still held.
             let (p, slots, mirror) = unsafe { views.range(r.clone()) };
@@ -403,8 +402,8 @@ impl Gradients<'_> {
 pub struct Weights<'a> {
     /// The f32 master parameters: (n_params,).
     pub master: &'a mut [f32],
-    /// With bf16 products, their bf16 copy, rewritten by the update: (n_params,).
-    pub bf16: Option<&'a mut [u16]>,
+    /// With bf16 products, their bf16 copy, rewritten by the update.
+    pub bf16: Option<Bf16Copy<'a>>,
 }
 
 /// Below this many parameters an update runs on the calling thread: waking a worker costs
@@ -417,32 +416,56 @@ pub const CHUNK: usize = 4096;
 
 /// Raw views of the buffers an update writes (all of one range's length), so that the pool's
 /// threads can each take a disjoint part. Unused state slots are empty.
-struct Views {
+struct Views<'a> {
     params: (*mut f32, usize),
     slots: [(*mut f32, usize); 3],
-    mirror: Option<*mut u16>,
+    /// The whole bf16 copy and its layout, and where the range starts in the flat buffer.
+    mirror: Option<(*mut u16, &'a Bf16Layout)>,
+    offset: usize,
 }
 
 // SAFETY: only used by Optimizer::apply, whose threads take disjoint ranges of the views
 // while the borrows they were made from are held.
-unsafe impl Sync for Views {}
+unsafe impl Sync for Views<'_> {}
 
-impl Views {
-    fn new(params: &mut [f32], slots: &mut [Aligned<f32>], range: Range<usize>, mirror: Option<&mut [u16]>) -> Views {
+impl<'a> Views<'a> {
+    /// Where a part or chunk that would end at `i` (relative to the views' range) ends
+    /// instead, above `floor`: before a pair of rows of a packed kernel rather than within it
+    /// (see [`Bf16Layout::cut_at_or_below`]).
+    fn cut(&self, i: usize, floor: usize) -> usize {
+        match self.mirror {
+            Some((_, layout)) if i > floor => {
+                layout.cut_at_or_below(self.offset + i, self.offset + floor) - self.offset
+            }
+            _ => i,
+        }
+    }
+
+    fn new(
+        params: &mut [f32],
+        slots: &mut [Aligned<f32>],
+        range: Range<usize>,
+        mirror: Option<Bf16Copy<'a>>,
+    ) -> Views<'a> {
         let mut raw = [(std::ptr::null_mut(), 0); 3];
         for (r, s) in raw.iter_mut().zip(slots.iter_mut()) {
             let s = &mut s[range.clone()];
             *r = (s.as_mut_ptr(), s.len());
         }
-        Views { params: (params.as_mut_ptr(), params.len()), slots: raw, mirror: mirror.map(|m| m.as_mut_ptr()) }
+        let mirror = mirror.map(|m| {
+            assert!(m.buffer.len() >= m.layout.len(), "the bf16 copy is shorter than its layout");
+            (m.buffer.as_mut_ptr(), m.layout)
+        });
+        Views { params: (params.as_mut_ptr(), params.len()), slots: raw, mirror, offset: range.start }
     }
 
-    /// The parameters, state slots and mirror in `r` (relative to the views' range).
+    /// The parameters and state slots in `r` (relative to the views' range), and the bf16
+    /// copy with where `r` starts in the flat buffer.
     ///
     /// # Safety
     /// `r` lies within the range, and no other live borrow from these views overlaps it.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn range(&self, r: Range<usize>) -> (&mut [f32], [&mut [f32]; 3], Option<&mut [u16]>) {
+    unsafe fn range(&self, r: Range<usize>) -> (&mut [f32], [&mut [f32]; 3], Mirror<'a>) {
         debug_assert!(r.end <= self.params.1);
         let len = r.len();
         // SAFETY: the caller's contract; empty slots give empty slices.
@@ -457,7 +480,7 @@ impl Views {
             (
                 std::slice::from_raw_parts_mut(self.params.0.add(r.start), len),
                 [slot(self.slots[0]), slot(self.slots[1]), slot(self.slots[2])],
-                self.mirror.map(|m| std::slice::from_raw_parts_mut(m.add(r.start), len)),
+                self.mirror.map(|(buffer, layout)| (buffer, layout, self.offset + r.start)),
             )
         }
     }
@@ -472,23 +495,34 @@ fn sub(s: &mut [f32], r: Range<usize>) -> &mut [f32] {
     }
 }
 
+/// A thread's view of the bf16 copy: the whole buffer, its layout, and where the thread's
+/// part starts in the flat buffer (the thread writes only that part's places).
+type Mirror<'a> = Option<(*mut u16, &'a Bf16Layout, usize)>;
+
 /// The fused loop of [`Optimizer::apply`] on one thread's part, the parameters from `offset`
 /// on in the flat buffer: per chunk, the finite check of the gradients, the update, and the
-/// bf16 copy. p, the used slots and mirror: (n,).
+/// bf16 copy. p and the used slots: (n,).
 fn update_chunks(
     update: &Update,
     p: &mut [f32],
     grads: Gradients<'_>,
     offset: usize,
     mut slots: [&mut [f32]; 3],
-    mut mirror: Option<&mut [u16]>,
+    mirror: Mirror<'_>,
 ) -> bool {
     let mut finite = true;
     let n = p.len();
     // 16 KB of this thread's stack, which stays in its core's L1 cache.
     let mut buffer = [0.0f32; CHUNK];
-    for start in (0..n).step_by(CHUNK) {
-        let r = start..(start + CHUNK).min(n);
+    let mut start = 0;
+    while start < n {
+        let mut end = (start + CHUNK).min(n);
+        if let Some((_, layout, at)) = mirror.filter(|_| end < n) {
+            // Between pairs of rows of a packed kernel (see Views::cut).
+            end = layout.cut_at_or_below(at + end, at + start) - at;
+        }
+        let r = start..end;
+        start = end;
         let (p, g) = (&mut p[r.clone()], grads.piece(offset + r.start..offset + r.end, &mut buffer));
         let [a, b, c] = &mut slots;
         finite &= match update {
@@ -498,8 +532,9 @@ fn update_chunks(
             Update::Nadam(k) => kernels::nadam(p, g, sub(a, r.clone()), sub(b, r.clone()), *k),
             Update::Adagrad(k) => kernels::adagrad(p, g, sub(a, r.clone()), *k),
         };
-        if let Some(m) = mirror.as_deref_mut() {
-            bf16::convert(p, &mut m[r]);
+        if let Some((buffer, layout, at)) = mirror {
+            // SAFETY: the places of this thread's part (see Views::range).
+            unsafe { layout.write(buffer, at + r.start..at + r.end, p) };
         }
     }
     finite
@@ -524,6 +559,7 @@ pub enum Update {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::bf16_weights::tests::amx_like_packing;
     use clap::ValueEnum;
     use std::sync::Mutex;
 
@@ -724,7 +760,9 @@ mod tests {
             let mut fused = Optimizer::new(settings, n);
             fused.set_threads(3);
             let (mut p_plain, mut p_fused) = (start.clone(), start.clone());
-            let mut mirror = vec![0u16; n];
+            // Part of the copy packed (one kernel of 300 x 500, its rows across the threads' parts).
+            let layout = Bf16Layout::new(n, [(1000..151_000, amx_like_packing(300, 500), false)]);
+            let mut mirror = vec![0u16; layout.len()];
             for _ in 0..2 {
                 let (update, _) = plain.begin(&grads, 0.5, 0.01);
                 let [a, b, c] = plain.slots_mut();
@@ -737,13 +775,14 @@ mod tests {
                 };
                 assert!(finite, "{kind}: finite gradients reported as not finite");
                 let (update, _) = fused.begin(&grads, 0.5, 0.01);
-                assert!(fused.apply(&update, 0..n, &mut p_fused, Gradients::Summed(&grads), Some(&mut mirror)));
+                let copy = Bf16Copy { buffer: &mut mirror, layout: &layout };
+                assert!(fused.apply(&update, 0..n, &mut p_fused, Gradients::Summed(&grads), Some(copy)));
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&p_plain), bits(&p_fused), "{kind}: parameters");
             assert_eq!(plain.state(), fused.state(), "{kind}: state");
-            let mut expected = vec![0u16; n];
-            bf16::convert(&p_fused, &mut expected);
+            let mut expected = vec![0u16; layout.len()];
+            layout.write_all(&mut expected, &p_fused);
             assert_eq!(mirror, expected, "{kind}: bf16 copy");
             for (at, value) in [(n - 5, f32::INFINITY), (7, f32::NAN), (PARALLEL_MIN + 3, f32::NEG_INFINITY)] {
                 let mut bad = grads.clone();
@@ -787,14 +826,18 @@ mod tests {
             (Optimizer::new(OptimizerSettings::default(), n), Optimizer::new(OptimizerSettings::default(), n));
         by_piece.set_threads(3);
         let (mut p_first, mut p_piece) = (start.clone(), start);
-        let (mut m_first, mut m_piece) = (vec![0u16; n], vec![0u16; n]);
+        // A packed kernel across the split between the two ranges.
         let split = n / 3;
+        let layout = Bf16Layout::new(n, [(split - 64 * 100..split + 64 * 100, amx_like_packing(200, 64), true)]);
+        let (mut m_first, mut m_piece) = (vec![0u16; layout.len()], vec![0u16; layout.len()]);
         for _ in 0..2 {
             let (update, _) = first.begin(&summed, 0.5, 0.01);
-            assert!(first.apply(&update, 0..n, &mut p_first, Gradients::Summed(&summed), Some(&mut m_first)));
+            let copy = Bf16Copy { buffer: &mut m_first, layout: &layout };
+            assert!(first.apply(&update, 0..n, &mut p_first, Gradients::Summed(&summed), Some(copy)));
             let (update, _) = by_piece.begin(&[], 0.5, 0.01);
             for r in [0..split, split..n] {
-                assert!(by_piece.apply(&update, r, &mut p_piece, Gradients::ByPiece(&pieces), Some(&mut m_piece)));
+                let copy = Bf16Copy { buffer: &mut m_piece, layout: &layout };
+                assert!(by_piece.apply(&update, r, &mut p_piece, Gradients::ByPiece(&pieces), Some(copy)));
             }
         }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

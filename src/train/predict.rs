@@ -74,7 +74,7 @@ impl Predictor {
     fn workspace(&self, rows: usize) -> Workspace {
         let mut ws =
             self.model.workspace_with(rows, self.precision).expect("set_precision checked that the CPU supports it");
-        ws.refresh_weights(&self.model, &self.snapshot.params);
+        ws.refresh_weights(&self.snapshot.params);
         ws
     }
 

@@ -274,7 +274,7 @@ impl<'c> Trainer<'c> {
                     self.stopped_early = true;
                     self.params.copy_from_slice(&early.best_params);
                     self.moving.copy_from_slice(&early.best_moving);
-                    self.ws.refresh_weights(&self.model, &self.params);
+                    self.ws.refresh_weights(&self.params);
                 }
             }
         }

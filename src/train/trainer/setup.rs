@@ -103,7 +103,7 @@ impl<'c> Trainer<'c> {
         }
         let max_rows = plan.max_local_batch().max(1);
         let mut ws = comm.agree(model.workspace_with(max_rows, cfg.precision))?;
-        ws.refresh_weights(&model, &start.params);
+        ws.refresh_weights(&start.params);
         let batch = Batch::new(&train, max_rows);
         let val_batch = val.as_ref().map(|v| Batch::new(v, max_rows));
 
@@ -132,7 +132,7 @@ impl<'c> Trainer<'c> {
                 if threads.threads == 1 { "" } else { "s" },
             ));
         }
-        let mut sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node, ws.mixed.is_some());
+        let mut sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node, ws.bf16_weights_len());
         let mut params = Flat::Owned(start.params);
         sum.share_parameters(&mut params, ws.bf16_weights_buffer(), cfg.optimizer.clip_norm.is_some());
         let fused = cfg.loss.required_activation().is_some();
@@ -357,9 +357,10 @@ fn feature_scaling(
     Ok(scaling)
 }
 
-/// The way this run sums gradients (collective); `bf16`: the products run in bf16. The buffers carry the STATS slots after the
+/// The way this run sums gradients (collective); `bf16_len`: the length of the bf16 copy of
+/// the parameters when the products run in bf16 (0 in f32). The buffers carry the STATS slots after the
 /// parameters.
-fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: usize, bf16: bool) -> GradientSum {
+fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: usize, bf16_len: usize) -> GradientSum {
     let n = model.n_params;
     if comm.size() == 1 {
         return GradientSum::local(n + STATS);
@@ -384,7 +385,7 @@ fn choose_gradient_sum(comm: &Comm, cfg: &Config, model: &Model, ranks_on_node: 
         }
         GradientSum::overlapped(comm, n, STATS, &layer_starts)
     } else if cfg.allreduce == AllreduceMode::Auto {
-        GradientSum::shared_window(comm, n, STATS, bf16)
+        GradientSum::shared_window(comm, n, STATS, bf16_len)
     } else {
         None
     };
