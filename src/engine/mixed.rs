@@ -296,7 +296,7 @@ impl Bf16Gemms {
             let need = [Some(&products.forward), products.weights_grad.as_ref(), products.input_grad.as_ref()]
                 .into_iter()
                 .flatten()
-                .map(|p| p.scratch_bytes)
+                .map(|p| p.scratch_bytes())
                 .max()
                 .unwrap_or(0);
             if need > self.scratch.len() {
@@ -317,8 +317,8 @@ impl Bf16Gemms {
         for d in &self.dense {
             let p = d.by_block[block].as_ref().expect("prepared above");
             for m in [Some(&p.forward), p.weights_grad.as_ref(), p.input_grad.as_ref()].into_iter().flatten() {
-                if !names.contains(&m.implementation) {
-                    names.push(m.implementation.clone());
+                if !names.iter().any(|n| n == m.implementation()) {
+                    names.push(m.implementation().to_string());
                 }
             }
             if p.weights_grad.is_none() && !names.iter().any(|n| n == narrow::implementation()) {

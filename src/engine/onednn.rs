@@ -184,18 +184,130 @@ pub struct Shape {
 pub struct Matmul {
     /// The product it computes.
     pub shape: Shape,
-    prim: sys::dnnl_primitive_t,
-    src: sys::dnnl_memory_t,
-    weights: sys::dnnl_memory_t,
-    bias: sys::dnnl_memory_t,
-    dst: sys::dnnl_memory_t,
-    scratch: sys::dnnl_memory_t,
-    /// Bytes of scratch memory an execution needs.
-    pub scratch_bytes: usize,
-    /// oneDNN's implementation name, e.g. "brg:avx512_core_amx_bf16".
-    pub implementation: String,
+    primitive: Primitive,
+    src: Memory,
+    weights: Memory,
+    bias: Option<Memory>,
+    dst: Memory,
     /// B's packed layout, when it has one.
     packing: Option<Packing>,
+}
+
+/// A created primitive of any kind, its scratch memory (passed in by the caller at each
+/// execution, so executions never allocate) and oneDNN's name for its implementation.
+struct Primitive {
+    prim: sys::dnnl_primitive_t,
+    scratch: Option<Memory>,
+    scratch_bytes: usize,
+    implementation: String,
+}
+
+/// A memory object: a descriptor bound to a caller's buffer before each execution.
+struct Memory(sys::dnnl_memory_t);
+
+impl Memory {
+    fn new(md: *const sys::dnnl_memory_desc_t) -> Result<Memory> {
+        let ctx = context()?;
+        let mut mem = std::ptr::null_mut();
+        // SAFETY: md is valid; a null handle means "no buffer yet" (set before each run).
+        let status = unsafe { sys::dnnl_memory_create(&mut mem, md, ctx.engine, std::ptr::null_mut()) };
+        check(status, "create a memory object")?;
+        Ok(Memory(mem))
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // SAFETY: created by Memory::new, destroyed once.
+        unsafe { sys::dnnl_memory_destroy(self.0) };
+    }
+}
+
+impl Primitive {
+    /// Creates the primitive `create` describes (given attributes that leave the scratch
+    /// memory to the caller); `what` names it in errors.
+    fn new(
+        what: &str,
+        create: impl FnOnce(*mut sys::dnnl_primitive_desc_t, sys::dnnl_primitive_attr_t) -> sys::dnnl_status_t,
+    ) -> Result<Primitive> {
+        let mut attr = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local.
+        check(unsafe { sys::dnnl_primitive_attr_create(&mut attr) }, "create attributes")?;
+        // SAFETY: attr was just created.
+        let set = unsafe { sys::dnnl_primitive_attr_set_scratchpad_mode(attr, sys::dnnl_scratchpad_mode_user) };
+        let mut pd = std::ptr::null_mut();
+        let made = check(set, "set the scratchpad mode").and_then(|_| check(create(&mut pd, attr), what));
+        // SAFETY: the descriptor keeps its own copy of the attributes.
+        unsafe { sys::dnnl_primitive_attr_destroy(attr) };
+        made?;
+        let primitive = Primitive::from_desc(pd);
+        // SAFETY: the primitive and memory objects no longer need the descriptor.
+        unsafe { sys::dnnl_primitive_desc_destroy(pd) };
+        primitive
+    }
+
+    fn from_desc(pd: sys::dnnl_primitive_desc_t) -> Result<Primitive> {
+        let mut info: *const std::os::raw::c_char = std::ptr::null();
+        // SAFETY: impl_info_str writes a pointer to a string owned by pd.
+        let implementation = if unsafe {
+            sys::dnnl_primitive_desc_query(pd, sys::dnnl_query_impl_info_str, 0, &mut info as *mut _ as *mut c_void)
+        } == sys::dnnl_success
+            && !info.is_null()
+        {
+            // SAFETY: a NUL-terminated string that lives as long as pd.
+            unsafe { CStr::from_ptr(info) }.to_string_lossy().into_owned()
+        } else {
+            "unknown".to_string()
+        };
+        // SAFETY: pd is valid; the returned descriptor is owned by pd.
+        let scratch_md = unsafe { sys::dnnl_primitive_desc_query_md(pd, sys::dnnl_query_scratchpad_md, 0) };
+        let scratch_bytes = if scratch_md.is_null() {
+            0
+        } else {
+            // SAFETY: scratch_md points into pd, which is alive.
+            unsafe { sys::dnnl_memory_desc_get_size(scratch_md) }
+        };
+        let scratch = if scratch_bytes == 0 { None } else { Some(Memory::new(scratch_md)?) };
+        let mut prim = std::ptr::null_mut();
+        // SAFETY: pd is valid; the primitive keeps what it needs of it.
+        check(unsafe { sys::dnnl_primitive_create(&mut prim, pd) }, "create a primitive")?;
+        Ok(Primitive { prim, scratch, scratch_bytes, implementation })
+    }
+
+    /// Runs the primitive on the buffers bound to `args` (argument, memory, buffer) and
+    /// `scratch` (at least `scratch_bytes`), and waits for it.
+    ///
+    /// # Safety
+    /// Each buffer is at least as long as its memory's descriptor and lives across the call;
+    /// the primitive writes only its outputs and the scratch, which nothing else accesses.
+    unsafe fn execute(&self, args: &[(u32, &Memory, *mut c_void)], scratch: &mut [u8]) {
+        assert!(scratch.len() >= self.scratch_bytes && args.len() < 8);
+        let ctx = context().expect("a primitive exists, so the context was created");
+        let mut bound = [sys::dnnl_exec_arg_t { arg: 0, memory: std::ptr::null_mut() }; 8];
+        let scratch_arg = self.scratch.as_ref().map(|m| (sys::DNNL_ARG_SCRATCHPAD, m, scratch.as_mut_ptr().cast()));
+        let mut n = 0;
+        for &(arg, mem, ptr) in args.iter().chain(scratch_arg.as_ref()) {
+            // SAFETY: mem belongs to this primitive; the caller's contract for ptr.
+            let status = unsafe { sys::dnnl_memory_set_data_handle(mem.0, ptr) };
+            assert_eq!(status, sys::dnnl_success, "oneDNN rejected a buffer");
+            bound[n] = sys::dnnl_exec_arg_t { arg: arg as c_int, memory: mem.0 };
+            n += 1;
+        }
+        // SAFETY: every argument is bound to a live buffer (the caller's contract); the wait
+        // ends all use of them.
+        unsafe {
+            let status = sys::dnnl_primitive_execute(self.prim, ctx.stream, n as c_int, bound.as_ptr());
+            assert_eq!(status, sys::dnnl_success, "oneDNN failed to run a primitive");
+            sys::dnnl_stream_wait(ctx.stream);
+        }
+    }
+}
+
+impl Drop for Primitive {
+    fn drop(&mut self) {
+        // SAFETY: created by Primitive::from_desc, destroyed once.
+        unsafe { sys::dnnl_primitive_destroy(self.prim) };
+    }
 }
 
 fn desc(
@@ -276,7 +388,20 @@ pub fn packed_weights(m: usize, k: usize, n: usize) -> Result<Option<PackedWeigh
         sys::dnnl_memory_desc_init_by_tag(&mut any, 2, dims.as_ptr(), sys::dnnl_bf16, sys::dnnl_format_tag_any)
     };
     check(status, "describe a matrix")?;
-    let pd = primitive_desc(&a, &any, Some(&bias), &c)?;
+    let op = matmul_desc(&a, &any, Some(&bias), &c)?;
+    let ctx = context()?;
+    let mut pd = std::ptr::null_mut();
+    // SAFETY: op is initialised; no attributes; the engine lives for the process.
+    let status = unsafe {
+        sys::dnnl_primitive_desc_create(
+            &mut pd,
+            &op as *const _ as *const c_void,
+            std::ptr::null(),
+            ctx.engine,
+            std::ptr::null(),
+        )
+    };
+    check(status, "find a matmul implementation")?;
     // SAFETY: pd is valid; the returned descriptor is owned by pd, copied out before its end.
     let md = unsafe { *sys::dnnl_primitive_desc_query_md(pd, sys::dnnl_query_weights_md, 0) };
     // SAFETY: made above, destroyed once.
@@ -333,153 +458,86 @@ impl Matmul {
     }
 
     fn with_weights(shape: Shape, b: sys::dnnl_memory_desc_t, packing: Option<Packing>) -> Result<Matmul> {
-        let ctx = context()?;
         let Shape { m, k, n, trans_a, bias, .. } = shape;
         let a = desc(m, k, trans_a, sys::dnnl_bf16)?;
         let c = desc(m, n, false, sys::dnnl_f32)?;
         let bias_md = desc(1, n, false, sys::dnnl_f32)?;
-        let pd = primitive_desc(&a, &b, bias.then_some(&bias_md), &c)?;
-        let mut info: *const std::os::raw::c_char = std::ptr::null();
-        // SAFETY: impl_info_str writes a pointer to a string owned by pd.
-        let implementation = if unsafe {
-            sys::dnnl_primitive_desc_query(pd, sys::dnnl_query_impl_info_str, 0, &mut info as *mut _ as *mut c_void)
-        } == sys::dnnl_success
-            && !info.is_null()
-        {
-            // SAFETY: a NUL-terminated string that lives as long as pd.
-            unsafe { CStr::from_ptr(info) }.to_string_lossy().into_owned()
-        } else {
-            "unknown".to_string()
-        };
-        // SAFETY: pd is valid; the returned descriptor is owned by pd.
-        let scratch_md = unsafe { sys::dnnl_primitive_desc_query_md(pd, sys::dnnl_query_scratchpad_md, 0) };
-        let scratch_bytes = if scratch_md.is_null() {
-            0
-        } else {
-            // SAFETY: scratch_md points into pd, which is alive.
-            unsafe { sys::dnnl_memory_desc_get_size(scratch_md) }
-        };
-        let mut prim = std::ptr::null_mut();
-        // SAFETY: pd is valid; the primitive keeps what it needs of it.
-        let made = check(unsafe { sys::dnnl_primitive_create(&mut prim, pd) }, "create a matmul primitive");
-        let memory = |md: *const sys::dnnl_memory_desc_t| -> Result<sys::dnnl_memory_t> {
-            let mut mem = std::ptr::null_mut();
-            // SAFETY: md is valid; a null handle means "no buffer yet" (set before each run).
-            let status = unsafe { sys::dnnl_memory_create(&mut mem, md, ctx.engine, std::ptr::null_mut()) };
-            check(status, "create a memory object")?;
-            Ok(mem)
-        };
-        let result = made.and_then(|_| {
-            Ok(Matmul {
-                shape,
-                prim,
-                src: memory(&a)?,
-                weights: memory(&b)?,
-                bias: if bias { memory(&bias_md)? } else { std::ptr::null_mut() },
-                dst: memory(&c)?,
-                scratch: if scratch_md.is_null() { std::ptr::null_mut() } else { memory(scratch_md)? },
-                scratch_bytes,
-                implementation,
-                packing,
-            })
-        });
-        // SAFETY: the primitive and memory objects no longer need the descriptor.
-        unsafe { sys::dnnl_primitive_desc_destroy(pd) };
-        result
+        let primitive = matmul_primitive(&a, &b, bias.then_some(&bias_md), &c)?;
+        Ok(Matmul {
+            shape,
+            primitive,
+            src: Memory::new(&a)?,
+            weights: Memory::new(&b)?,
+            bias: if bias { Some(Memory::new(&bias_md)?) } else { None },
+            dst: Memory::new(&c)?,
+            packing,
+        })
     }
 
-    /// c = op(a) op(b) (+ bias), overwriting c. Lengths: a m*k, b k*n, c m*n, bias n, scratch
-    /// at least `scratch_bytes` (64-byte alignment is best). Allocates nothing.
+    /// Bytes of scratch memory an execution needs.
+    pub fn scratch_bytes(&self) -> usize {
+        self.primitive.scratch_bytes
+    }
+
+    /// oneDNN's implementation name, e.g. "brg:avx512_core_amx_bf16".
+    pub fn implementation(&self) -> &str {
+        &self.primitive.implementation
+    }
+
+    /// c = op(a) op(b) (+ bias), overwriting c. Lengths: a m*k, b k*n (or the packed
+    /// length), c m*n, bias n, scratch at least [`Matmul::scratch_bytes`] (64-byte alignment
+    /// is best). Allocates nothing.
     pub fn run(&self, a: &[u16], b: &[u16], bias: Option<&[f32]>, c: &mut [f32], scratch: &mut [u8]) {
         let Shape { m, k, n, .. } = self.shape;
         let b_len = self.packing.map_or(k * n, |p| p.len);
-        assert!(a.len() >= m * k && b.len() >= b_len && c.len() >= m * n && scratch.len() >= self.scratch_bytes);
+        assert!(a.len() >= m * k && b.len() >= b_len && c.len() >= m * n);
         assert_eq!(bias.is_some(), self.shape.bias, "bias given to a matmul created without one, or missing");
-        let ctx = context().expect("a Matmul exists, so the context was created");
-        let mut args: [sys::dnnl_exec_arg_t; 5] = [sys::dnnl_exec_arg_t { arg: 0, memory: std::ptr::null_mut() }; 5];
-        let mut n_args = 0;
-        let mut bind = |arg: u32, mem: sys::dnnl_memory_t, ptr: *mut c_void| {
-            // SAFETY: mem belongs to this primitive; ptr points to a buffer at least as long as
-            // mem's descriptor (checked above) that outlives the execution below.
-            let status = unsafe { sys::dnnl_memory_set_data_handle(mem, ptr) };
-            assert_eq!(status, sys::dnnl_success, "oneDNN rejected a buffer");
-            args[n_args] = sys::dnnl_exec_arg_t { arg: arg as c_int, memory: mem };
-            n_args += 1;
-        };
-        bind(sys::DNNL_ARG_SRC, self.src, a.as_ptr() as *mut c_void);
-        bind(sys::DNNL_ARG_WEIGHTS, self.weights, b.as_ptr() as *mut c_void);
-        bind(sys::DNNL_ARG_DST, self.dst, c.as_mut_ptr() as *mut c_void);
-        if let Some(bias) = bias {
+        let mut args = [
+            (sys::DNNL_ARG_SRC, &self.src, a.as_ptr() as *mut c_void),
+            (sys::DNNL_ARG_WEIGHTS, &self.weights, b.as_ptr() as *mut c_void),
+            (sys::DNNL_ARG_DST, &self.dst, c.as_mut_ptr().cast()),
+            (sys::DNNL_ARG_DST, &self.dst, std::ptr::null_mut()),
+        ];
+        let mut used = 3;
+        if let (Some(bias), Some(mem)) = (bias, &self.bias) {
             assert!(bias.len() >= n);
-            bind(sys::DNNL_ARG_BIAS, self.bias, bias.as_ptr() as *mut c_void);
+            args[3] = (sys::DNNL_ARG_BIAS, mem, bias.as_ptr() as *mut c_void);
+            used = 4;
         }
-        if !self.scratch.is_null() {
-            bind(sys::DNNL_ARG_SCRATCHPAD, self.scratch, scratch.as_mut_ptr() as *mut c_void);
-        }
-        // SAFETY: every argument is bound to a live buffer of the right size; oneDNN reads a,
-        // b and bias (never writes them, despite the mutable pointer type) and writes c and
-        // scratch, which are borrowed mutably for the call; the wait ends all use of them.
-        unsafe {
-            let status = sys::dnnl_primitive_execute(self.prim, ctx.stream, n_args as c_int, args.as_ptr());
-            assert_eq!(status, sys::dnnl_success, "oneDNN matmul failed");
-            sys::dnnl_stream_wait(ctx.stream);
-        }
+        // SAFETY: every buffer is as long as its descriptor (checked above) and lives across
+        // the call; oneDNN reads a, b and bias (never writes them, despite the mutable pointer
+        // type) and writes c and scratch, which are borrowed mutably for the call.
+        unsafe { self.primitive.execute(&args[..used], scratch) }
     }
 }
 
-/// A matmul's primitive descriptor, with its scratch memory left to the caller (so executions
-/// never allocate). The caller destroys it.
-fn primitive_desc(
+/// A matmul primitive for these descriptors.
+fn matmul_primitive(
     a: &sys::dnnl_memory_desc_t,
     b: &sys::dnnl_memory_desc_t,
     bias: Option<&sys::dnnl_memory_desc_t>,
     c: &sys::dnnl_memory_desc_t,
-) -> Result<sys::dnnl_primitive_desc_t> {
+) -> Result<Primitive> {
     let ctx = context()?;
+    let op = matmul_desc(a, b, bias, c)?;
+    Primitive::new("find a matmul implementation", |pd, attr| {
+        // SAFETY: op and attr are initialised; the engine lives for the process.
+        unsafe {
+            sys::dnnl_primitive_desc_create(pd, &op as *const _ as *const c_void, attr, ctx.engine, std::ptr::null())
+        }
+    })
+}
+
+fn matmul_desc(
+    a: &sys::dnnl_memory_desc_t,
+    b: &sys::dnnl_memory_desc_t,
+    bias: Option<&sys::dnnl_memory_desc_t>,
+    c: &sys::dnnl_memory_desc_t,
+) -> Result<sys::dnnl_matmul_desc_t> {
     // SAFETY: zeroed is the state the init call expects to overwrite.
     let mut op: sys::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
     let bias_ptr = bias.map_or(std::ptr::null(), |b| b as *const _);
     // SAFETY: all descriptors live across the call; a null bias means none.
     check(unsafe { sys::dnnl_matmul_desc_init(&mut op, a, b, bias_ptr, c) }, "describe a matmul")?;
-    let mut attr = std::ptr::null_mut();
-    // SAFETY: out-pointer to a local.
-    check(unsafe { sys::dnnl_primitive_attr_create(&mut attr) }, "create attributes")?;
-    // Scratch memory comes from the caller, so executions never allocate.
-    // SAFETY: attr was just created.
-    let set = unsafe { sys::dnnl_primitive_attr_set_scratchpad_mode(attr, sys::dnnl_scratchpad_mode_user) };
-    let mut pd = std::ptr::null_mut();
-    let made = check(set, "set the scratchpad mode").and_then(|_| {
-        // SAFETY: op and attr are initialised; the engine lives for the process.
-        check(
-            unsafe {
-                sys::dnnl_primitive_desc_create(
-                    &mut pd,
-                    &op as *const _ as *const c_void,
-                    attr,
-                    ctx.engine,
-                    std::ptr::null(),
-                )
-            },
-            "find a matmul implementation",
-        )
-    });
-    // SAFETY: the descriptor keeps its own copy of the attributes.
-    unsafe { sys::dnnl_primitive_attr_destroy(attr) };
-    made?;
-    Ok(pd)
-}
-
-impl Drop for Matmul {
-    fn drop(&mut self) {
-        // SAFETY: each handle was created by Matmul::new and is destroyed once; null ones
-        // (no bias, no scratch) are skipped.
-        unsafe {
-            for mem in [self.src, self.weights, self.bias, self.dst, self.scratch] {
-                if !mem.is_null() {
-                    sys::dnnl_memory_destroy(mem);
-                }
-            }
-            sys::dnnl_primitive_destroy(self.prim);
-        }
-    }
+    Ok(op)
 }
