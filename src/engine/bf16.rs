@@ -89,6 +89,13 @@ multiversion! {
     }
 }
 
+/// Whether the CPU has AVX-512 with 16-bit lanes and 256-bit forms (AVX512BW and VL), which
+/// [`convert_interleaved_avx512`] and [`convert_pair_avx512`] need.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512bw() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
 /// dst[2 j] = bf16(src[j]) (every other 16-bit place, leaving the places between alone) and,
 /// when `plain` is given, plain[j] = the same: a run of one row of a packed weight matrix,
 /// whose partner row fills the places between (see [`crate::engine::onednn::Packing`]).
@@ -97,27 +104,6 @@ multiversion! {
 /// `dst` is valid for writes of 2 src.len() - 1 values, `plain` (when given) of src.len(),
 /// and no other thread accesses those places meanwhile (the places between may be written at
 /// once: they are never touched).
-pub unsafe fn convert_interleaved(src: &[f32], dst: *mut u16, plain: Option<*mut u16>) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512bw() {
-        // SAFETY: the CPU has the features; the caller's contract.
-        return unsafe { convert_interleaved_avx512(src, dst, plain) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { convert_interleaved_portable(src, dst, plain) }
-}
-
-/// Whether the CPU has AVX-512 with 16-bit lanes and 256-bit forms (AVX512BW and VL), which
-/// [`convert_interleaved_avx512`] needs.
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx512bw() -> bool {
-    std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl")
-}
-
-/// [`convert_interleaved`] one value at a time, on any CPU.
-///
-/// # Safety
-/// As [`convert_interleaved`].
 #[inline(always)]
 pub unsafe fn convert_interleaved_portable(src: &[f32], dst: *mut u16, plain: Option<*mut u16>) {
     for (j, &v) in src.iter().enumerate() {
@@ -132,20 +118,18 @@ pub unsafe fn convert_interleaved_portable(src: &[f32], dst: *mut u16, plain: Op
     }
 }
 
-/// [`convert_interleaved`] 16 values at a time: the rounding of [`from_f32`] in 32-bit lanes,
-/// whose lower halves are the bf16 values in every other 16-bit place, stored under a mask of
-/// those places (a masked store writes nothing elsewhere). Inlined into callers compiled for
-/// the same features.
+/// [`convert_interleaved_portable`] 16 values at a time: the bf16 values in the lower halves
+/// of 32-bit lanes, which are every other 16-bit place, stored under a mask of those places (a
+/// masked store writes nothing elsewhere). Inlined into callers compiled for the same features.
 ///
 /// # Safety
-/// As [`convert_interleaved`], on a CPU with [`has_avx512bw`].
+/// As [`convert_interleaved_portable`], on a CPU with [`has_avx512bw`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
 pub unsafe fn convert_interleaved_avx512(src: &[f32], dst: *mut u16, plain: Option<*mut u16>) {
     use std::arch::x86_64::*;
     let n = src.len();
-    let (round, quiet, one) = (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(0x40_0000), _mm512_set1_epi32(1));
     let mut j = 0;
     while j < n {
         let lanes = (n - j).min(16);
@@ -153,13 +137,7 @@ pub unsafe fn convert_interleaved_avx512(src: &[f32], dst: *mut u16, plain: Opti
         // SAFETY: the masked load reads src[j..j + lanes] only; the stores write the caller's
         // places dst[2 j..2 (j + lanes) - 1] (even ones) and plain[j..j + lanes].
         unsafe {
-            let v = _mm512_maskz_loadu_ps(values_mask, src.as_ptr().add(j));
-            let bits = _mm512_castps_si512(v);
-            let lowest_kept = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
-            let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(round, lowest_kept));
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            let kept = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(bits, quiet));
-            let halves = _mm512_srli_epi32::<16>(kept);
+            let halves = bf16_lanes(_mm512_maskz_loadu_ps(values_mask, src.as_ptr().add(j)));
             let places: __mmask32 = 0x5555_5555 & if lanes == 16 { u32::MAX } else { (1u32 << (2 * lanes)) - 1 };
             _mm512_mask_storeu_epi16(dst.add(2 * j).cast::<i16>(), places, halves);
             if let Some(p) = plain {
@@ -168,6 +146,21 @@ pub unsafe fn convert_interleaved_avx512(src: &[f32], dst: *mut u16, plain: Opti
         }
         j += 16;
     }
+}
+
+/// [`from_f32`] on 16 values at once: each 32-bit lane holds its value's bf16 in its lower
+/// half (upper half zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bf16_lanes(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let bits = _mm512_castps_si512(v);
+    let lowest_kept = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lowest_kept));
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    let kept = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(bits, _mm512_set1_epi32(0x40_0000)));
+    _mm512_srli_epi32::<16>(kept)
 }
 
 /// Two rows' runs into their interleaved places: dst[2 j] = bf16(a[j]) and dst[2 j + 1] =
@@ -193,20 +186,6 @@ pub unsafe fn convert_pair_portable(a: &[f32], b: &[f32], dst: *mut u16, plain: 
     }
 }
 
-/// [`convert_pair_portable`] on the widest unit the CPU has.
-///
-/// # Safety
-/// As [`convert_pair_portable`].
-pub unsafe fn convert_pair(a: &[f32], b: &[f32], dst: *mut u16, plain: Option<(*mut u16, *mut u16)>) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512bw() {
-        // SAFETY: the CPU has the features; the caller's contract.
-        return unsafe { convert_pair_avx512(a, b, dst, plain) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { convert_pair_portable(a, b, dst, plain) }
-}
-
 /// [`convert_pair_portable`] 16 pairs at a time: each 32-bit lane holds a's bf16 in its lower
 /// half and b's in its upper half, which is the interleaved order.
 ///
@@ -218,17 +197,6 @@ pub unsafe fn convert_pair(a: &[f32], b: &[f32], dst: *mut u16, plain: Option<(*
 pub unsafe fn convert_pair_avx512(a: &[f32], b: &[f32], dst: *mut u16, plain: Option<(*mut u16, *mut u16)>) {
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
-    let halves = |v: __m512| {
-        let bits = _mm512_castps_si512(v);
-        let lowest_kept = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-        let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lowest_kept));
-        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-        _mm512_srli_epi32::<16>(_mm512_mask_blend_epi32(
-            nan,
-            rounded,
-            _mm512_or_si512(bits, _mm512_set1_epi32(0x40_0000)),
-        ))
-    };
     let mut j = 0;
     while j < n {
         let lanes = (n - j).min(16);
@@ -236,8 +204,8 @@ pub unsafe fn convert_pair_avx512(a: &[f32], b: &[f32], dst: *mut u16, plain: Op
         // SAFETY: masked loads of a[j..j + lanes] and b[j..j + lanes]; the stores write the
         // caller's places dst[2 j..2 (j + lanes)] and the plain ones of those values.
         unsafe {
-            let x = halves(_mm512_maskz_loadu_ps(values_mask, a.as_ptr().add(j)));
-            let y = halves(_mm512_maskz_loadu_ps(values_mask, b.as_ptr().add(j)));
+            let x = bf16_lanes(_mm512_maskz_loadu_ps(values_mask, a.as_ptr().add(j)));
+            let y = bf16_lanes(_mm512_maskz_loadu_ps(values_mask, b.as_ptr().add(j)));
             let both = _mm512_or_si512(x, _mm512_slli_epi32::<16>(y));
             _mm512_mask_storeu_epi32(dst.add(2 * j).cast::<i32>(), values_mask, both);
             if let Some((pa, pb)) = plain {
@@ -340,19 +308,51 @@ mod tests {
         assert_eq!((acc[0], dst.iter().map(|&d| to_f32(d)).collect::<Vec<_>>()), (2.5, vec![1.0, 2.0, 3.0, -4.0]));
     }
 
+    type Interleaved = unsafe fn(&[f32], *mut u16, Option<*mut u16>);
+    type Pair = unsafe fn(&[f32], &[f32], *mut u16, Option<(*mut u16, *mut u16)>);
+
+    /// The portable conversion, and the AVX-512 one where the CPU has it.
+    fn interleaved_variants() -> Vec<(&'static str, Interleaved)> {
+        let mut v: Vec<(&'static str, Interleaved)> = vec![("portable", convert_interleaved_portable)];
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512bw() {
+            v.push(("avx512", |s, d, p| {
+                // SAFETY: the CPU has the features; the caller's contract.
+                unsafe { convert_interleaved_avx512(s, d, p) }
+            }));
+        }
+        v
+    }
+
+    /// As [`interleaved_variants`], for the pair conversion.
+    fn pair_variants() -> Vec<(&'static str, Pair)> {
+        let mut v: Vec<(&'static str, Pair)> = vec![("portable", convert_pair_portable)];
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512bw() {
+            v.push(("avx512", |a, b, d, p| {
+                // SAFETY: the CPU has the features; the caller's contract.
+                unsafe { convert_pair_avx512(a, b, d, p) }
+            }));
+        }
+        v
+    }
+
     #[test]
     fn interleaved_conversion_writes_every_other_place_and_the_plain_copy() {
         let src = awkward_values(1000);
         for n in [0, 1, 15, 16, 17, 64, 1000] {
             let src = &src[..n];
-            let (mut dst, mut plain) = (vec![0xabcdu16; 2 * n + 2], vec![0u16; n]);
-            // SAFETY: dst holds 2 n + 2 values, plain n.
-            unsafe { convert_interleaved(src, dst.as_mut_ptr().add(1), Some(plain.as_mut_ptr())) };
-            for j in 0..n {
-                assert_eq!(dst[1 + 2 * j], from_f32_reference(src[j]), "{n} values, value {j}");
-                assert_eq!(plain[j], dst[1 + 2 * j]);
+            for (variant, convert) in interleaved_variants() {
+                let (mut dst, mut plain) = (vec![0xabcdu16; 2 * n + 2], vec![0u16; n]);
+                // SAFETY: dst holds 2 n + 2 values, plain n.
+                unsafe { convert(src, dst.as_mut_ptr().add(1), Some(plain.as_mut_ptr())) };
+                for j in 0..n {
+                    assert_eq!(dst[1 + 2 * j], from_f32_reference(src[j]), "{variant}: {n} values, value {j}");
+                    assert_eq!(plain[j], dst[1 + 2 * j]);
+                }
+                let untouched = |i: &usize| i.is_multiple_of(2) || *i > 2 * n.max(1) - 1;
+                assert!((0..dst.len()).filter(untouched).all(|i| dst[i] == 0xabcd), "{variant}: {n}");
             }
-            assert!((0..dst.len()).filter(|i| i % 2 == 0 || *i > 2 * n.max(1) - 1).all(|i| dst[i] == 0xabcd), "{n}");
         }
     }
 
@@ -361,18 +361,17 @@ mod tests {
         let src = awkward_values(2000);
         for n in [1, 15, 16, 17, 64, 1000] {
             let (a, b) = (&src[..n], &src[1000..1000 + n]);
-            let (mut dst, mut pa, mut pb) = (vec![0xabcdu16; 2 * n + 1], vec![0u16; n], vec![0u16; n]);
-            // SAFETY: dst holds 2 n + 1 values, pa and pb n each.
-            unsafe { convert_pair(a, b, dst.as_mut_ptr(), Some((pa.as_mut_ptr(), pb.as_mut_ptr()))) };
-            for j in 0..n {
-                assert_eq!(
-                    (dst[2 * j], dst[2 * j + 1]),
-                    (from_f32_reference(a[j]), from_f32_reference(b[j])),
-                    "{n}: {j}"
-                );
-                assert_eq!((pa[j], pb[j]), (dst[2 * j], dst[2 * j + 1]));
+            for (variant, convert) in pair_variants() {
+                let (mut dst, mut pa, mut pb) = (vec![0xabcdu16; 2 * n + 1], vec![0u16; n], vec![0u16; n]);
+                // SAFETY: dst holds 2 n + 1 values, pa and pb n each.
+                unsafe { convert(a, b, dst.as_mut_ptr(), Some((pa.as_mut_ptr(), pb.as_mut_ptr()))) };
+                for j in 0..n {
+                    let want = (from_f32_reference(a[j]), from_f32_reference(b[j]));
+                    assert_eq!((dst[2 * j], dst[2 * j + 1]), want, "{variant}: {n}: {j}");
+                    assert_eq!((pa[j], pb[j]), (dst[2 * j], dst[2 * j + 1]));
+                }
+                assert_eq!(dst[2 * n], 0xabcd, "{variant}: {n}: wrote past the pairs");
             }
-            assert_eq!(dst[2 * n], 0xabcd, "{n}: wrote past the pairs");
         }
     }
 

@@ -370,7 +370,8 @@ impl Bf16Gemms {
         let d = &self.dense[dense];
         debug_assert_eq!(d.kernel, kernel);
         let p = d.by_block[padded(rows) / ROW_BLOCK - 1].as_ref().expect("prepared");
-        let weights = match d.packed.as_ref().and_then(|_| self.layout.packed(&kernel)) {
+        // The layout has a packed copy of exactly the kernels whose products read one.
+        let weights = match self.layout.packed(&kernel) {
             Some(k) => &self.weights[k.at..k.at + k.packing.len],
             None => &self.weights[kernel],
         };

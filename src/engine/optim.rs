@@ -743,6 +743,11 @@ mod tests {
         assert_eq!(opt.steps_taken(), 1);
     }
 
+    /// A reproducible value in [-0.5, 0.5) for index `i` of the buffer named by `salt`.
+    fn value(i: usize, salt: u64) -> f32 {
+        crate::engine::rng::unit_f32(crate::engine::rng::hash(salt, &[i as u64])) - 0.5
+    }
+
     /// The fused, threaded update (chunks, 3 threads, bf16 copy, finite check) against the
     /// plain kernels over the whole buffer on one thread: bit-identical parameters and state,
     /// the copy equal to a separate conversion, and a non-finite gradient reported, for every
@@ -750,8 +755,6 @@ mod tests {
     #[test]
     fn fused_threaded_update_equals_the_plain_kernels() {
         let n = PARALLEL_MIN * 3 + 1234;
-        let value =
-            |i: usize, salt: u64| crate::engine::rng::unit_f32(crate::engine::rng::hash(salt, &[i as u64])) - 0.5;
         let grads: Vec<f32> = (0..n).map(|i| value(i, 1)).collect();
         let start: Vec<f32> = (0..n).map(|i| value(i, 2) * 0.1).collect();
         for &kind in OptimizerKind::value_variants() {
@@ -815,8 +818,6 @@ mod tests {
     #[test]
     fn update_summing_piece_by_piece_equals_summing_first() {
         let n = PARALLEL_MIN * 2 + 777;
-        let value =
-            |i: usize, salt: u64| crate::engine::rng::unit_f32(crate::engine::rng::hash(salt, &[i as u64])) - 0.5;
         let x: Vec<f32> = (0..n).map(|i| value(i, 3)).collect();
         let y: Vec<f32> = (0..n).map(|i| value(i, 4)).collect();
         let summed: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
