@@ -31,6 +31,9 @@ extern "C" {
 pub const CORETYPE_VAR: &str = "OPENBLAS_CORETYPE";
 /// OpenBLAS's variable for how long idle worker threads spin (see [`prepare`]).
 pub const THREAD_TIMEOUT_VAR: &str = "OPENBLAS_THREAD_TIMEOUT";
+/// Pause instructions an idle OpenMP thread spins before it sleeps, unless the user chose
+/// (see [`prepare`]).
+pub const OPENMP_SPIN_COUNT: &str = "10000";
 /// Set on the re-executed process (never by users): the core OpenBLAS's own detection picked
 /// in the first process.
 const DETECTED_VAR: &str = "NN_TRAIN_BLAS_DETECTED";
@@ -298,11 +301,17 @@ fn reexec(vars: &[(&str, OsString)], remove: &[&str]) {
 ///   or a shared virtual CPU slows it down: measured, the Adam update of W3 took 1.1 ms per
 ///   step in some runs and 5.8 ms in others. 2^4 cycles, the minimum, lets the workers sleep
 ///   at once; waking them costs microseconds against GEMMs of milliseconds.
-/// - OMP_WAIT_POLICY=passive unless it or GOMP_SPINCOUNT is set: GNU OpenMP, which runs
-///   oneDNN's bf16 products, keeps idle workers spinning after each parallel region, with the
-///   same effect on the f32 work between products. Measured on the 2-core Sapphire Rapids VM
-///   (W3 bf16, 1 rank x 2 threads, the machine loaded): 890 samples/s spinning (the default),
-///   1,740 with GOMP_SPINCOUNT=10000, 3,150 passive.
+/// - GOMP_SPINCOUNT=10000 unless it or OMP_WAIT_POLICY is set: GNU OpenMP runs oneDNN's bf16
+///   products and, on the same threads, the element-wise work between them (see
+///   [`crate::engine::parallel`]). An idle thread waits for the next parallel region
+///   spinning this many pause instructions (about 140 cycles each on Intel cores since
+///   Skylake, under a millisecond) before it sleeps, instead of libgomp's default of 300,000 (tens
+///   of milliseconds) or a sleep at once. Measured on the 2-core Sapphire Rapids VM (W3 bf16,
+///   1 rank x 2 threads, 2 runs each): 81,800-83,400 samples/s sleeping at once, 88,800-92,700
+///   spinning 10,000, 88,500-88,800 spinning 30,000; with a busy process on the same cores,
+///   55,600-56,800 sleeping at once, 41,200-42,400 spinning 10,000. So a machine shared with
+///   other busy processes wants OMP_WAIT_POLICY=passive; a rank whose threads outnumber its
+///   cores spins only briefly anyway (libgomp's own throttle).
 /// - OPENBLAS_CORETYPE, unless set, when the library picked weaker kernels than the CPU has
 ///   (see the module documentation).
 pub fn prepare() {
@@ -325,7 +334,7 @@ pub fn prepare() {
         vars.push((THREAD_TIMEOUT_VAR, "4".into()));
     }
     if std::env::var_os("OMP_WAIT_POLICY").is_none() && std::env::var_os("GOMP_SPINCOUNT").is_none() {
-        vars.push(("OMP_WAIT_POLICY", "passive".into()));
+        vars.push(("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT.into()));
     }
     let user_core = env(CORETYPE_VAR).filter(|_| env(TEST_AS_DETECTED_VAR).is_none());
     if user_core.is_none() {

@@ -19,6 +19,7 @@ use crate::engine::bf16;
 use crate::engine::bf16_weights::Bf16Layout;
 use crate::engine::narrow;
 use crate::engine::onednn::{self, Bf16Unit, Matmul, PackedWeights, Shape};
+use crate::engine::parallel::{part_range, Disjoint, Parallel};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -54,13 +55,65 @@ fn block_len(width: usize) -> usize {
     (BLOCK_VALUES / width.max(1)).max(1) * width
 }
 
+/// Below this many values an element-wise pass runs on the calling thread alone: handing
+/// parts to other threads costs microseconds.
+const PARALLEL_MIN_VALUES: usize = 1 << 15;
+
+/// Whether an element-wise pass over `n` values is split over `pool`'s threads.
+fn split(pool: &Parallel, n: usize) -> bool {
+    pool.parts() > 1 && n >= PARALLEL_MIN_VALUES
+}
+
+/// Columns of a part of a pass split by columns: a multiple of this, so that no two parts
+/// write one cache line of f32 or bf16 values.
+const COLUMN_ALIGN: usize = 32;
+
 /// The forward pass's element-wise work on a dense layer's product, in one sweep over `out`
 /// (rows, width), block of whole rows by block: copies z into `pre` when the activation's
 /// backward pass needs it ((rows, width), else None), applies `activation` in place, and
 /// stores the bf16 copy of the result in `bf` when a dense layer reads it next ((padded rows,
 /// width) or more; else None), zeroing its padding rows. Each value goes through the same
-/// operations as in the separate passes, so the results are the same bits.
+/// operations as in the separate passes, so the results are the same bits. Large passes are
+/// split by rows over `pool`'s threads (the same bits too: each row is computed alone).
 pub fn activate_rows(
+    pool: &Parallel,
+    activation: Activation,
+    out: &mut [f32],
+    width: usize,
+    pre: Option<&mut [f32]>,
+    bf: Option<&mut [u16]>,
+) {
+    let n = out.len();
+    let rows = n / width.max(1);
+    let pre = pre.map(|p| &mut p[..n]);
+    let bf = bf.map(|bf| {
+        bf[n..padded(rows) * width].fill(0);
+        &mut bf[..n]
+    });
+    if !split(pool, n) {
+        activate_block(activation, out, width, pre, bf);
+        return;
+    }
+    let parts = pool.parts();
+    let (out, pre, bf) = (Disjoint::new(out), pre.map(Disjoint::new), bf.map(Disjoint::new));
+    pool.run(&|part| {
+        let r = part_range(rows, parts, part, ROW_BLOCK);
+        let at = r.start * width..r.end * width;
+        // SAFETY: the parts take disjoint rows.
+        unsafe {
+            activate_block(
+                activation,
+                out.piece(at.clone()),
+                width,
+                pre.as_ref().map(|p| p.piece(at.clone())),
+                bf.as_ref().map(|b| b.piece(at.clone())),
+            )
+        }
+    });
+}
+
+/// [`activate_rows`] on whole rows, on the calling thread: `pre` and `bf` as long as `out`.
+fn activate_block(
     activation: Activation,
     out: &mut [f32],
     width: usize,
@@ -69,8 +122,7 @@ pub fn activate_rows(
 ) {
     if let (Activation::Relu, None, Some(bf)) = (activation, pre.as_ref(), bf.as_deref_mut()) {
         // The common case in a single pass, without the round trip through L1.
-        bf16::relu_and_convert(out, &mut bf[..out.len()]);
-        bf[out.len()..padded(out.len() / width) * width].fill(0);
+        bf16::relu_and_convert(out, bf);
         return;
     }
     let step = block_len(width);
@@ -84,9 +136,6 @@ pub fn activate_rows(
             bf16::convert(chunk, &mut bf[at]);
         }
     }
-    if let Some(bf) = bf {
-        bf[out.len()..padded(out.len() / width) * width].fill(0);
-    }
 }
 
 /// The backward pass's element-wise work on a dense layer's delta, in one sweep over `dy`
@@ -98,7 +147,11 @@ pub fn activate_rows(
 /// after, the products take its bf16 copy). `z`: the pre-activations (rows, width) when the
 /// activation needs them, else empty; `y`: the layer's outputs (rows, width). Same operations
 /// per value, and the sums in the same row order, as the separate passes: the same bits.
+/// Large passes are split over `pool`'s threads by columns (each sum still runs over the
+/// rows in order), after the derivative split by rows: the same bits again.
+#[allow(clippy::too_many_arguments)]
 pub fn delta_rows(
+    pool: &Parallel,
     activation: Option<Activation>,
     z: &[f32],
     y: &[f32],
@@ -109,21 +162,57 @@ pub fn delta_rows(
 ) {
     db.fill(0.0);
     let n = dy.len();
-    if activation == Some(Activation::Relu) {
-        bf16::relu_delta_convert_and_sum_columns(y, dy, &mut bf[..n], db);
-        bf[n..padded(n / width) * width].fill(0);
+    let rows = n / width.max(1);
+    bf[n..padded(rows) * width].fill(0);
+    let bf = &mut bf[..n];
+    let relu = activation == Some(Activation::Relu);
+    if !split(pool, n) {
+        if relu {
+            bf16::relu_delta_convert_and_sum_columns(y, dy, bf, db);
+            return;
+        }
+        let step = block_len(width);
+        for (b, chunk) in dy.chunks_mut(step).enumerate() {
+            let at = b * step..b * step + chunk.len();
+            if let Some(a) = activation {
+                let z = if a.needs_input() { &z[at.clone()] } else { &[] };
+                a.backward(z, &y[at.clone()], chunk, width);
+            }
+            bf16::convert_and_sum_columns(chunk, &mut bf[at], db);
+        }
         return;
     }
-    let step = block_len(width);
-    for (b, chunk) in dy.chunks_mut(step).enumerate() {
-        let at = b * step..b * step + chunk.len();
-        if let Some(a) = activation {
+    let parts = pool.parts();
+    if let (Some(a), false) = (activation, relu) {
+        let d = Disjoint::new(&mut *dy);
+        pool.run(&|part| {
+            let r = part_range(rows, parts, part, ROW_BLOCK);
+            let at = r.start * width..r.end * width;
             let z = if a.needs_input() { &z[at.clone()] } else { &[] };
-            a.backward(z, &y[at.clone()], chunk, width);
-        }
-        bf16::convert_and_sum_columns(chunk, &mut bf[at], db);
+            // SAFETY: the parts take disjoint rows.
+            a.backward(z, &y[at.clone()], unsafe { d.piece(at) }, width);
+        });
     }
-    bf[n..padded(n / width) * width].fill(0);
+    let dy: &[f32] = dy;
+    let (bf, db) = (Disjoint::new(bf), Disjoint::new(db));
+    pool.run(&|part| {
+        let cols = part_range(width, parts, part, COLUMN_ALIGN);
+        if cols.is_empty() {
+            return;
+        }
+        // SAFETY: the parts take disjoint columns, of db and of every row of bf.
+        let db = unsafe { db.piece(cols.clone()) };
+        for r in 0..rows {
+            let at = r * width + cols.start..r * width + cols.end;
+            // SAFETY: as above.
+            let bf = unsafe { bf.piece(at.clone()) };
+            if relu {
+                bf16::relu_delta_convert_and_sum_columns(&y[at.clone()], &dy[at], bf, db);
+            } else {
+                bf16::convert_and_sum_columns(&dy[at], bf, db);
+            }
+        }
+    });
 }
 
 /// The three products of one dense layer for one padded row count.
@@ -175,6 +264,9 @@ pub struct Bf16Gemms {
     narrow_scratch: Aligned<f32>,
     dense: Vec<DenseProducts>,
     max_rows: usize,
+    /// The threads the element-wise passes between products are split over (see
+    /// [`Bf16Gemms::set_threads`]).
+    pub pool: Parallel,
 }
 
 impl Bf16Gemms {
@@ -250,7 +342,14 @@ impl Bf16Gemms {
                 })
                 .collect(),
             max_rows,
+            pool: Parallel::single(),
         })
+    }
+
+    /// Splits the large element-wise passes between products over `threads` OpenMP threads,
+    /// the ones oneDNN's products run on (see [`crate::engine::parallel`]).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.pool = Parallel::openmp(threads);
     }
 
     /// Makes the products for batches of `rows` rows if they do not exist yet. Returns whether
@@ -346,10 +445,23 @@ impl Bf16Gemms {
     }
 
     /// Stores bf16(src) for `rows` rows of `width` into `dst`, and zeros up to the padded
-    /// row count (zero rows add nothing to x^T dz, and keep NaN out of the padding).
-    pub fn convert_rows(src: &[f32], dst: &mut [u16], rows: usize, width: usize) {
-        bf16::convert(&src[..rows * width], &mut dst[..rows * width]);
-        dst[rows * width..padded(rows) * width].fill(0);
+    /// row count (zero rows add nothing to x^T dz, and keep NaN out of the padding). Large
+    /// conversions are split by rows over `pool`'s threads.
+    pub fn convert_rows(pool: &Parallel, src: &[f32], dst: &mut [u16], rows: usize, width: usize) {
+        let n = rows * width;
+        dst[n..padded(rows) * width].fill(0);
+        let (src, dst) = (&src[..n], &mut dst[..n]);
+        if !split(pool, n) {
+            bf16::convert(src, dst);
+            return;
+        }
+        let (parts, dst) = (pool.parts(), Disjoint::new(dst));
+        pool.run(&|part| {
+            let r = part_range(rows, parts, part, ROW_BLOCK);
+            let at = r.start * width..r.end * width;
+            // SAFETY: the parts take disjoint rows.
+            bf16::convert(&src[at.clone()], unsafe { dst.piece(at) });
+        });
     }
 
     /// out (padded rows, out_dim) = input (padded rows, in_dim) W + b, for dense layer `dense`
@@ -497,7 +609,7 @@ mod tests {
                 let x = finite(rows * in_dim, rows);
                 let mut outs = Vec::new();
                 for g in [&mut plain, &mut packed] {
-                    Bf16Gemms::convert_rows(&x, &mut g.inputs[0], rows, in_dim);
+                    Bf16Gemms::convert_rows(&Parallel::single(), &x, &mut g.inputs[0], rows, in_dim);
                     let mut out = vec![0.0f32; padded(rows) * out_dim];
                     g.forward(0, 0, kernel.clone(), bias, rows, &mut out);
                     outs.push(out);
@@ -529,33 +641,41 @@ mod tests {
     }
 
     /// Widths below, at and above a block (4096 values), and row counts that leave a partial
-    /// last block and padding rows.
-    const SHAPES: [(usize, usize); 5] = [(37, 1), (37, 10), (19, 1024), (256, 48), (5, 5000)];
+    /// last block and padding rows; the last four are large enough to be split over threads
+    /// (by rows, and by columns of which the last part is short or, at 12, the only one).
+    const SHAPES: [(usize, usize); 9] =
+        [(37, 1), (37, 10), (19, 1024), (256, 48), (5, 5000), (256, 1024), (45, 1000), (3001, 12), (70, 2050)];
+
+    /// The pools the passes run on: the calling thread alone, and split two and three ways.
+    fn pools() -> [Parallel; 3] {
+        [Parallel::single(), Parallel::openmp(2), Parallel::openmp(3)]
+    }
 
     /// The fused forward sweep against its separate passes (copy z, activation, bf16 copy,
-    /// padding zeros), bit for bit, for every activation, with and without each output.
+    /// padding zeros), bit for bit, for every activation, with and without each output, on
+    /// one thread and split over several.
     #[test]
     fn activate_rows_equals_the_separate_passes() {
-        for act in ALL {
+        for (act, pool) in ALL.into_iter().flat_map(|a| pools().map(|p| (a, p))) {
             for (rows, width) in SHAPES {
                 let z = values(rows, width, width);
                 let mut want = z.clone();
                 act.forward(&mut want, width);
                 let mut want_bf = vec![0xffffu16; padded(rows) * width];
-                Bf16Gemms::convert_rows(&want, &mut want_bf, rows, width);
+                Bf16Gemms::convert_rows(&Parallel::single(), &want, &mut want_bf, rows, width);
 
                 let (mut out, mut pre) = (z.clone(), vec![1.0f32; rows * width]);
                 let mut bf = vec![0xffffu16; padded(rows) * width];
                 let pre_arg = act.needs_input().then_some(&mut pre[..]);
-                activate_rows(act, &mut out, width, pre_arg, Some(&mut bf));
-                let what = format!("{} on ({rows}, {width})", act.to_text());
+                activate_rows(&pool, act, &mut out, width, pre_arg, Some(&mut bf));
+                let what = format!("{} on ({rows}, {width}), {} parts", act.to_text(), pool.parts());
                 assert_eq!(bits(&out), bits(&want), "{what}: outputs");
                 assert_eq!(bf, want_bf, "{what}: bf16 copy");
                 if act.needs_input() {
                     assert_eq!(bits(&pre), bits(&z), "{what}: kept z");
                 }
                 let mut alone = z.clone();
-                activate_rows(act, &mut alone, width, None, None);
+                activate_rows(&pool, act, &mut alone, width, None, None);
                 assert_eq!(bits(&alone), bits(&want), "{what}: without copies");
             }
         }
@@ -563,11 +683,11 @@ mod tests {
 
     /// The fused backward sweep against its separate passes (activation derivative, bf16
     /// copy with padding zeros, column sums into a zeroed bias gradient), bit for bit, for
-    /// every activation and for a delta that already is dz. (The f32 dz left in `dy` is not
-    /// part of the contract: nothing reads it.)
+    /// every activation and for a delta that already is dz, on one thread and split over
+    /// several. (The f32 dz left in `dy` is not part of the contract: nothing reads it.)
     #[test]
     fn delta_rows_equals_the_separate_passes() {
-        for act in ALL.into_iter().map(Some).chain([None]) {
+        for (act, pool) in ALL.into_iter().map(Some).chain([None]).flat_map(|a| pools().map(|p| (a, p))) {
             for (rows, width) in SHAPES {
                 let z = values(rows, width, 3);
                 let mut y = z.clone();
@@ -582,13 +702,13 @@ mod tests {
                     a.backward(zin, &y, &mut want, width);
                 }
                 let mut want_bf = vec![0xffffu16; padded(rows) * width];
-                Bf16Gemms::convert_rows(&want, &mut want_bf, rows, width);
+                Bf16Gemms::convert_rows(&Parallel::single(), &want, &mut want_bf, rows, width);
                 let mut want_db = vec![0.0f32; width];
                 kernels::add_column_sums(&mut want_db, &want);
 
                 let (mut d, mut bf, mut db) = (dy.clone(), vec![0xffffu16; padded(rows) * width], vec![9.0; width]);
-                delta_rows(act, zin, &y, &mut d, width, &mut bf, &mut db);
-                let what = format!("{:?} on ({rows}, {width})", act.map(|a| a.to_text()));
+                delta_rows(&pool, act, zin, &y, &mut d, width, &mut bf, &mut db);
+                let what = format!("{:?} on ({rows}, {width}), {} parts", act.map(|a| a.to_text()), pool.parts());
                 assert_eq!(bf, want_bf, "{what}: bf16 dz");
                 assert_eq!(bits(&db), bits(&want_db), "{what}: bias gradient");
             }

@@ -388,6 +388,14 @@ impl Workspace {
         self.mixed.as_mut().map(|mx| &mut mx.weights)
     }
 
+    /// With bf16, splits the element-wise passes between products over `threads` threads (the
+    /// products' own); f32 passes stay on the calling thread.
+    pub fn set_threads(&mut self, threads: usize) {
+        if let Some(mx) = self.mixed.as_mut() {
+            mx.set_threads(threads);
+        }
+    }
+
     /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).
     pub fn implementations(&mut self, rows: usize) -> Result<Vec<String>> {
         match self.mixed.as_mut() {
@@ -621,7 +629,7 @@ impl Model {
         ws.training = keys.is_some();
         if let (Some(mx), Some(first)) = (ws.mixed.as_mut(), self.layers.first()) {
             if matches!(first.kind, LayerKind::Dense { .. }) {
-                Bf16Gemms::convert_rows(x, &mut mx.inputs[0], rows, self.in_dim);
+                Bf16Gemms::convert_rows(&mx.pool, x, &mut mx.inputs[0], rows, self.in_dim);
             }
         }
         let mut dense_index = 0;
@@ -645,7 +653,7 @@ impl Model {
                     // Keeping z, the activation and the next dense layer's bf16 input: one sweep.
                     let pre = activation.needs_input().then(|| &mut ws.pre[l][..out.len()]);
                     let bf = next_is_dense.then(|| &mut mx.inputs[l + 1][..]);
-                    mixed::activate_rows(activation, out, layer.out_dim, pre, bf);
+                    mixed::activate_rows(&mx.pool, activation, out, layer.out_dim, pre, bf);
                     bf16_copied = next_is_dense;
                     dense_index += 1;
                 }
@@ -731,7 +739,7 @@ impl Model {
             }
             // The bf16 copy of this output, when a dense layer reads it next.
             if let (Some(mx), true, false) = (ws.mixed.as_mut(), next_is_dense, bf16_copied) {
-                Bf16Gemms::convert_rows(&rest[0], &mut mx.inputs[l + 1], rows, layer.out_dim);
+                Bf16Gemms::convert_rows(&mx.pool, &rest[0], &mut mx.inputs[l + 1], rows, layer.out_dim);
             }
         }
         let last = self.layers.len() - 1;
@@ -827,7 +835,7 @@ impl Model {
                     let pre = if activation.needs_input() { &ws.pre[l][..n] } else { &[] };
                     let act = (!is_logit_grad).then_some(activation);
                     let db = &mut grads[bias.range()];
-                    mixed::delta_rows(act, pre, &ws.acts[l][..n], delta, layer.out_dim, &mut mx.delta, db);
+                    mixed::delta_rows(&mx.pool, act, pre, &ws.acts[l][..n], delta, layer.out_dim, &mut mx.delta, db);
                     is_logit_grad = false;
                     dense_left -= 1;
                     // dW = x^T dz (bf16 inputs, f32 sums).

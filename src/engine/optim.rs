@@ -152,7 +152,7 @@ pub struct Optimizer {
     /// Nadam only: mu_1 ... mu_t, derived from `t` (recomputed on restore, so it is not state
     /// the checkpoint needs).
     mu_product: f64,
-    /// The threads an update is split over (see [`Optimizer::set_threads`]).
+    /// The threads an update is split over (see [`Optimizer::set_pool`]).
     pool: Parallel,
 }
 
@@ -173,12 +173,10 @@ impl Optimizer {
         Optimizer { settings, slots, t: 0, mu_product: 1.0, pool: Parallel::single() }
     }
 
-    /// Splits large updates over `threads` threads (the caller and `threads - 1` workers
-    /// started now): the rank's BLAS threads' cores, which are idle during the update.
-    pub fn set_threads(&mut self, threads: usize) {
-        if threads != self.pool.parts() {
-            self.pool = Parallel::new(threads);
-        }
+    /// Splits large updates over `pool`'s threads: the cores of the rank's product threads,
+    /// which are idle during the update.
+    pub fn set_pool(&mut self, pool: Parallel) {
+        self.pool = pool;
     }
 
     /// Number of updates taken so far.
@@ -761,7 +759,7 @@ mod tests {
             let settings = OptimizerSettings { kind, momentum: 0.5, centered: true, ..Default::default() };
             let mut plain = Optimizer::new(settings, n);
             let mut fused = Optimizer::new(settings, n);
-            fused.set_threads(3);
+            fused.set_pool(Parallel::new(3));
             let (mut p_plain, mut p_fused) = (start.clone(), start.clone());
             // Part of the copy packed (one kernel of 300 x 500, its rows across the threads' parts).
             let layout = Bf16Layout::new(n, [(1000..151_000, amx_like_packing(300, 500), false)]);
@@ -825,7 +823,7 @@ mod tests {
         let pieces = TwoInputs { x, y, asked: Mutex::new(Vec::new()) };
         let (mut first, mut by_piece) =
             (Optimizer::new(OptimizerSettings::default(), n), Optimizer::new(OptimizerSettings::default(), n));
-        by_piece.set_threads(3);
+        by_piece.set_pool(Parallel::openmp(3));
         let (mut p_first, mut p_piece) = (start.clone(), start);
         // A packed kernel across the split between the two ranges.
         let split = n / 3;

@@ -18,6 +18,7 @@ use crate::engine::loss::class_of;
 use crate::engine::model::{LayerKind, Model};
 use crate::engine::onednn;
 use crate::engine::optim::Optimizer;
+use crate::engine::parallel::{self, Parallel};
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::file_identity;
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
@@ -116,8 +117,13 @@ impl<'c> Trainer<'c> {
         let threads = threads::choose(cfg.threads, ranks_on_node);
         threads::set_blas_threads(threads.threads);
         onednn::set_threads(threads.threads);
-        // The update runs between products, when the BLAS threads' cores are idle.
-        start.opt.set_threads(threads.threads);
+        // The update runs between products, when the product threads' cores are idle; with
+        // bf16 products on those very threads (see engine::parallel).
+        ws.set_threads(threads.threads);
+        start.opt.set_pool(match ws.mixed {
+            Some(_) => Parallel::openmp(threads.threads),
+            None => Parallel::new(threads.threads),
+        });
         let mut precision_note = String::new();
         if ws.mixed.is_some() {
             // The products of a full batch, made now: their kernels name the ISA for the summary.
@@ -125,11 +131,16 @@ impl<'c> Trainer<'c> {
             let unit = ws.mixed.as_ref().map_or("?", |m| m.unit.name());
             precision_note = format!("; bf16 products on {unit} ({})", kernels.first().map_or("?", String::as_str));
             start_notes.push(format!(
-                "precision bf16 (Keras mixed_bfloat16: bf16 product inputs; f32 sums, weights, optimizer state and loss): oneDNN on {unit}, ISA {}, kernels {}, {} OpenMP thread{} per rank",
+                "precision bf16 (Keras mixed_bfloat16: bf16 product inputs; f32 sums, weights, optimizer state and loss): oneDNN on {unit}, ISA {}, kernels {}, {} OpenMP thread{} per rank{}",
                 onednn::effective_isa(),
                 kernels.join(", "),
                 threads.threads,
                 if threads.threads == 1 { "" } else { "s" },
+                if threads.threads == 1 {
+                    String::new()
+                } else {
+                    format!(", which run the element-wise work too ({})", parallel::openmp_wait())
+                },
             ));
         }
         let mut sum = choose_gradient_sum(comm, &cfg, &model, ranks_on_node, ws.bf16_weights_len());
