@@ -3,6 +3,7 @@
 
 use crate::data::slice::{Slice, TargetStore};
 use crate::engine::loss::Targets;
+use crate::engine::parallel::{part_range, Disjoint, Parallel, PARALLEL_MIN_VALUES};
 
 /// The rows of one step gathered from a slice into contiguous buffers, allocated once for
 /// `max_rows` rows.
@@ -41,12 +42,30 @@ impl Batch {
         }
     }
 
-    /// Copies the rows `idx` (local indices into the slice) into the batch.
-    pub fn gather(&mut self, slice: &Slice, idx: &[u32]) {
+    /// Copies the rows `idx` (local indices into the slice) into the batch, the features
+    /// split by rows over `pool`'s threads when they are many (the rows are scattered over
+    /// the slice, and one core's outstanding memory reads bound a lone copy).
+    pub fn gather(&mut self, slice: &Slice, idx: &[u32], pool: &Parallel) {
         let (d, w) = (self.features, self.width);
+        let rows = idx.len();
+        let x = &mut self.x[..rows * d];
+        if pool.parts() > 1 && x.len() >= PARALLEL_MIN_VALUES {
+            let (parts, x) = (pool.parts(), Disjoint::new(x));
+            pool.run(&|part| {
+                let r = part_range(rows, parts, part, 16);
+                // SAFETY: the parts take disjoint rows.
+                let x = unsafe { x.piece(r.start * d..r.end * d) };
+                for (row, &i) in x.chunks_exact_mut(d.max(1)).zip(&idx[r]) {
+                    row.copy_from_slice(&slice.x[i as usize * d..][..d]);
+                }
+            });
+        } else {
+            for (row, &i) in x.chunks_exact_mut(d.max(1)).zip(idx) {
+                row.copy_from_slice(&slice.x[i as usize * d..][..d]);
+            }
+        }
         for (b, &i) in idx.iter().enumerate() {
             let i = i as usize;
-            self.x[b * d..(b + 1) * d].copy_from_slice(&slice.x[i * d..(i + 1) * d]);
             match &slice.targets {
                 TargetStore::Labels(l) => self.labels[b] = l[i],
                 TargetStore::Values(v) => self.values[b * w..(b + 1) * w].copy_from_slice(&v[i * w..(i + 1) * w]),
@@ -81,6 +100,41 @@ impl Batch {
             Targets::Labels(&self.labels[..self.rows])
         } else {
             Targets::Values(&self.values[..self.rows * self.width])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows a gather copies, and their targets and ids, are those the indices name, on one
+    /// thread and split over several (a batch large enough to be split, and a small one).
+    #[test]
+    fn gather_copies_the_indexed_rows_on_any_number_of_threads() {
+        let (rows, features) = (1000, 97);
+        let labels: Vec<u32> = (0..rows as u32).map(|r| r * 7 % 10).collect();
+        let slice = Slice {
+            first_row: 5000,
+            rows,
+            features,
+            x: (0..rows * features).map(|i| i as f32).collect(),
+            targets: TargetStore::Labels(labels.clone()),
+            target_width: 1,
+        };
+        for pool in [Parallel::single(), Parallel::openmp(2), Parallel::openmp(3)] {
+            for n in [3, 700] {
+                let idx: Vec<u32> = (0..n as u32).map(|b| (b * 389 + 11) % rows as u32).collect();
+                let mut batch = Batch::new(&slice, 700);
+                batch.gather(&slice, &idx, &pool);
+                assert_eq!(batch.rows, n);
+                for (b, &i) in idx.iter().enumerate() {
+                    let i = i as usize;
+                    assert_eq!(batch.x()[b * features..(b + 1) * features], slice.x[i * features..(i + 1) * features]);
+                    assert_eq!(batch.labels[b], labels[i]);
+                    assert_eq!(batch.row_ids[b], (5000 + i) as u64);
+                }
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::engine::bf16;
 use crate::engine::bf16_weights::Bf16Layout;
 use crate::engine::narrow;
 use crate::engine::onednn::{self, Bf16Unit, Matmul, PackedWeights, Shape};
-use crate::engine::parallel::{part_range, Disjoint, Parallel};
+use crate::engine::parallel::{part_range, Disjoint, Parallel, PARALLEL_MIN_VALUES};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -54,10 +54,6 @@ const BLOCK_VALUES: usize = 4096;
 fn block_len(width: usize) -> usize {
     (BLOCK_VALUES / width.max(1)).max(1) * width
 }
-
-/// Below this many values an element-wise pass runs on the calling thread alone: handing
-/// parts to other threads costs microseconds.
-const PARALLEL_MIN_VALUES: usize = 1 << 15;
 
 /// Whether an element-wise pass over `n` values is split over `pool`'s threads.
 fn split(pool: &Parallel, n: usize) -> bool {
@@ -264,9 +260,6 @@ pub struct Bf16Gemms {
     narrow_scratch: Aligned<f32>,
     dense: Vec<DenseProducts>,
     max_rows: usize,
-    /// The threads the element-wise passes between products are split over (see
-    /// [`Bf16Gemms::set_threads`]).
-    pub pool: Parallel,
 }
 
 impl Bf16Gemms {
@@ -342,14 +335,7 @@ impl Bf16Gemms {
                 })
                 .collect(),
             max_rows,
-            pool: Parallel::single(),
         })
-    }
-
-    /// Splits the large element-wise passes between products over `threads` OpenMP threads,
-    /// the ones oneDNN's products run on (see [`crate::engine::parallel`]).
-    pub fn set_threads(&mut self, threads: usize) {
-        self.pool = Parallel::openmp(threads);
     }
 
     /// Makes the products for batches of `rows` rows if they do not exist yet. Returns whether

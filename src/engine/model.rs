@@ -16,6 +16,7 @@ use crate::engine::gemm::{gemm, Mat};
 use crate::engine::kernels;
 use crate::engine::mixed::{self, padded, Bf16Gemms, Precision};
 use crate::engine::normalization::{self as norm, BatchStats, BatchSum, LocalSum};
+use crate::engine::parallel::Parallel;
 use crate::engine::rng;
 use crate::{Error, Result};
 use rand::Rng;
@@ -350,6 +351,9 @@ pub struct Workspace {
     training: bool,
     /// The bf16 products and buffers with `--precision bf16`; None computes in f32.
     pub mixed: Option<Bf16Gemms>,
+    /// The threads the large element-wise passes between products are split over (see
+    /// [`Workspace::set_threads`]).
+    pool: Parallel,
 }
 
 impl Workspace {
@@ -388,12 +392,19 @@ impl Workspace {
         self.mixed.as_mut().map(|mx| &mut mx.weights)
     }
 
-    /// With bf16, splits the element-wise passes between products over `threads` threads (the
-    /// products' own); f32 passes stay on the calling thread.
+    /// With bf16, splits the large element-wise passes between products (and the batch's
+    /// gather) over `threads` OpenMP threads, the ones oneDNN's products run on (see
+    /// [`crate::engine::parallel`]). In f32 they stay on the calling thread: OpenBLAS's
+    /// products run on threads of its own.
     pub fn set_threads(&mut self, threads: usize) {
-        if let Some(mx) = self.mixed.as_mut() {
-            mx.set_threads(threads);
+        if self.mixed.is_some() {
+            self.pool = Parallel::openmp(threads);
         }
+    }
+
+    /// The threads of [`Workspace::set_threads`].
+    pub fn pool(&self) -> &Parallel {
+        &self.pool
     }
 
     /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).
@@ -607,6 +618,7 @@ impl Model {
             delta_next: Aligned::new(cap * widest),
             training: false,
             mixed,
+            pool: Parallel::single(),
         })
     }
 
@@ -629,7 +641,7 @@ impl Model {
         ws.training = keys.is_some();
         if let (Some(mx), Some(first)) = (ws.mixed.as_mut(), self.layers.first()) {
             if matches!(first.kind, LayerKind::Dense { .. }) {
-                Bf16Gemms::convert_rows(&mx.pool, x, &mut mx.inputs[0], rows, self.in_dim);
+                Bf16Gemms::convert_rows(&ws.pool, x, &mut mx.inputs[0], rows, self.in_dim);
             }
         }
         let mut dense_index = 0;
@@ -653,7 +665,7 @@ impl Model {
                     // Keeping z, the activation and the next dense layer's bf16 input: one sweep.
                     let pre = activation.needs_input().then(|| &mut ws.pre[l][..out.len()]);
                     let bf = next_is_dense.then(|| &mut mx.inputs[l + 1][..]);
-                    mixed::activate_rows(&mx.pool, activation, out, layer.out_dim, pre, bf);
+                    mixed::activate_rows(&ws.pool, activation, out, layer.out_dim, pre, bf);
                     bf16_copied = next_is_dense;
                     dense_index += 1;
                 }
@@ -739,7 +751,7 @@ impl Model {
             }
             // The bf16 copy of this output, when a dense layer reads it next.
             if let (Some(mx), true, false) = (ws.mixed.as_mut(), next_is_dense, bf16_copied) {
-                Bf16Gemms::convert_rows(&mx.pool, &rest[0], &mut mx.inputs[l + 1], rows, layer.out_dim);
+                Bf16Gemms::convert_rows(&ws.pool, &rest[0], &mut mx.inputs[l + 1], rows, layer.out_dim);
             }
         }
         let last = self.layers.len() - 1;
@@ -835,7 +847,7 @@ impl Model {
                     let pre = if activation.needs_input() { &ws.pre[l][..n] } else { &[] };
                     let act = (!is_logit_grad).then_some(activation);
                     let db = &mut grads[bias.range()];
-                    mixed::delta_rows(&mx.pool, act, pre, &ws.acts[l][..n], delta, layer.out_dim, &mut mx.delta, db);
+                    mixed::delta_rows(&ws.pool, act, pre, &ws.acts[l][..n], delta, layer.out_dim, &mut mx.delta, db);
                     is_logit_grad = false;
                     dense_left -= 1;
                     // dW = x^T dz (bf16 inputs, f32 sums).

@@ -233,6 +233,10 @@ impl Drop for Parallel {
     }
 }
 
+/// Below this many values an element-wise pass runs on the calling thread alone: handing
+/// parts to other threads costs microseconds.
+pub const PARALLEL_MIN_VALUES: usize = 1 << 15;
+
 /// A mutable slice whose disjoint pieces the parts of one parallel job write (a `&mut` cannot
 /// be shared with the parts; this hands each its own piece).
 pub struct Disjoint<'a, T> {

@@ -105,7 +105,7 @@ impl Trainer<'_> {
 
         if !stop {
             // Gather.
-            self.batch.gather(&self.train, self.plan.batch(s));
+            self.batch.gather(&self.train, self.plan.batch(s), self.ws.pool());
             clock.lap(&mut profile.data_s);
             stop = stop_asked();
         }
