@@ -1,7 +1,8 @@
 //! `--precision bf16` through the real binaries: the one-line error on a CPU without a bf16
 //! unit (forced with NN_TRAIN_HIDE_BF16, so it runs everywhere), and, where the CPU has AMX
-//! or AVX512-BF16, digits accuracy, 1 vs 2 ranks under mpirun, nn-predict, and resuming an
-//! f32 checkpoint in bf16 and back. Without a bf16 unit those print SKIP and pass.
+//! or AVX512-BF16, digits accuracy, 1 vs 2 ranks under mpirun, nn-predict, resuming an f32
+//! checkpoint in bf16 and back, and the advice when other processes hold the cores. Without a
+//! bf16 unit those print SKIP and pass.
 
 mod common;
 
@@ -283,4 +284,57 @@ fn shared_parameters_add_no_resident_memory_after_the_first_epoch() {
         let growth = last[r] - first[r];
         assert!(growth < 1.0, "rank {r}: resident memory grew by {growth:.2} MB after the first epoch");
     }
+}
+
+/// Busy threads of another process on the rank's cores: with idle OpenMP threads spinning
+/// (nn-train's default for bf16), an epoch line is followed by the advice to wait passively;
+/// with OMP_WAIT_POLICY=passive there is no advice (nothing spins).
+#[test]
+fn cores_held_by_other_processes_get_the_wait_policy_advice() {
+    if skip("cores_held_by_other_processes_get_the_wait_policy_advice") {
+        return;
+    }
+    if !Path::new("/proc/self/schedstat").exists() {
+        eprintln!(
+            "SKIP cores_held_by_other_processes_get_the_wait_policy_advice: this kernel keeps no run-queue delays"
+        );
+        return;
+    }
+    let (train, _) = digits();
+    let args = [
+        "--data",
+        train.as_str(),
+        "--layers",
+        "256:relu,256:relu,10:softmax",
+        "--epochs",
+        "2",
+        "--threads",
+        "2",
+        "--precision",
+        "bf16",
+    ];
+    let advice = "threads waited";
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // As many busy threads as cores, in this (another) process.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for _ in 0..cores {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        let spinning = direct("nn-train", &args, 300);
+        let mut cmd = Command::new(bin("nn-train"));
+        mpi_env(&mut cmd).env("OMP_WAIT_POLICY", "passive").args(args);
+        let passive = run_with_timeout(&mut cmd, Duration::from_secs(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let spinning = spinning.expect_ok();
+        let passive = passive.expect_ok();
+        let line = spinning.stdout.lines().find(|l| l.contains(advice));
+        let line = line.unwrap_or_else(|| panic!("no advice with busy cores:\n{}", spinning.stdout));
+        assert!(line.starts_with("warning: rank 0's") && line.contains("OMP_WAIT_POLICY=passive"), "{line}");
+        assert!(!passive.stdout.contains(advice), "advice while waiting passively:\n{}", passive.stdout);
+    });
 }

@@ -13,7 +13,7 @@ use crate::data::slice::Slice;
 use crate::dist::batch_plan::EpochPlan;
 use crate::dist::comm::Comm;
 use crate::dist::gradient_sum::GradientSum;
-use crate::dist::threads::ThreadChoice;
+use crate::dist::threads::{self, ThreadChoice};
 use crate::dist::{kill_grace, signals};
 use crate::engine::aligned::Flat;
 use crate::engine::eval_metrics::MetricSums;
@@ -105,6 +105,9 @@ pub struct Trainer<'c> {
     /// Under mpirun, until the advice has been given: seconds between mpirun's SIGTERM to the
     /// ranks and its SIGKILL (see dist::kill_grace).
     kill_grace_s: Option<f64>,
+    /// With bf16 products, until a warning has been given: this rank's threads' run-queue
+    /// delay in seconds at the end of the last epoch (see [`Trainer::contention_warning`]).
+    run_wait_mark: Option<f64>,
     /// Rank 0: the lock that makes this run the checkpoint's only writer (see io::run_lock).
     /// Last, so it is released after everything else.
     _run_lock: Option<RunLock>,
@@ -291,6 +294,7 @@ impl<'c> Trainer<'c> {
             let best = checkpoint::best_path(self.cfg.checkpoint.as_deref().expect("checked"));
             self.write_snapshot(&best)?;
         }
+        let contention_warning = self.contention_warning(epoch_s);
         let mut grace_warning = None;
         if self.cfg.checkpoint.is_some() && due {
             let (size, secs) = self.write_snapshot(self.cfg.checkpoint.clone().as_deref().expect("checked"))?;
@@ -303,7 +307,7 @@ impl<'c> Trainer<'c> {
             if self.cfg.profile {
                 log(&record.profile_line());
             }
-            if let Some(warning) = grace_warning {
+            for warning in [grace_warning, contention_warning].into_iter().flatten() {
                 log(&warning);
             }
             if let Some(lr) = reduced_to {
@@ -331,6 +335,22 @@ impl<'c> Trainer<'c> {
     fn kill_grace_warning(&mut self, needed_s: f64) -> Option<String> {
         let grace_s = self.kill_grace_s.take()?;
         (needed_s > grace_s).then(|| kill_grace::advice(grace_s, needed_s))
+    }
+
+    /// With bf16 products, the first time that some rank's threads waited more than a tenth
+    /// of the epoch (`epoch_s` seconds) for cores other processes held while its idle OpenMP
+    /// threads spin: the advice to print (rank 0). Collective while it has not been given.
+    fn contention_warning(&mut self, epoch_s: f64) -> Option<String> {
+        let mark = self.run_wait_mark?;
+        let now = threads::run_queue_wait_s();
+        self.run_wait_mark = Some(now);
+        let spinning = self.threads.threads > 1 && std::env::var_os("OMP_WAIT_POLICY").is_none();
+        let fraction = if spinning { (now - mark) / (epoch_s * self.threads.threads as f64).max(1e-9) } else { 0.0 };
+        let permille = self.comm.all_gather_u64((fraction.clamp(0.0, 1.0) * 1000.0) as u64);
+        let (rank, worst) = permille.iter().enumerate().max_by_key(|&(_, p)| *p)?;
+        let advice = threads::contention_advice(rank, *worst as f64 / 1000.0)?;
+        self.run_wait_mark = None;
+        Some(advice)
     }
 
     /// The learning rate at `progress` epochs: the schedule's, after any plateau reductions.

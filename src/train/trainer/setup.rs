@@ -149,6 +149,7 @@ impl<'c> Trainer<'c> {
         let fused = cfg.loss.required_activation().is_some();
         Ok(Trainer {
             kill_grace_s: crate::dist::kill_grace::mpirun_kill_grace(),
+            run_wait_mark: ws.mixed.is_some().then(threads::run_queue_wait_s),
             _run_lock: run_lock,
             sum,
             comm,
