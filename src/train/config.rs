@@ -124,8 +124,9 @@ pub struct TrainArgs {
     /// GLOBAL batch size, summed over all ranks. Default 32.
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// global (one seeded permutation of all rows: the same model on any rank count),
-    /// local (shuffle within each rank's slice), none (file order). Default global.
+    /// global (a seeded order of all rows, each batch one row of each of B runs of the file:
+    /// the same model on any rank count, an equal share per rank), local (shuffle within each
+    /// rank's slice), none (file order). Default global.
     #[arg(long, value_name = "MODE", value_parser = flag_value::parser::<Shuffle>("mode"))]
     pub shuffle: Option<Shuffle>,
     /// Seed for initialisation, shuffling and dropout. Default 0.
