@@ -56,7 +56,7 @@ pub struct EpochPlan {
     ends: Vec<usize>,
     /// Samples in each GLOBAL batch, summed over ranks: (steps,).
     global_counts: Vec<u32>,
-    /// Scratch: all N rows, each stratum shuffled in place (global and none only): (N,).
+    /// Scratch: all N rows, each stratum shuffled in place (global only): (N,).
     perm: Vec<u32>,
 }
 
@@ -78,8 +78,8 @@ impl EpochPlan {
                 .collect(),
         };
         let perm = match shuffle {
-            Shuffle::Local => Vec::new(),
-            _ => Vec::with_capacity(n),
+            Shuffle::Global => Vec::with_capacity(n),
+            _ => Vec::new(),
         };
         EpochPlan {
             shuffle,

@@ -11,9 +11,10 @@
 //!   next region spinning for a bounded time (GOMP_SPINCOUNT, set at start-up, see
 //!   [`crate::engine::blas_core::prepare`]) instead of a system call away: a bf16 step hands
 //!   its second core over a dozen times, and a wake-up costs tens of microseconds on a VM.
-//!   Measured on the 2-core Sapphire Rapids VM (W3 bf16, 1 rank x 2 threads, 3 runs each):
-//!   76,000-77,000 samples/s with a worker of the pool's own beside oneDNN's sleeping ones;
-//!   76,600-78,300 with OpenMP's sleeping ones alone; 84,000-88,500 with them spinning.
+//!   Measured on the 2-core Sapphire Rapids VM (W3 bf16, 1 rank x 2 threads, 3 alternating
+//!   runs each): 68,100-76,800 samples/s with a worker of the pool's own beside oneDNN's
+//!   sleeping ones; 76,600-78,300 with OpenMP's sleeping ones alone; 86,200-88,500 with them
+//!   spinning 30,000 pauses.
 //!
 //! Either way a job is handed over by reference and [`Parallel::run`] returns only when every
 //! part is done, so nothing is allocated per job.
