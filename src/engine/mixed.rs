@@ -256,8 +256,10 @@ pub struct Bf16Gemms {
     /// bf16 dz of the current layer: (padded rows, widest layer).
     pub delta: Aligned<u16>,
     scratch: Vec<u8>,
-    /// The narrow layers' products' scratch (see [`narrow::scratch_len`]).
+    /// The narrow layers' products' scratch (see [`narrow::scratch_len`]): one part's of
+    /// `narrow_len` floats for each thread of [`Bf16Gemms::reserve_parts`].
     narrow_scratch: Aligned<f32>,
+    narrow_len: usize,
     dense: Vec<DenseProducts>,
     max_rows: usize,
 }
@@ -306,6 +308,12 @@ impl Bf16Gemms {
                 p.as_ref().map(|p| (span.clone(), p.packing, l > 0))
             }),
         );
+        let narrow_len = dense
+            .iter()
+            .filter(|&&(_, o, _)| o <= narrow::NARROW_MAX_OUT)
+            .map(|&(i, o, _)| narrow::scratch_len(cap, i, o))
+            .max()
+            .unwrap_or(0);
         Ok(Bf16Gemms {
             unit,
             weights: Flat::Owned(Aligned::new(layout.len())),
@@ -313,14 +321,8 @@ impl Bf16Gemms {
             inputs: input_widths.iter().map(|w| Aligned::new(w.map_or(0, |w| cap * w))).collect(),
             delta: Aligned::new(cap * widest),
             scratch: Vec::new(),
-            narrow_scratch: Aligned::new(
-                dense
-                    .iter()
-                    .filter(|&&(_, o, _)| o <= narrow::NARROW_MAX_OUT)
-                    .map(|&(i, o, _)| narrow::scratch_len(cap, i, o))
-                    .max()
-                    .unwrap_or(0),
-            ),
+            narrow_scratch: Aligned::new(narrow_len),
+            narrow_len,
             dense: dense
                 .iter()
                 .zip(packed)
@@ -336,6 +338,11 @@ impl Bf16Gemms {
                 .collect(),
             max_rows,
         })
+    }
+
+    /// Room for `parts` threads to share the narrow layers' products (allocated here, once).
+    pub fn reserve_parts(&mut self, parts: usize) {
+        self.narrow_scratch = Aligned::new(parts.max(1) * self.narrow_len);
     }
 
     /// Makes the products for batches of `rows` rows if they do not exist yet. Returns whether
@@ -500,8 +507,17 @@ impl Bf16Gemms {
         }
     }
 
-    /// dx (padded rows, in_dim) = dz W^T. `dx` must hold padded(rows) * in_dim.
-    pub fn input_grad(&mut self, dense: usize, kernel: std::ops::Range<usize>, rows: usize, dx: &mut [f32]) {
+    /// dx (padded rows, in_dim) = dz W^T. `dx` must hold padded(rows) * in_dim. A narrow
+    /// layer's product is split by rows over `pool`'s threads when it is large (each row's
+    /// sums are the same either way).
+    pub fn input_grad(
+        &mut self,
+        pool: &Parallel,
+        dense: usize,
+        kernel: std::ops::Range<usize>,
+        rows: usize,
+        dx: &mut [f32],
+    ) {
         if rows == 0 {
             return;
         }
@@ -512,15 +528,26 @@ impl Bf16Gemms {
         match &p.input_grad {
             Some(m) => m.run(&self.delta, &self.weights[kernel], None, dx, &mut self.scratch),
             // All padded rows, as oneDNN writes them (zero dz rows give zero dx rows).
-            None => narrow::input_grad(
-                &self.delta,
-                &self.weights[kernel],
-                padded(rows),
-                d.in_dim,
-                d.out_dim,
-                &mut self.narrow_scratch,
-                dx,
-            ),
+            None => {
+                let (rows, i, o, per) = (padded(rows), d.in_dim, d.out_dim, self.narrow_len);
+                let parts = pool.parts().min(self.narrow_scratch.len() / per.max(1));
+                let (dz, w) = (&self.delta[..], &self.weights[kernel]);
+                if parts < 2 || !split(pool, rows * i) {
+                    narrow::input_grad(dz, w, rows, i, o, &mut self.narrow_scratch, dx);
+                    return;
+                }
+                let (dx, scratch) = (Disjoint::new(&mut dx[..rows * i]), Disjoint::new(&mut self.narrow_scratch[..]));
+                pool.run(&|part| {
+                    let r = part_range(rows, parts, part.min(parts), ROW_BLOCK);
+                    if part >= parts || r.is_empty() {
+                        return;
+                    }
+                    // SAFETY: the parts take disjoint rows of dx and scratch of their own.
+                    let (scratch, dx) =
+                        unsafe { (scratch.piece(part * per..(part + 1) * per), dx.piece(r.start * i..r.end * i)) };
+                    narrow::input_grad(&dz[r.start * o..], w, r.len(), i, o, scratch, dx);
+                });
+            }
         }
     }
 }
@@ -623,6 +650,39 @@ mod tests {
         }
         if onednn::bf16_unit().is_ok_and(|u| u == Bf16Unit::Amx) {
             assert!(packed_any, "oneDNN packs no weights on AMX: the packed path went untested");
+        }
+    }
+
+    /// A narrow layer's input gradient split over threads is the one computed on one, bit
+    /// for bit, for batches that are split and batches that are not.
+    #[test]
+    fn narrow_input_grad_split_over_threads_equals_one_thread() {
+        if let Err(e) = onednn::bf16_unit() {
+            eprintln!("SKIP narrow_input_grad_split_over_threads_equals_one_thread: {e}");
+            return;
+        }
+        let (wide, narrow_in, out) = (16, 1000, 10);
+        let first = 0..wide * narrow_in;
+        let kernel = first.end + narrow_in..first.end + narrow_in + narrow_in * out;
+        let n_params = kernel.end + out;
+        let params: Vec<f32> = (0..n_params).map(|i| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * 0.5).collect();
+        let dense = [(wide, narrow_in, first), (narrow_in, out, kernel.clone())];
+        let mut g =
+            Bf16Gemms::with_packing(n_params, &dense, &[Some(wide), Some(narrow_in)], narrow_in, 256, false).unwrap();
+        g.refresh_weights(&params);
+        g.reserve_parts(3);
+        for rows in [7, 256] {
+            let dz: Vec<f32> = (0..rows * out).map(|i| ((i * 104_729 % 997) as f32 / 498.0 - 1.0) * 2.0).collect();
+            Bf16Gemms::convert_rows(&Parallel::single(), &dz, &mut g.delta, rows, out);
+            let results: Vec<Vec<u32>> = pools()
+                .iter()
+                .map(|pool| {
+                    let mut dx = vec![f32::NAN; padded(rows) * narrow_in];
+                    g.input_grad(pool, 1, kernel.clone(), rows, &mut dx);
+                    bits(&dx)
+                })
+                .collect();
+            assert!(results.iter().all(|r| r == &results[0]), "{rows} rows: the split product differs");
         }
     }
 

@@ -397,8 +397,9 @@ impl Workspace {
     /// [`crate::engine::parallel`]). In f32 they stay on the calling thread: OpenBLAS's
     /// products run on threads of its own.
     pub fn set_threads(&mut self, threads: usize) {
-        if self.mixed.is_some() {
+        if let Some(mx) = self.mixed.as_mut() {
             self.pool = Parallel::openmp(threads);
+            mx.reserve_parts(threads);
         }
     }
 
@@ -861,6 +862,7 @@ impl Model {
                     if l > first_trained {
                         // dx = dz W^T into whole row blocks; the rows past `rows` are unused.
                         mx.input_grad(
+                            &ws.pool,
                             dense_left,
                             kernel.range(),
                             rows,
