@@ -3,7 +3,7 @@
 
 use crate::data::slice::{Slice, TargetStore};
 use crate::engine::loss::Targets;
-use crate::engine::parallel::{part_range, Disjoint, Parallel, PARALLEL_MIN_VALUES};
+use crate::engine::parallel::{Disjoint, Parallel};
 
 /// The rows of one step gathered from a slice into contiguous buffers, allocated once for
 /// `max_rows` rows.
@@ -48,22 +48,14 @@ impl Batch {
     pub fn gather(&mut self, slice: &Slice, idx: &[u32], pool: &Parallel) {
         let (d, w) = (self.features, self.width);
         let rows = idx.len();
-        let x = &mut self.x[..rows * d];
-        if pool.parts() > 1 && x.len() >= PARALLEL_MIN_VALUES {
-            let (parts, x) = (pool.parts(), Disjoint::new(x));
-            pool.run(&|part| {
-                let r = part_range(rows, parts, part, 16);
-                // SAFETY: the parts take disjoint rows.
-                let x = unsafe { x.piece(r.start * d..r.end * d) };
-                for (row, &i) in x.chunks_exact_mut(d.max(1)).zip(&idx[r]) {
-                    row.copy_from_slice(&slice.x[i as usize * d..][..d]);
-                }
-            });
-        } else {
-            for (row, &i) in x.chunks_exact_mut(d.max(1)).zip(idx) {
+        let x = Disjoint::new(&mut self.x[..rows * d]);
+        pool.run_by_rows(rows, d, 16, &|r| {
+            // SAFETY: the pieces are disjoint rows.
+            let x = unsafe { x.piece(r.start * d..r.end * d) };
+            for (row, &i) in x.chunks_exact_mut(d.max(1)).zip(&idx[r]) {
                 row.copy_from_slice(&slice.x[i as usize * d..][..d]);
             }
-        }
+        });
         for (b, &i) in idx.iter().enumerate() {
             let i = i as usize;
             match &slice.targets {

@@ -19,7 +19,7 @@ use crate::engine::bf16;
 use crate::engine::bf16_weights::Bf16Layout;
 use crate::engine::narrow;
 use crate::engine::onednn::{self, Bf16Unit, Matmul, PackedWeights, Shape};
-use crate::engine::parallel::{part_range, Disjoint, Parallel, PARALLEL_MIN_VALUES};
+use crate::engine::parallel::{part_range, Disjoint, Parallel};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -55,11 +55,6 @@ fn block_len(width: usize) -> usize {
     (BLOCK_VALUES / width.max(1)).max(1) * width
 }
 
-/// Whether an element-wise pass over `n` values is split over `pool`'s threads.
-fn split(pool: &Parallel, n: usize) -> bool {
-    pool.parts() > 1 && n >= PARALLEL_MIN_VALUES
-}
-
 /// Columns of a part of a pass split by columns: a multiple of this, so that no two parts
 /// write one cache line of f32 or bf16 values.
 const COLUMN_ALIGN: usize = 32;
@@ -86,16 +81,10 @@ pub fn activate_rows(
         bf[n..padded(rows) * width].fill(0);
         &mut bf[..n]
     });
-    if !split(pool, n) {
-        activate_block(activation, out, width, pre, bf);
-        return;
-    }
-    let parts = pool.parts();
     let (out, pre, bf) = (Disjoint::new(out), pre.map(Disjoint::new), bf.map(Disjoint::new));
-    pool.run(&|part| {
-        let r = part_range(rows, parts, part, ROW_BLOCK);
+    pool.run_by_rows(rows, width, ROW_BLOCK, &|r| {
         let at = r.start * width..r.end * width;
-        // SAFETY: the parts take disjoint rows.
+        // SAFETY: the pieces are disjoint rows.
         unsafe {
             activate_block(
                 activation,
@@ -162,7 +151,8 @@ pub fn delta_rows(
     bf[n..padded(rows) * width].fill(0);
     let bf = &mut bf[..n];
     let relu = activation == Some(Activation::Relu);
-    if !split(pool, n) {
+    let parts = pool.parts_for(n);
+    if parts == 1 {
         if relu {
             bf16::relu_delta_convert_and_sum_columns(y, dy, bf, db);
             return;
@@ -178,14 +168,12 @@ pub fn delta_rows(
         }
         return;
     }
-    let parts = pool.parts();
     if let (Some(a), false) = (activation, relu) {
         let d = Disjoint::new(&mut *dy);
-        pool.run(&|part| {
-            let r = part_range(rows, parts, part, ROW_BLOCK);
+        pool.run_by_rows(rows, width, ROW_BLOCK, &|r| {
             let at = r.start * width..r.end * width;
             let z = if a.needs_input() { &z[at.clone()] } else { &[] };
-            // SAFETY: the parts take disjoint rows.
+            // SAFETY: the pieces are disjoint rows.
             a.backward(z, &y[at.clone()], unsafe { d.piece(at) }, width);
         });
     }
@@ -443,16 +431,10 @@ impl Bf16Gemms {
     pub fn convert_rows(pool: &Parallel, src: &[f32], dst: &mut [u16], rows: usize, width: usize) {
         let n = rows * width;
         dst[n..padded(rows) * width].fill(0);
-        let (src, dst) = (&src[..n], &mut dst[..n]);
-        if !split(pool, n) {
-            bf16::convert(src, dst);
-            return;
-        }
-        let (parts, dst) = (pool.parts(), Disjoint::new(dst));
-        pool.run(&|part| {
-            let r = part_range(rows, parts, part, ROW_BLOCK);
+        let dst = Disjoint::new(&mut dst[..n]);
+        pool.run_by_rows(rows, width, ROW_BLOCK, &|r| {
             let at = r.start * width..r.end * width;
-            // SAFETY: the parts take disjoint rows.
+            // SAFETY: the pieces are disjoint rows.
             bf16::convert(&src[at.clone()], unsafe { dst.piece(at) });
         });
     }
@@ -530,16 +512,13 @@ impl Bf16Gemms {
             // All padded rows, as oneDNN writes them (zero dz rows give zero dx rows).
             None => {
                 let (rows, i, o, per) = (padded(rows), d.in_dim, d.out_dim, self.narrow_len);
-                let parts = pool.parts().min(self.narrow_scratch.len() / per.max(1));
+                // A part per thread that the scratch has room for.
+                let parts = pool.parts_for(rows * i).min(self.narrow_scratch.len() / per.max(1)).max(1);
                 let (dz, w) = (&self.delta[..], &self.weights[kernel]);
-                if parts < 2 || !split(pool, rows * i) {
-                    narrow::input_grad(dz, w, rows, i, o, &mut self.narrow_scratch, dx);
-                    return;
-                }
                 let (dx, scratch) = (Disjoint::new(&mut dx[..rows * i]), Disjoint::new(&mut self.narrow_scratch[..]));
-                pool.run(&|part| {
-                    let r = part_range(rows, parts, part.min(parts), ROW_BLOCK);
-                    if part >= parts || r.is_empty() {
+                pool.run_parts(parts, &|part| {
+                    let r = part_range(rows, parts, part, ROW_BLOCK);
+                    if r.is_empty() {
                         return;
                     }
                     // SAFETY: the parts take disjoint rows of dx and scratch of their own.

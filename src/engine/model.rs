@@ -408,6 +408,16 @@ impl Workspace {
         &self.pool
     }
 
+    /// Threads for the optimizer update, which runs between products, when the product
+    /// threads' cores are idle: with bf16 those very OpenMP threads, else `threads` - 1
+    /// workers of its own beside OpenBLAS's (which sleep as soon as a product ends).
+    pub fn update_pool(&self, threads: usize) -> Parallel {
+        match self.mixed {
+            Some(_) => Parallel::openmp(threads),
+            None => Parallel::new(threads),
+        }
+    }
+
     /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).
     pub fn implementations(&mut self, rows: usize) -> Result<Vec<String>> {
         match self.mixed.as_mut() {

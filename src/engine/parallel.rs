@@ -19,6 +19,7 @@
 //! Either way a job is handed over by reference and [`Parallel::run`] returns only when every
 //! part is done, so nothing is allocated per job.
 
+use std::ops::Range;
 use std::os::raw::{c_int, c_uint, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,12 +76,18 @@ extern "C" {
     fn omp_get_num_threads() -> c_int;
 }
 
-/// The calling thread plus `threads - 1` workers.
+/// The calling thread plus `threads - 1` others: the pool's own workers, or OpenMP's.
 pub struct Parallel {
-    shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
-    /// With [`Parallel::openmp`]: the parts, run on OpenMP's threads instead of `workers`.
-    openmp_parts: usize,
+    threads: Threads,
+}
+
+/// The two kinds of [`Parallel`].
+enum Threads {
+    /// [`Parallel::new`]: workers started by the pool.
+    Own { shared: Arc<Shared>, workers: Vec<JoinHandle<()>> },
+    /// [`Parallel::openmp`] (and [`Parallel::single`], 1 part): this many parts, run as an
+    /// OpenMP parallel region.
+    OpenMp { parts: usize },
 }
 
 /// What each OpenMP thread of a region reads: the job and its part count, and whether any
@@ -126,67 +133,97 @@ impl Parallel {
                 Err(_) => break,
             }
         }
-        Parallel { shared, workers, openmp_parts: 0 }
+        Parallel { threads: Threads::Own { shared, workers } }
     }
 
     /// A pool that splits jobs into `threads` parts run as an OpenMP parallel region (on the
     /// threads oneDNN's products run on).
     pub fn openmp(threads: usize) -> Parallel {
-        let mut pool = Parallel::single();
-        pool.openmp_parts = threads.max(1);
-        pool
+        Parallel { threads: Threads::OpenMp { parts: threads.max(1) } }
     }
 
     /// One thread: no workers.
     pub fn single() -> Parallel {
-        Parallel::new(1)
+        Parallel::openmp(1)
     }
 
-    /// How many parts a job is split into (the caller and the workers).
+    /// How many parts a job is split into (the caller and the other threads).
     pub fn parts(&self) -> usize {
-        self.openmp_parts.max(self.workers.len() + 1)
+        match &self.threads {
+            Threads::Own { workers, .. } => workers.len() + 1,
+            Threads::OpenMp { parts } => *parts,
+        }
     }
 
-    /// Whether jobs run on OpenMP's threads ([`Parallel::openmp`]).
-    pub fn is_openmp(&self) -> bool {
-        self.openmp_parts > 1
+    /// How many parts an element-wise pass over `values` values is split into: all, or 1
+    /// below [`PARALLEL_MIN_VALUES`].
+    pub fn parts_for(&self, values: usize) -> usize {
+        if values >= PARALLEL_MIN_VALUES {
+            self.parts()
+        } else {
+            1
+        }
+    }
+
+    /// Calls `job(part)` for every part in 0..`parts` (at most [`Parallel::parts`]) and
+    /// returns when all are done: on the calling thread alone when `parts` is 1.
+    pub fn run_parts(&self, parts: usize, job: &(dyn Fn(usize) + Sync)) {
+        assert!(parts <= self.parts(), "{parts} parts on a pool of {}", self.parts());
+        if parts <= 1 {
+            job(0);
+        } else {
+            self.run(&|part| {
+                if part < parts {
+                    job(part)
+                }
+            });
+        }
+    }
+
+    /// Calls `pass(rows)` for pieces of 0..`rows` that together cover it once: the whole on
+    /// the calling thread when the pass (`rows` of `width` values) is small, else one piece
+    /// per thread, each a multiple of `align` rows.
+    pub fn run_by_rows(&self, rows: usize, width: usize, align: usize, pass: &(dyn Fn(Range<usize>) + Sync)) {
+        let parts = self.parts_for(rows * width);
+        self.run_parts(parts, &|part| pass(part_range(rows, parts, part, align)));
     }
 
     /// Calls `job(part)` for every part in 0..[`Parallel::parts`], part 0 on the calling
-    /// thread and the others on the workers, and returns when all are done. A panic in any
-    /// part is raised here once all parts have ended.
+    /// thread and the others on the other threads, and returns when all are done. A panic in
+    /// any part is raised here once all parts have ended.
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
-        if self.is_openmp() {
-            let region = Region { job, parts: self.openmp_parts, panicked: AtomicBool::new(false) };
-            // SAFETY: the region's threads only read `region`, which lives across the call;
-            // the call returns when they all have finished.
-            unsafe {
-                GOMP_parallel(run_region, &region as *const Region as *mut c_void, self.openmp_parts as c_uint, 0)
-            };
-            assert!(!region.panicked.into_inner(), "a part of a parallel job panicked");
-            return;
-        }
-        if self.workers.is_empty() {
-            job(0);
-            return;
-        }
+        let (shared, workers) = match &self.threads {
+            _ if self.parts() == 1 => {
+                job(0);
+                return;
+            }
+            Threads::OpenMp { parts } => {
+                let region = Region { job, parts: *parts, panicked: AtomicBool::new(false) };
+                // SAFETY: the region's threads only read `region`, which lives across the
+                // call; the call returns when they all have finished.
+                unsafe { GOMP_parallel(run_region, &region as *const Region as *mut c_void, *parts as c_uint, 0) };
+                assert!(!region.panicked.into_inner(), "a part of a parallel job panicked");
+                return;
+            }
+            Threads::Own { shared, workers } => (shared, workers),
+        };
         // SAFETY: only the lifetime is erased. This function does not return, nor unwind,
         // before `pending` is back to 0, i.e. before every worker has returned from the job,
         // and the job is cleared before `job` goes out of scope.
         let erased: JobRef = JobRef(unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(job) });
         {
-            let mut s = self.shared.lock();
+            let mut s = shared.lock();
             s.job = Some(erased);
             s.generation += 1;
-            s.pending = self.workers.len();
+            s.pending = workers.len();
             s.panicked = false;
         }
-        self.shared.start.notify_all();
+        shared.start.notify_all();
         let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
         let panicked = {
-            let mut s = self.shared.lock();
+            let mut s = shared.lock();
             while s.pending > 0 {
-                s = self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
+                s = shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             s.job = None;
             s.panicked
@@ -226,10 +263,12 @@ fn work(shared: &Shared, part: usize) {
 
 impl Drop for Parallel {
     fn drop(&mut self) {
-        self.shared.lock().shutdown = true;
-        self.shared.start.notify_all();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
+        if let Threads::Own { shared, workers } = &mut self.threads {
+            shared.lock().shutdown = true;
+            shared.start.notify_all();
+            for w in workers.drain(..) {
+                let _ = w.join();
+            }
         }
     }
 }
@@ -261,7 +300,7 @@ impl<'a, T> Disjoint<'a, T> {
     /// # Safety
     /// No other live piece of this slice overlaps `r`.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn piece(&self, r: std::ops::Range<usize>) -> &mut [T] {
+    pub unsafe fn piece(&self, r: Range<usize>) -> &mut [T] {
         assert!(r.start <= r.end && r.end <= self.len, "piece {r:?} of a slice of {}", self.len);
         // SAFETY: in bounds (checked), borrowed mutably for 'a, and not overlapping another
         // live piece (the caller's contract).
@@ -269,20 +308,34 @@ impl<'a, T> Disjoint<'a, T> {
     }
 }
 
-/// How idle OpenMP threads wait for the next region, as the environment sets it (see
-/// [`crate::engine::blas_core::prepare`]), for the start-up summary.
-pub fn openmp_wait() -> String {
+/// OMP_WAIT_POLICY and GOMP_SPINCOUNT as the environment sets them (see
+/// [`crate::engine::blas_core::prepare`]); unset or empty is None.
+fn openmp_wait_vars() -> (Option<String>, Option<String>) {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (var("OMP_WAIT_POLICY"), var("GOMP_SPINCOUNT")) {
+    (var("OMP_WAIT_POLICY"), var("GOMP_SPINCOUNT"))
+}
+
+/// How idle OpenMP threads wait for the next region, for the start-up summary.
+pub fn openmp_wait() -> String {
+    match openmp_wait_vars() {
         (_, Some(n)) => format!("idle ones spin GOMP_SPINCOUNT={n} times before they sleep"),
         (Some(p), None) => format!("OMP_WAIT_POLICY={p}"),
         (None, None) => "libgomp's default wait".to_string(),
     }
 }
 
+/// Whether idle OpenMP threads spin before they sleep (libgomp's default, and nn-train's).
+pub fn openmp_threads_spin() -> bool {
+    match openmp_wait_vars() {
+        (_, Some(n)) => n.trim() != "0",
+        (Some(p), None) => !p.eq_ignore_ascii_case("passive"),
+        (None, None) => true,
+    }
+}
+
 /// Part `part` of `0..n` split into `parts` nearly equal pieces whose boundaries are
 /// multiples of `align` (so that parts written by different threads share no cache line).
-pub fn part_range(n: usize, parts: usize, part: usize, align: usize) -> std::ops::Range<usize> {
+pub fn part_range(n: usize, parts: usize, part: usize, align: usize) -> Range<usize> {
     let blocks = n.div_ceil(align);
     let at = |p: usize| (blocks * p / parts * align).min(n);
     at(part)..at(part + 1)
@@ -295,35 +348,38 @@ mod tests {
 
     #[test]
     fn every_part_runs_once_per_job_on_its_own_thread() {
-        let pool = Parallel::new(3);
-        assert_eq!(pool.parts(), 3);
-        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-        let main = std::thread::current().id();
-        for _ in 0..100 {
-            pool.run(&|part| {
-                hits[part].fetch_add(1, Ordering::Relaxed);
-                assert_eq!(part == 0, std::thread::current().id() == main, "part 0 runs on the caller");
-            });
+        for pool in [Parallel::new(3), Parallel::openmp(3)] {
+            assert_eq!(pool.parts(), 3);
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            let main = std::thread::current().id();
+            let threads = Mutex::new(std::collections::HashSet::new());
+            for _ in 0..100 {
+                pool.run(&|part| {
+                    hits[part].fetch_add(1, Ordering::Relaxed);
+                    assert_eq!(part == 0, std::thread::current().id() == main, "part 0 runs on the caller");
+                    threads.lock().unwrap().insert(std::thread::current().id());
+                });
+            }
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 100), "{hits:?}");
+            assert_eq!(threads.into_inner().unwrap().len(), 3, "each part on a thread of its own");
         }
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 100), "{hits:?}");
     }
 
+    /// Fewer parts than the pool has: each runs once, the rest not at all; one part runs on
+    /// the caller; small passes take one part.
     #[test]
-    fn openmp_runs_every_part_once_per_job_on_its_own_thread() {
-        let pool = Parallel::openmp(3);
-        assert_eq!(pool.parts(), 3);
-        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-        let main = std::thread::current().id();
-        let threads = Mutex::new(std::collections::HashSet::new());
-        for _ in 0..100 {
-            pool.run(&|part| {
-                hits[part].fetch_add(1, Ordering::Relaxed);
-                assert_eq!(part == 0, std::thread::current().id() == main, "part 0 runs on the caller");
-                threads.lock().unwrap().insert(std::thread::current().id());
-            });
+    fn run_parts_runs_only_the_parts_asked_for() {
+        for pool in [Parallel::new(3), Parallel::openmp(3)] {
+            for parts in 1..=3 {
+                let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+                pool.run_parts(parts, &|part| {
+                    hits[part].fetch_add(1, Ordering::Relaxed);
+                });
+                let counts: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+                assert_eq!(counts, (0..3).map(|p| usize::from(p < parts)).collect::<Vec<_>>());
+            }
+            assert_eq!((pool.parts_for(PARALLEL_MIN_VALUES - 1), pool.parts_for(PARALLEL_MIN_VALUES)), (1, 3));
         }
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 100), "{hits:?}");
-        assert_eq!(threads.into_inner().unwrap().len(), 3, "each part on a thread of its own");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::engine::aligned::Flat;
 use crate::engine::eval_metrics::MetricSums;
 use crate::engine::model::{Model, Workspace};
 use crate::engine::optim::Optimizer;
+use crate::engine::parallel;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::console::progress_bar;
 use crate::io::memory::{peak_rss_bytes, rss_bytes};
@@ -344,7 +345,7 @@ impl<'c> Trainer<'c> {
         let mark = self.run_wait_mark?;
         let now = threads::run_queue_wait_s();
         self.run_wait_mark = Some(now);
-        let spinning = self.threads.threads > 1 && std::env::var_os("OMP_WAIT_POLICY").is_none();
+        let spinning = self.threads.threads > 1 && parallel::openmp_threads_spin();
         let fraction = if spinning { (now - mark) / (epoch_s * self.threads.threads as f64).max(1e-9) } else { 0.0 };
         let permille = self.comm.all_gather_u64((fraction.clamp(0.0, 1.0) * 1000.0) as u64);
         let (rank, worst) = permille.iter().enumerate().max_by_key(|&(_, p)| *p)?;

@@ -18,7 +18,7 @@ use crate::engine::loss::class_of;
 use crate::engine::model::{LayerKind, Model};
 use crate::engine::onednn;
 use crate::engine::optim::Optimizer;
-use crate::engine::parallel::{self, Parallel};
+use crate::engine::parallel;
 use crate::io::checkpoint::{self, Snapshot};
 use crate::io::file_identity;
 use crate::io::metrics::{thousands, EpochRecord, MetricsFile, Profile};
@@ -117,13 +117,8 @@ impl<'c> Trainer<'c> {
         let threads = threads::choose(cfg.threads, ranks_on_node);
         threads::set_blas_threads(threads.threads);
         onednn::set_threads(threads.threads);
-        // The update runs between products, when the product threads' cores are idle; with
-        // bf16 products on those very threads (see engine::parallel).
         ws.set_threads(threads.threads);
-        start.opt.set_pool(match ws.mixed {
-            Some(_) => Parallel::openmp(threads.threads),
-            None => Parallel::new(threads.threads),
-        });
+        start.opt.set_pool(ws.update_pool(threads.threads));
         let mut precision_note = String::new();
         if ws.mixed.is_some() {
             // The products of a full batch, made now: their kernels name the ISA for the summary.
