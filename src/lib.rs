@@ -20,6 +20,7 @@
 //!   ONNX model or a safetensors file.
 //! - [`tools`]: what only `nn-data` uses: synthetic data, CSV import, splits, file info,
 //!   learning-curve plots.
+//! - [`test_skip`]: how a test says that a check of it cannot run on this machine.
 //!
 //! The binaries in `src/bin/` are thin: they parse flags, call into here and turn
 //! [`Error`] into a one-line message and an exit code.
@@ -39,6 +40,7 @@ pub mod error;
 pub mod export;
 pub mod flag_value;
 pub mod io;
+pub mod test_skip;
 pub mod tools;
 pub mod train;
 

@@ -11,15 +11,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// None when this CPU can run bf16; else the reason, printed as a SKIP line.
+/// False when this CPU can run bf16; else true, and the test is reported as skipped.
 fn skip(test: &str) -> bool {
-    match nn_train::engine::onednn::bf16_unit() {
-        Ok(_) => false,
-        Err(e) => {
-            eprintln!("SKIP {test} (the bf16 numerics need AMX or AVX512-BF16): {e}");
-            true
-        }
+    let skip = nn_train::engine::onednn::bf16_unit().is_err();
+    if skip {
+        nn_train::test_skip::skipped(test, nn_train::test_skip::NO_BF16_UNIT);
     }
+    skip
 }
 
 fn metrics(path: &Path) -> Vec<serde_json::Value> {
@@ -295,8 +293,9 @@ fn cores_held_by_other_processes_get_the_wait_policy_advice() {
         return;
     }
     if !Path::new("/proc/self/schedstat").exists() {
-        eprintln!(
-            "SKIP cores_held_by_other_processes_get_the_wait_policy_advice: this kernel keeps no run-queue delays"
+        nn_train::test_skip::skipped(
+            "cores_held_by_other_processes_get_the_wait_policy_advice",
+            "this kernel keeps no run-queue delays",
         );
         return;
     }

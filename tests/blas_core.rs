@@ -54,7 +54,8 @@ fn train(dir: &Path, ranks: usize, env: &[(&str, &str)], tag: &str) -> (String, 
 fn weak_detection_is_replaced_and_the_chosen_kernels_compute_correctly() {
     let cpu = blas_core::cpu();
     let Some(best) = cpu.best_core().filter(|_| cpu.level > Some(Level::Sse3)) else {
-        eprintln!("SKIP: this CPU has no kernels better than Prescott's ({})", cpu.describe());
+        let why = format!("this CPU has no kernels better than Prescott's ({})", cpu.describe());
+        nn_train::test_skip::skipped("weak_detection_is_replaced_and_the_chosen_kernels_compute_correctly", &why);
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -76,7 +77,8 @@ fn weak_detection_is_replaced_and_the_chosen_kernels_compute_correctly() {
 fn user_coretype_wins() {
     let cpu = blas_core::cpu();
     if cpu.level < Some(Level::Avx2) {
-        eprintln!("SKIP: the CPU cannot run Haswell's kernels ({})", cpu.describe());
+        let why = format!("the CPU cannot run Haswell's kernels ({})", cpu.describe());
+        nn_train::test_skip::skipped("user_coretype_wins", &why);
         return;
     }
     let dir = tempfile::tempdir().unwrap();

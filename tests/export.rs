@@ -255,7 +255,7 @@ fn onnx_runs_in_onnx_runtime_and_matches_nn_predict() {
         }
 
         let Some(result) = run_python(ONNX_CHECK, &[&s(&out), &s(&model.data), &s(&prediction_file(model))]) else {
-            eprintln!("SKIP (no python3): running the ONNX model in ONNX Runtime");
+            nn_train::test_skip::skipped(&format!("running the {name} ONNX model in ONNX Runtime"), "no python3");
             return;
         };
         let result: serde_json::Value = serde_json::from_str(result.lines().last().unwrap()).unwrap();
@@ -491,7 +491,10 @@ fn keras_loads_the_model_and_the_weights() {
                 if model.standardize { "1" } else { "0" },
             ],
         ) else {
-            eprintln!("SKIP (no python3): loading the .keras and .weights.h5 files in Keras");
+            nn_train::test_skip::skipped(
+                &format!("loading the {name} .keras and .weights.h5 files in Keras"),
+                "no python3",
+            );
             return;
         };
         let result: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();

@@ -563,8 +563,8 @@ mod tests {
     /// written whole and by the update's pieces.
     #[test]
     fn packed_weights_give_the_plain_products() {
-        if let Err(e) = onednn::bf16_unit() {
-            eprintln!("SKIP packed_weights_give_the_plain_products: {e}");
+        if onednn::bf16_unit().is_err() {
+            crate::test_skip::skipped("packed_weights_give_the_plain_products", crate::test_skip::NO_BF16_UNIT);
             return;
         }
         let finite = |n: usize, seed: usize| -> Vec<f32> {
@@ -636,8 +636,11 @@ mod tests {
     /// for bit, for batches that are split and batches that are not.
     #[test]
     fn narrow_input_grad_split_over_threads_equals_one_thread() {
-        if let Err(e) = onednn::bf16_unit() {
-            eprintln!("SKIP narrow_input_grad_split_over_threads_equals_one_thread: {e}");
+        if onednn::bf16_unit().is_err() {
+            crate::test_skip::skipped(
+                "narrow_input_grad_split_over_threads_equals_one_thread",
+                crate::test_skip::NO_BF16_UNIT,
+            );
             return;
         }
         let (wide, narrow_in, out) = (16, 1000, 10);

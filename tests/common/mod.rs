@@ -189,7 +189,7 @@ pub fn python() -> Option<PathBuf> {
     let env = target.join(format!("pyenv-{:016x}", h.finish()));
     let py = env.join("bin/python");
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("SKIP (no python3 on this machine): the part of this test that needs Python");
+        nn_train::test_skip::skipped("the Python part of a test", "no python3 on this machine");
         return None;
     }
     let lock = std::fs::File::create(target.join("pyenv.lock")).unwrap();
