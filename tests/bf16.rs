@@ -2,7 +2,7 @@
 //! unit (forced with NN_TRAIN_HIDE_BF16, so it runs everywhere), and, where the CPU has AMX
 //! or AVX512-BF16, digits accuracy, 1 vs 2 ranks under mpirun, nn-predict, resuming an f32
 //! checkpoint in bf16 and back, and the advice when other processes hold the cores. Without a
-//! bf16 unit those print SKIP and pass.
+//! bf16 unit those pass as skipped, and `make test` lists them.
 
 mod common;
 

@@ -116,7 +116,8 @@ mod tests {
     #[test]
     fn run_queue_wait_counts_the_time_threads_wait_for_a_core() {
         if !std::path::Path::new("/proc/self/schedstat").exists() {
-            eprintln!("skipped: this kernel keeps no run-queue delays (/proc/self/schedstat)");
+            let test = "run_queue_wait_counts_the_time_threads_wait_for_a_core";
+            crate::test_skip::skipped(test, "this kernel keeps no run-queue delays (/proc/self/schedstat)");
             return;
         }
         let before = run_queue_wait_s();

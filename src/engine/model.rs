@@ -392,30 +392,27 @@ impl Workspace {
         self.mixed.as_mut().map(|mx| &mut mx.weights)
     }
 
-    /// With bf16, splits the large element-wise passes between products (and the batch's
-    /// gather) over `threads` OpenMP threads, the ones oneDNN's products run on (see
-    /// [`crate::engine::parallel`]). In f32 they stay on the calling thread: OpenBLAS's
-    /// products run on threads of its own.
-    pub fn set_threads(&mut self, threads: usize) {
-        if let Some(mx) = self.mixed.as_mut() {
-            self.pool = Parallel::openmp(threads);
-            mx.reserve_parts(threads);
+    /// Splits the work between products over the `threads` cores of the product threads, and
+    /// returns the pool for the optimizer update (which runs between products, when those
+    /// cores are idle). With bf16, the large element-wise passes, the batch's gather and the
+    /// update run on the very OpenMP threads oneDNN's products run on (see
+    /// [`crate::engine::parallel`]). In f32 the passes stay on the calling thread and the
+    /// update gets `threads` - 1 workers of its own beside OpenBLAS's threads, which sleep as
+    /// soon as a product ends.
+    pub fn set_threads(&mut self, threads: usize) -> Parallel {
+        match self.mixed.as_mut() {
+            Some(mx) => {
+                self.pool = Parallel::openmp(threads);
+                mx.reserve_parts(threads);
+                Parallel::openmp(threads)
+            }
+            None => Parallel::new(threads),
         }
     }
 
     /// The threads of [`Workspace::set_threads`].
     pub fn pool(&self) -> &Parallel {
         &self.pool
-    }
-
-    /// Threads for the optimizer update, which runs between products, when the product
-    /// threads' cores are idle: with bf16 those very OpenMP threads, else `threads` - 1
-    /// workers of its own beside OpenBLAS's (which sleep as soon as a product ends).
-    pub fn update_pool(&self, threads: usize) -> Parallel {
-        match self.mixed {
-            Some(_) => Parallel::openmp(threads),
-            None => Parallel::new(threads),
-        }
     }
 
     /// With bf16, oneDNN's implementation names of the products at `rows` rows (made now).

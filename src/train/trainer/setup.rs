@@ -117,8 +117,7 @@ impl<'c> Trainer<'c> {
         let threads = threads::choose(cfg.threads, ranks_on_node);
         threads::set_blas_threads(threads.threads);
         onednn::set_threads(threads.threads);
-        ws.set_threads(threads.threads);
-        start.opt.set_pool(ws.update_pool(threads.threads));
+        start.opt.set_pool(ws.set_threads(threads.threads));
         let mut precision_note = String::new();
         if ws.mixed.is_some() {
             // The products of a full batch, made now: their kernels name the ISA for the summary.
